@@ -1,0 +1,170 @@
+"""Audio front end shared by every driver: decode, mix to mono, resample to the model rate.
+
+Conventions: audio arrays are float32; a 2-D array is ``(n_samples, n_channels)`` (soundfile's layout) and is mixed
+to mono by averaging the channels. Non-finite samples are never passed on silently: :func:`check_finite` raises.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import KkomaError
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """``(n,)`` or ``(n, n_channels)`` -> ``(n,)`` float32 (mean of the channels)."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        return x.astype(np.float32, copy=False)
+    if x.ndim == 2:
+        if x.shape[1] == 1:
+            return x[:, 0].astype(np.float32, copy=False)
+        return x.mean(axis=1, dtype=np.float64).astype(np.float32)
+    raise KkomaError(f"audio must be (n_samples,) or (n_samples, n_channels), not an array of shape {x.shape}.")
+
+
+def check_finite(x: np.ndarray, what: str = "audio") -> None:
+    """Raise KkomaError naming the first NaN/Inf sample, so a bad input never becomes silent NaN frames."""
+    if x.size and not np.isfinite(x).all():
+        first = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+        raise KkomaError(f"{what} contains NaN or infinite samples (first at sample {first}).")
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample mono float32 audio ``(n,)`` from ``sr_in`` to ``sr_out`` [Hz] with soxr (high quality)."""
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    if sr_in <= 0:
+        raise KkomaError(f"the sample rate must be positive, not {sr_in} Hz.")
+    import soxr
+
+    return soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+class ResampleStream:
+    """Streaming resampler (state carried across blocks) from ``sr_in`` to ``sr_out`` [Hz], mono float32.
+
+    ``process(block)`` returns whatever output is ready; ``flush()`` drains the filter tail; ``reset()`` starts over.
+    A pass-through when the rates are equal.
+    """
+
+    def __init__(self, sr_in: int, sr_out: int):
+        self.sr_in, self.sr_out = int(sr_in), int(sr_out)
+        self._stream = None
+        self.reset()
+
+    def reset(self) -> None:
+        if self.sr_in != self.sr_out:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ")
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(block, last=False)
+
+    def flush(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros(0, np.float32)
+        return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def audio_info(path: str | Path) -> tuple[int, int, float]:
+    """(sample_rate [Hz], channels, duration [s]) of a file, without decoding it; KkomaError if unreadable."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        import soundfile as sf
+
+        info = sf.info(str(path))
+        return int(info.samplerate), int(info.channels), float(info.duration)
+    except Exception:
+        pass
+    try:
+        import audioread
+
+        with audioread.audio_open(str(path)) as f:
+            return int(f.samplerate), int(f.channels), float(f.duration)
+    except Exception as e:
+        raise KkomaError(f"{path} is not an audio file kkoma can read ({_reason(e)}).") from None
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode a whole audio file -> ``(n_samples,)`` float32 mono at ``sample_rate`` [Hz].
+
+    WAV/FLAC/OGG (and MP3 where libsndfile supports it) go through soundfile; anything else through librosa's
+    audioread fallback. Raises KkomaError naming the file if it is missing, unreadable, or holds NaN/Inf samples.
+    For long files use :func:`stream_audio`, which keeps memory bounded.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        import soundfile as sf
+
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as sf_error:
+        try:
+            import librosa
+
+            x, sr = librosa.load(str(path), sr=None, mono=False)
+            x = np.atleast_2d(x).T.astype(np.float32)
+        except Exception:
+            raise KkomaError(f"{path} is not an audio file kkoma can read ({_reason(sf_error)}).") from None
+    y = to_mono(x)
+    check_finite(y, str(path))
+    return resample(y, int(sr), sample_rate)
+
+
+def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 10.0):
+    """Yield ``(n,)`` float32 mono blocks at ``sample_rate`` [Hz] from a file, decoding a block at a time.
+
+    Memory stays bounded by ``block_seconds`` whatever the file length. Raises KkomaError as :func:`load_audio`.
+    """
+    path = Path(path)
+    _check_exists(path)
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception:
+        # Formats libsndfile cannot stream (e.g. some MP3s): decode whole, then hand out blocks.
+        y = load_audio(path, sample_rate)
+        step = max(1, int(block_seconds * sample_rate))
+        for i in range(0, len(y), step):
+            yield y[i:i + step]
+        return
+    with f:
+        rs = ResampleStream(f.samplerate, sample_rate)
+        block = max(1, int(block_seconds * f.samplerate))
+        offset = 0
+        try:
+            for x in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                y = to_mono(x)
+                check_finite(y, f"{path} (block at {offset / f.samplerate:.1f} s)")
+                offset += len(y)
+                out = rs.process(y)
+                if len(out):
+                    yield out
+        except KkomaError:
+            raise
+        except Exception as e:
+            raise KkomaError(f"{path} could not be decoded past {offset / f.samplerate:.1f} s ({_reason(e)}).") \
+                from None
+        tail = rs.flush()
+        if len(tail):
+            yield tail
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise KkomaError(f"{path} does not exist.")
+    if path.is_dir():
+        raise KkomaError(f"{path} is a folder, not an audio file.")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.rstrip(".")

@@ -1,0 +1,392 @@
+"""Settings: ``config.toml`` loaded once into frozen, typed dataclasses.
+
+Every constant of kkoma is defined in ``config.toml`` at the repository root. This module gives each key a type,
+a unit and its allowed values, and derives what follows from them (frame rate, fmin in Hz, latency figures), so
+nothing is ever copied. Use::
+
+    from models.settings import load_settings
+    s = load_settings()                                  # config.toml
+    s = load_settings("my.toml", ["cqt.lookahead_ms=10"])  # your file (only the keys it changes) + overrides
+
+A wrong key, type or value raises :class:`ConfigError` with one sentence naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from models.errors import KkomaError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config.toml"
+
+
+class ConfigError(KkomaError, ValueError):
+    """A settings problem a user can fix; its message is one sentence naming the key."""
+
+
+def _f(*, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
+       lo_open: bool = False, unit: str = "", doc: str = ""):
+    """A dataclass field carrying its validation rule (checked by :func:`_validate`)."""
+    return field(metadata={"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open, "unit": unit, "doc": doc})
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    sample_rate: int = _f(lo=8000, hi=96000, unit="Hz")
+    hop_length: int = _f(lo=16, hi=4096, unit="samples")
+
+    @property
+    def frame_rate(self) -> float:
+        """Feature frames per second [Hz]."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def hop_seconds(self) -> float:
+        """Duration of one hop [s]."""
+        return self.hop_length / self.sample_rate
+
+
+@dataclass(frozen=True)
+class CQTSettings:
+    fmin_midi: int = _f(lo=0, hi=127)
+    n_bins: int = _f(lo=1, hi=1024)
+    bins_per_octave: int = _f(lo=1, hi=120)
+    filter_scale: float = _f(lo=0.0, hi=4.0, lo_open=True)
+    lookahead_ms: float = _f(lo=0.0, unit="ms")
+    decimation_taps: int = _f(lo=7, hi=255)
+    log_offset: float = _f(lo=0.0, lo_open=True)
+
+    @property
+    def fmin(self) -> float:
+        """Centre frequency of the lowest bin [Hz]."""
+        return 440.0 * 2.0 ** ((self.fmin_midi - 69) / 12.0)
+
+    @property
+    def bins_per_semitone(self) -> float:
+        return self.bins_per_octave / 12.0
+
+    @property
+    def fmax(self) -> float:
+        """Centre frequency of the highest bin [Hz]."""
+        return self.fmin * 2.0 ** ((self.n_bins - 1) / self.bins_per_octave)
+
+    @property
+    def centered(self) -> bool:
+        """True when every window is centred on its frame (``lookahead_ms = inf``)."""
+        return math.isinf(self.lookahead_ms)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights: str = _f()
+    window_frames: int = _f(lo=1, hi=10000, unit="frames")
+    units: int = _f(lo=1, hi=2048)
+    lookahead_frames: int = _f(lo=0, hi=1000, unit="frames")
+
+    @property
+    def weights_path(self) -> Path:
+        """Weights file; a relative path is taken from the repository root."""
+        p = Path(self.weights).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    onset_threshold: float = _f(lo=0.0, hi=1.0)
+    frame_threshold: float = _f(lo=0.0, hi=1.0)
+    min_ioi_ms: float = _f(lo=0.0, unit="ms")
+    min_duration_ms: float = _f(lo=0.0, unit="ms")
+    max_duration_s: float = _f(lo=0.0, lo_open=True, unit="s")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    block_size: int = _f(lo=16, hi=16384, unit="samples")
+    device: str = _f()
+    channels: int = _f(lo=0, hi=256)
+    ring_seconds: float = _f(lo=0.1, hi=600.0, unit="s")
+    display: bool = _f()
+
+
+@dataclass(frozen=True)
+class MidiSettings:
+    port_name: str = _f()
+    api: str = _f(choices=("auto", "alsa", "jack", "coremidi", "winmm"))
+    channel: int = _f(lo=1, hi=16)
+    velocity_min: int = _f(lo=1, hi=127)
+    velocity_max: int = _f(lo=1, hi=127)
+    velocity_gamma: float = _f(lo=0.0, hi=10.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    autosave_s: float = _f(lo=0.05, hi=3600.0, unit="s")
+    ticks_per_beat: int = _f(lo=24, hi=32767)
+    tempo_bpm: float = _f(lo=1.0, hi=1000.0)
+
+
+@dataclass(frozen=True)
+class TranscribeSettings:
+    chunk_frames: int = _f(lo=1, hi=10_000_000, unit="frames")
+    jobs: int = _f(lo=0, hi=1024)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    soundfonts: tuple = _f()
+    holdout_soundfont: str = _f()
+    holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
+    max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")
+    shard_frames: int = _f(lo=100, unit="frames")
+    seed: int = _f()
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    probability: float = _f(lo=0.0, hi=1.0)
+    reverb_rt60_s: tuple = _f(lo=0.0, unit="s")
+    reverb_wet: tuple = _f(lo=0.0, hi=1.0)
+    snr_db: tuple = _f(unit="dB")
+    eq_gain_db: float = _f(lo=0.0, hi=40.0, unit="dB")
+    gain_db: tuple = _f(hi=40.0, unit="dB")
+    detune_cents: float = _f(lo=0.0, hi=100.0, unit="cents")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int = _f(lo=1, hi=4096)
+    learning_rate: float = _f(lo=0.0, lo_open=True)
+    epochs: int = _f(lo=1)
+    patience: int = _f(lo=0)
+    steps_per_epoch: int = _f(lo=0)
+    seed: int = _f()
+    mixed_precision: str = _f(choices=("auto", "on", "off"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of kkoma's settings. Sections mirror the ``[tables]`` of ``config.toml``."""
+    audio: AudioSettings
+    cqt: CQTSettings
+    model: ModelSettings
+    tracker: TrackerSettings
+    live: LiveSettings
+    midi: MidiSettings
+    record: RecordSettings
+    transcribe: TranscribeSettings
+    data: DataSettings
+    augment: AugmentSettings
+    train: TrainSettings
+    source: str = "config.toml"
+
+    # ---- derived figures -------------------------------------------------------------------------------------
+    @property
+    def model_lookahead_ms(self) -> float:
+        """Look-ahead of the streaming model [ms]: it emits frame t after seeing frame t + lookahead_frames."""
+        return 1000.0 * self.model.lookahead_frames * self.audio.hop_seconds
+
+    def replace(self, **overrides: str) -> "Settings":
+        """A copy with ``section.key=value``-style overrides applied and validated (keys use ``__`` for the dot)."""
+        return _apply(self, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+
+
+_SECTION_TYPES = {
+    "audio": AudioSettings, "cqt": CQTSettings, "model": ModelSettings, "tracker": TrackerSettings,
+    "live": LiveSettings, "midi": MidiSettings, "record": RecordSettings, "transcribe": TranscribeSettings,
+    "data": DataSettings, "augment": AugmentSettings, "train": TrainSettings,
+}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
+
+
+def _describe(meta: Mapping[str, Any], typ: str) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta.get("lo"), meta.get("hi")
+    unit = f" {meta['unit']}" if meta.get("unit") else ""
+    kind = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+            "tuple": "a list"}[typ]
+    if lo is not None and hi is not None:
+        return f"{kind} from {lo} to {hi}{unit}"
+    if lo is not None:
+        return f"{kind} {'>' if meta.get('lo_open') else '>='} {lo}{unit}"
+    if hi is not None:
+        return f"{kind} <= {hi}{unit}"
+    return kind
+
+
+def _check_scalar(key: str, value: Any, meta: Mapping[str, Any], typ: str) -> Any:
+    want = _describe(meta, typ)
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+        return value
+    if typ == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+    elif typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+    elif typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+        value = float(value)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be {want}, not {value!r}.")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if typ in ("int", "float"):
+        if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key} must be {want}, not {value!r}.")
+    return value
+
+
+def _check(section: str, name: str, value: Any, f: dataclasses.Field) -> Any:
+    key = f"{section}.{name}"
+    typ = f.type if isinstance(f.type, str) else f.type.__name__
+    meta = f.metadata
+    if typ == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, not {value!r}.")
+        items = []
+        for v in value:
+            item_typ = "str" if isinstance(v, str) else "float"
+            items.append(_check_scalar(key, v, meta, item_typ))
+        return tuple(items)
+    return _check_scalar(key, value, meta, typ)
+
+
+def _build(raw: Mapping[str, Any], source: str) -> Settings:
+    unknown = sorted(set(raw) - set(_SECTION_TYPES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section [{unknown[0]}]; the sections are "
+                          + ", ".join(_SECTION_TYPES) + ".")
+    sections = {}
+    for sname, cls in _SECTION_TYPES.items():
+        table = raw.get(sname, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for k in table:
+            if k not in fields:
+                raise ConfigError(f"{source}: unknown key {sname}.{k}; the keys of [{sname}] are "
+                                  + ", ".join(fields) + ".")
+        missing = [k for k in fields if k not in table]
+        if missing:
+            raise ConfigError(f"{source}: key {sname}.{missing[0]} is missing.")
+        sections[sname] = cls(**{k: _check(sname, k, table[k], fields[k]) for k in fields})
+    s = Settings(**sections, source=source)
+    _cross_check(s)
+    return s
+
+
+def _cross_check(s: Settings) -> None:
+    """Constraints that tie several keys together."""
+    if s.tracker.frame_threshold > s.tracker.onset_threshold:
+        raise ConfigError("tracker.frame_threshold must not exceed tracker.onset_threshold "
+                          f"({s.tracker.frame_threshold} > {s.tracker.onset_threshold}).")
+    if s.midi.velocity_min > s.midi.velocity_max:
+        raise ConfigError("midi.velocity_min must not exceed midi.velocity_max.")
+    if s.cqt.decimation_taps % 2 == 0:
+        raise ConfigError(f"cqt.decimation_taps must be odd, not {s.cqt.decimation_taps}.")
+    if s.cqt.fmax >= s.audio.sample_rate / 2:
+        raise ConfigError(f"cqt: the top bin ({s.cqt.fmax:.0f} Hz) must lie below the Nyquist frequency "
+                          f"({s.audio.sample_rate / 2:.0f} Hz of audio.sample_rate); lower cqt.n_bins or raise "
+                          "audio.sample_rate.")
+    for name in ("reverb_rt60_s", "reverb_wet", "snr_db", "gain_db"):
+        v = getattr(s.augment, name)
+        if len(v) != 2 or v[0] > v[1]:
+            raise ConfigError(f"augment.{name} must be a [low, high] pair, not {list(v)!r}.")
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML ({e}).") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}).") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` -> (section, key, value); the value is read as TOML, else as a bare string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. cqt.lookahead_ms=10).")
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    rhs = rhs.strip()
+    try:
+        value = tomllib.loads(f"v = {rhs}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = rhs
+    return section, key, value
+
+
+def _overrides_to_table(overrides: Iterable[str]) -> dict:
+    table: dict[str, dict] = {}
+    for o in overrides:
+        section, key, value = parse_override(o)
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"override {o!r}: unknown section [{section}]; the sections are "
+                              + ", ".join(_SECTION_TYPES) + ".")
+        table.setdefault(section, {})[key] = value
+    return table
+
+
+def _as_raw(s: Settings) -> dict:
+    return {name: {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(getattr(s, name)).items()} for name in _SECTION_TYPES}
+
+
+def _apply(s: Settings, overrides: Iterable[str]) -> Settings:
+    return _build(_merge(_as_raw(s), _overrides_to_table(overrides)), s.source)
+
+
+_DEFAULTS: Settings | None = None
+
+
+def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Settings:
+    """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
+
+    Parameters
+    ----------
+    path : a TOML file holding only the keys it changes (sections as in ``config.toml``), or None.
+    overrides : ``"section.key=value"`` strings (value in TOML syntax; a bare word is a string).
+
+    Raises
+    ------
+    ConfigError : one sentence naming the offending key and the allowed values.
+    """
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG.name)
+    s = _DEFAULTS
+    if path is not None:
+        path = Path(path)
+        s = _build(_merge(_as_raw(s), _read_toml(path)), str(path))
+    overrides = list(overrides)
+    return _apply(s, overrides) if overrides else s

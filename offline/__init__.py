@@ -1,0 +1,1 @@
+"""Files: transcription, dataset preparation, training and evaluation."""
