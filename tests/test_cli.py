@@ -1,0 +1,62 @@
+"""The kkoma command: --help, --version, settings errors, and the cqt subcommand, through main()."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kkoma import __version__
+from kkoma.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("cqt",):
+        assert cmd in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_help_imports_nothing_heavy():
+    """--help must stay instant: no TensorFlow, librosa, Numba or sounddevice at import."""
+    code = ("import sys; from kkoma.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('tensorflow', 'librosa', 'numba', 'sounddevice', 'keras', 'scipy')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_bad_setting_is_one_sentence_and_exit_2(capsys, tmp_path):
+    code = main(["--set", "cqt.nbins=3", "cqt", str(tmp_path / "x.wav")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kkoma: ") and "cqt.nbins" in err and len(err.splitlines()) == 1
+
+
+def test_cqt_command_on_a_tone(tmp_path, capsys):
+    sf = pytest.importorskip("soundfile")
+    sr = 22050
+    t = np.arange(2 * sr) / sr
+    path = tmp_path / "a4.wav"
+    sf.write(path, np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.5, sr)
+    out_npy = tmp_path / "a4.npy"
+    assert main(["cqt", str(path), "--save", str(out_npy)]) == 0
+    out = capsys.readouterr().out
+    assert "A4" in out
+    feats = np.load(out_npy)
+    assert feats.shape == (2 * 16000 // 160 + 1, 264)
+
+
+def test_cqt_command_missing_file(tmp_path, capsys):
+    assert main(["cqt", str(tmp_path / "missing.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err

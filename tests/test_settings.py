@@ -1,0 +1,66 @@
+"""Settings: config.toml loads into frozen dataclasses; wrong keys/types/values get one sentence naming the key."""
+import dataclasses
+import math
+
+import pytest
+
+from models.settings import ConfigError, load_settings
+
+
+def test_defaults_load_and_derive():
+    s = load_settings()
+    assert s.audio.frame_rate == s.audio.sample_rate / s.audio.hop_length
+    assert s.cqt.fmin == pytest.approx(27.5)
+    assert s.cqt.n_bins == 88 * 3 and s.cqt.bins_per_octave == 36
+    assert s.model_lookahead_ms == pytest.approx(1000 * s.model.lookahead_frames * s.audio.hop_length
+                                                 / s.audio.sample_rate)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.audio.sample_rate = 1
+
+
+def test_user_file_changes_only_its_keys(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text("[tracker]\nonset_threshold = 0.6\n")
+    s = load_settings(f)
+    assert s.tracker.onset_threshold == 0.6
+    assert s.audio == load_settings().audio
+
+
+def test_overrides_parse_toml_values():
+    s = load_settings(overrides=["cqt.lookahead_ms=inf", "midi.port_name=Synth A", "live.display=false",
+                                 "audio.hop_length=320"])
+    assert math.isinf(s.cqt.lookahead_ms) and s.cqt.centered
+    assert s.midi.port_name == "Synth A" and s.live.display is False and s.audio.frame_rate == 50.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cqt.nbins=3", "unknown key cqt.nbins; the keys of \\[cqt\\] are"),
+    ("cqtt.n_bins=3", "unknown section \\[cqtt\\]"),
+    ("audio.sample_rate=fast", "audio.sample_rate must be an integer from 8000 to 96000 Hz"),
+    ("audio.sample_rate=16000.5", "audio.sample_rate must be an integer"),
+    ("tracker.onset_threshold=1.5", "tracker.onset_threshold must be a number from 0.0 to 1.0"),
+    ("midi.api=pulse", "midi.api must be one of 'auto', 'alsa', 'jack', 'coremidi', 'winmm'"),
+    ("midi.channel=0", "midi.channel must be an integer from 1 to 16"),
+    ("live.display=3", "live.display must be true or false"),
+    ("tracker.frame_threshold=0.9", "tracker.frame_threshold must not exceed tracker.onset_threshold"),
+    ("cqt.n_bins=400", "below the Nyquist frequency"),
+    ("cqt.decimation_taps=30", "cqt.decimation_taps must be odd"),
+    ("nodot=1", "must look like section.key=value"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_settings(overrides=[override])
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[audio\nsample_rate = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[audio]\nsamplerate = 44100\n")
+    with pytest.raises(ConfigError, match="unknown key audio.samplerate"):
+        load_settings(typo)
