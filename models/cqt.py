@@ -68,96 +68,87 @@ def _fir_decimate(src, src_base, n_src, fir, dst, dst_base, j_from, j_to):
         dst[j - dst_base] = acc
 
 
-@nb.njit(cache=True, nogil=True, fastmath=True)
-def _frame(levels_buf, levels_base, levels_len, bin_level, bin_len, kre, kim, scale, end_num, end_den, end_add,
-           cap_off, t, out, log_offset, do_log):
-    """One frame at time t [samples]: for every bin, dot its kernel with the window of its level's samples.
+@nb.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _dot2(kr, ki, w, n):
+    """(sum kr*w, sum ki*w) over n samples: contiguous 1-D slices so LLVM vectorises it."""
+    re = np.float32(0.0)
+    im = np.float32(0.0)
+    for m in range(n):
+        v = w[m]
+        re += kr[m] * v
+        im += ki[m] * v
+    return re, im
 
-    levels_buf[g] holds decimated samples of level g starting at absolute index levels_base[g]; samples before
-    index 0 are zeros. The window of bin k ends at
-        j_end = min((t + end_add[k]) // end_den[k] + end_num[k], (t + cap_off) // end_den[k]).
+
+@nb.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _bin(buf, nb_, base, k, q, n, d, end_add, end_num, cap_off, t, kre, kim, scale, log_offset, do_log):
+    """|C| (or its log feature) of bin k at frame time t [samples], from its level's buffer.
+
+    The window ends at j_end = min((t + end_add) // d + end_num, (t + cap_off) // d); samples outside the buffer
+    (before the signal) are zeros.
     """
-    n_bins = kre.shape[0]
-    for k in range(n_bins):
-        g = bin_level[k]
-        d = end_den[k]
-        j_end = (t + end_add[k]) // d + end_num[k]
-        j_cap = (t + cap_off) // d
-        if j_cap < j_end:
-            j_end = j_cap
-        n = bin_len[k]
-        start = j_end - n + 1 - levels_base[g]
-        buf = levels_buf[g]
-        nb_ = levels_len[g]
+    j_end = (t + end_add) // d + end_num
+    j_cap = (t + cap_off) // d
+    if j_cap < j_end:
+        j_end = j_cap
+    start = j_end - n + 1 - base
+    if start >= 0 and start + n <= nb_:
+        re, im = _dot2(kre[q], kim[q], buf[start:start + n], n)
+    else:
         re = np.float32(0.0)
         im = np.float32(0.0)
-        if start >= 0 and start + n <= nb_:
-            for m in range(n):
-                v = buf[start + m]
-                re += kre[k, m] * v
-                im += kim[k, m] * v
-        else:
-            for m in range(n):
-                idx = start + m
-                if 0 <= idx < nb_:
-                    v = buf[idx]
-                    re += kre[k, m] * v
-                    im += kim[k, m] * v
-        mag = math.sqrt(re * re + im * im) * scale[k]
-        if do_log:
-            mag = math.log1p(mag / log_offset)
-        out[k] = mag
+        for m in range(n):
+            idx = start + m
+            if 0 <= idx < nb_:
+                v = buf[idx]
+                re += kre[q, m] * v
+                im += kim[q, m] * v
+    mag = math.sqrt(re * re + im * im) * scale[k]
+    if do_log:
+        mag = math.log1p(mag / log_offset)
+    return mag
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
-def _frames_range(levels_buf, levels_base, levels_len, bin_level, bin_len, kre, kim, scale, end_num, end_den, end_add,
-                  cap_off, hop, i_from, i_to, out, log_offset, do_log):
-    """Frames i_from..i_to-1, bins outermost so each kernel stays in L1 cache across frames. Same arithmetic, in the
-    same order, as :func:`_frame`."""
-    n_bins = kre.shape[0]
-    for k in range(n_bins):
-        g = bin_level[k]
-        d = end_den[k]
-        n = bin_len[k]
-        buf = levels_buf[g]
+def _frame(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale, end_num,
+           end_den, end_add, cap_off, t, out, log_offset, do_log):
+    """One frame at time t [samples]: every bin's kernel dotted with the window of its level's samples.
+
+    flat[lev_off[g]:lev_off[g + 1]] holds level g's samples from absolute index levels_base[g]; bins
+    level_lo[g]..level_hi[g]-1 live there.
+    """
+    for g in range(level_lo.shape[0]):
+        buf = flat[lev_off[g]:lev_off[g + 1]]
         nb_ = levels_len[g]
         base = levels_base[g]
-        for i in range(i_from, i_to):
-            t = i * hop
-            j_end = (t + end_add[k]) // d + end_num[k]
-            j_cap = (t + cap_off) // d
-            if j_cap < j_end:
-                j_end = j_cap
-            start = j_end - n + 1 - base
-            re = np.float32(0.0)
-            im = np.float32(0.0)
-            if start >= 0 and start + n <= nb_:
-                for m in range(n):
-                    v = buf[start + m]
-                    re += kre[k, m] * v
-                    im += kim[k, m] * v
-            else:
-                for m in range(n):
-                    idx = start + m
-                    if 0 <= idx < nb_:
-                        v = buf[idx]
-                        re += kre[k, m] * v
-                        im += kim[k, m] * v
-            mag = math.sqrt(re * re + im * im) * scale[k]
-            if do_log:
-                mag = math.log1p(mag / log_offset)
-            out[i, k] = mag
+        for k in range(level_lo[g], level_hi[g]):
+            out[k] = _bin(buf, nb_, base, k, bin_kernel[k], bin_len[k], end_den[k], end_add[k], end_num[k], cap_off,
+                          t, kre, kim, scale, log_offset, do_log)
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _frames_range(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
+                  end_num, end_den, end_add, cap_off, hop, i_from, i_to, out, log_offset, do_log):
+    """Frames i_from..i_to-1, bins outside frames so each kernel stays in L1 cache; same arithmetic as _frame."""
+    for g in range(level_lo.shape[0]):
+        buf = flat[lev_off[g]:lev_off[g + 1]]
+        nb_ = levels_len[g]
+        base = levels_base[g]
+        for k in range(level_lo[g], level_hi[g]):
+            for i in range(i_from, i_to):
+                out[i, k] = _bin(buf, nb_, base, k, bin_kernel[k], bin_len[k], end_den[k], end_add[k], end_num[k],
+                                 cap_off, i * hop, kre, kim, scale, log_offset, do_log)
 
 
 @nb.njit(cache=True, parallel=True)
-def _frames_batch(levels_buf, levels_base, levels_len, bin_level, bin_len, kre, kim, scale, end_num, end_den,
-                  end_add, cap_off, hop, n_frames, out, log_offset, do_log):
+def _frames_batch(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
+                  end_num, end_den, end_add, cap_off, hop, n_frames, out, log_offset, do_log):
     block = 64
     n_blocks = (n_frames + block - 1) // block
     for b in nb.prange(n_blocks):
         i_to = min((b + 1) * block, n_frames)
-        _frames_range(levels_buf, levels_base, levels_len, bin_level, bin_len, kre, kim, scale, end_num, end_den,
-                      end_add, cap_off, hop, b * block, i_to, out, log_offset, do_log)
+        _frames_range(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
+                      end_num, end_den, end_add, cap_off, hop, b * block, i_to, out, log_offset, do_log)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,9 +163,12 @@ class KernelBank:
     fir: np.ndarray          # (taps,) float32 decimation low-pass
     freqs: np.ndarray        # (n_bins,) centre frequencies [Hz]
     bin_level: np.ndarray    # (n_bins,) int64 decimation level g (rate sample_rate / 2**g)
+    level_lo: np.ndarray     # (n_levels,) int64 first bin of each level (bins of a level are contiguous)
+    level_hi: np.ndarray     # (n_levels,) int64 one past its last bin
     bin_len: np.ndarray      # (n_bins,) int64 kernel length [samples at its level]
-    kre: np.ndarray          # (n_bins, max_len) float32 real part (zero-padded)
-    kim: np.ndarray          # (n_bins, max_len) float32 imaginary part
+    bin_kernel: np.ndarray   # (n_bins,) int64 row of the bin's kernel in kre/kim
+    kre: np.ndarray          # (n_kernels, max_len) float32 real part (zero-padded)
+    kim: np.ndarray          # (n_kernels, max_len) float32 imaginary part
     scale: np.ndarray        # (n_bins,) float32 output scale (librosa scale=True)
     end_num: np.ndarray      # (n_bins,) int64 } window end index at level g for frame time t:
     end_den: np.ndarray      # (n_bins,) int64 }   (t + end_add) // end_den + end_num, capped at (t + cap_off) // den
@@ -212,19 +206,27 @@ def _build(settings: Settings) -> KernelBank:
     h = (c.decimation_taps - 1) // 2
 
     full_len = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)  # at the input rate, for librosa's scale
-    kernels = []
+    # A kernel depends only on f / rate, so bins an octave apart on neighbouring levels share one: ~40 distinct
+    # kernels instead of 264, which keeps the whole bank in L2 cache (the per-hop cost is memory-bound).
+    kernels, index, bin_kernel, bin_len = [], {}, [], []
     for f, g, ilen_full in zip(freqs, level, full_len):
         rate = sr / 2.0 ** g
         ilen = ilen_full / 2.0 ** g
-        n_idx = np.arange(-ilen // 2, ilen // 2, dtype=np.float64)  # librosa's index range
-        sig = np.exp(2j * np.pi * f / rate * n_idx) * get_window("hann", len(n_idx), fftbins=True)
-        sig /= np.abs(sig).sum()  # L1 norm (librosa norm=1)
-        # Correlate, not convolve: the frame kernel multiplies sample m of the window with kernel[m].
-        kernels.append(np.conj(sig))
-    bin_len = np.array([len(k) for k in kernels], dtype=np.int64)
+        key = (round(f / rate, 9), round(ilen, 6))
+        if key not in index:
+            n_idx = np.arange(-ilen // 2, ilen // 2, dtype=np.float64)  # librosa's index range
+            sig = np.exp(2j * np.pi * f / rate * n_idx) * get_window("hann", len(n_idx), fftbins=True)
+            sig /= np.abs(sig).sum()  # L1 norm (librosa norm=1)
+            # Correlate, not convolve: the frame kernel multiplies sample m of the window with kernel[m].
+            index[key] = len(kernels)
+            kernels.append(np.conj(sig))
+        bin_kernel.append(index[key])
+        bin_len.append(len(kernels[index[key]]))
+    bin_kernel = np.array(bin_kernel, dtype=np.int64)
+    bin_len = np.array(bin_len, dtype=np.int64)
     max_len = int(bin_len.max())
-    kre = np.zeros((c.n_bins, max_len), np.float32)
-    kim = np.zeros((c.n_bins, max_len), np.float32)
+    kre = np.zeros((len(kernels), max_len), np.float32)
+    kim = np.zeros((len(kernels), max_len), np.float32)
     for k, sig in enumerate(kernels):
         kre[k, : len(sig)] = sig.real
         kim[k, : len(sig)] = sig.imag
@@ -254,7 +256,9 @@ def _build(settings: Settings) -> KernelBank:
         longest = int(bin_len[sel].max()) if sel.any() else 0
         reach = longest + (lookahead + hop) // 2 ** g + 2
         history[g] = max(reach, c.decimation_taps + 2) + hop // 2 ** g + 2
-    return KernelBank(sr, hop, n_levels, fir, freqs, level, bin_len, kre, kim, scale, end_num, den, end_add,
+    level_lo = np.array([np.flatnonzero(level == g).min() for g in range(n_levels)], np.int64)
+    level_hi = np.array([np.flatnonzero(level == g).max() + 1 for g in range(n_levels)], np.int64)
+    return KernelBank(sr, hop, n_levels, fir, freqs, level, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale, end_num, den, end_add,
                       cap_off, lookahead, history)
 
 
@@ -356,10 +360,11 @@ class CQT:
             dst = np.empty(n_dst, np.float32)
             _fir_decimate(src, 0, len(src), b.fir, dst, 0, 0, n_dst)
             levels.append(dst)
-        bufs = nb.typed.List(levels)
-        base = np.zeros(b.n_levels, np.int64)
         lens = np.array([len(v) for v in levels], np.int64)
-        _frames_batch(bufs, base, lens, b.bin_level, b.bin_len, b.kre, b.kim, b.scale, b.end_num, b.end_den,
+        lev_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        flat = np.concatenate(levels)
+        base = np.zeros(b.n_levels, np.int64)
+        _frames_batch(flat, lev_off, base, lens, b.level_lo, b.level_hi, b.bin_len, b.bin_kernel, b.kre, b.kim, b.scale, b.end_num, b.end_den,
                       b.end_add, b.cap_off, b.hop, n_frames, out, self.log_offset, do_log)
         return out
 
@@ -369,48 +374,48 @@ class CQT:
 
 
 @nb.njit(cache=True, nogil=True)
-def _stream_push(x, levels_buf, levels_base, levels_count, fir):
+def _stream_push(x, flat, lev_off, levels_base, levels_count, fir):
     """Append x to level 0 and compute every newly available decimated sample of the other levels.
 
     levels_count[g] = number of samples of level g produced so far (absolute). Buffers must have room.
     """
     n0 = levels_count[0]
-    buf0 = levels_buf[0]
+    buf0 = flat[lev_off[0]:lev_off[1]]
     off = n0 - levels_base[0]
     for i in range(x.shape[0]):
         buf0[off + i] = x[i]
     levels_count[0] = n0 + x.shape[0]
-    for g in range(1, len(levels_buf)):
+    for g in range(1, levels_base.shape[0]):
         # y_g[j] needs y_{g-1}[2j]: available for j <= (count_{g-1} - 1) // 2.
         j_to = (levels_count[g - 1] - 1) // 2 + 1
         j_from = levels_count[g]
         if j_to > j_from:
-            src = levels_buf[g - 1]
+            src = flat[lev_off[g - 1]:lev_off[g]]
             _fir_decimate(src, levels_base[g - 1], levels_count[g - 1] - levels_base[g - 1], fir,
-                          levels_buf[g], levels_base[g], j_from, j_to)
+                          flat[lev_off[g]:lev_off[g + 1]], levels_base[g], j_from, j_to)
             levels_count[g] = j_to
 
 
 @nb.njit(cache=True, nogil=True)
-def _make_room(levels_buf, levels_base, levels_count, cap, history, n_new):
+def _make_room(flat, lev_off, levels_base, levels_count, history, n_new):
     """Shift each level's buffer so its newest ``history`` samples stay and ``n_new`` more input samples fit."""
-    for g in range(len(levels_buf)):
+    for g in range(levels_base.shape[0]):
         used = levels_count[g] - levels_base[g]
         add = (n_new >> g) + 2
-        if used + add > cap[g]:
+        if used + add > lev_off[g + 1] - lev_off[g]:
             keep = min(history[g], used)
-            buf = levels_buf[g]
+            buf = flat[lev_off[g]:lev_off[g + 1]]
             buf[:keep] = buf[used - keep:used].copy()
             levels_base[g] = levels_count[g] - keep
 
 
 @nb.njit(cache=True, nogil=True)
-def _stream_step(x, levels_buf, levels_base, levels_count, levels_len, cap, history, fir, bin_level, bin_len, kre,
-                 kim, scale, end_num, end_den, end_add, cap_off, hop, frame_from, frame_limit, lookahead, out,
-                 log_offset, do_log):
+def _stream_step(x, flat, lev_off, levels_base, levels_count, levels_len, history, fir, level_lo, level_hi,
+                 bin_len, bin_kernel, kre, kim, scale, end_num, end_den, end_add, cap_off, hop, frame_from, frame_limit,
+                 lookahead, out, log_offset, do_log):
     """Push one piece of audio and compute the frames it completes (up to frame_limit). Returns the frame count."""
-    _make_room(levels_buf, levels_base, levels_count, cap, history, x.shape[0])
-    _stream_push(x, levels_buf, levels_base, levels_count, fir)
+    _make_room(flat, lev_off, levels_base, levels_count, history, x.shape[0])
+    _stream_push(x, flat, lev_off, levels_base, levels_count, fir)
     avail = levels_count[0] - lookahead
     frame_to = avail // hop + 1 if avail >= 0 else 0
     if frame_to > frame_limit:
@@ -418,8 +423,8 @@ def _stream_step(x, levels_buf, levels_base, levels_count, levels_len, cap, hist
     for g in range(levels_len.shape[0]):
         levels_len[g] = levels_count[g] - levels_base[g]
     for i in range(frame_from, frame_to):
-        _frame(levels_buf, levels_base, levels_len, bin_level, bin_len, kre, kim, scale, end_num, end_den, end_add,
-               cap_off, i * hop, out[i - frame_from], log_offset, do_log)
+        _frame(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale, end_num,
+               end_den, end_add, cap_off, i * hop, out[i - frame_from], log_offset, do_log)
     return max(frame_to - frame_from, 0)
 
 
@@ -440,8 +445,9 @@ class IncrementalCQT:
         self.do_log = features
         b = self.bank
         # Capacity: history + the samples one chunk adds at each level.
-        self._cap = np.array([int(b.history[g]) + self._CHUNK // 2 ** g + 4 for g in range(b.n_levels)], np.int64)
-        self._bufs = nb.typed.List([np.zeros(int(c), np.float32) for c in self._cap])
+        cap = [int(b.history[g]) + self._CHUNK // 2 ** g + 4 for g in range(b.n_levels)]
+        self._lev_off = np.concatenate([[0], np.cumsum(cap)]).astype(np.int64)
+        self._flat = np.zeros(int(self._lev_off[-1]), np.float32)  # every level's buffer, back to back
         self._base = np.zeros(b.n_levels, np.int64)
         self._count = np.zeros(b.n_levels, np.int64)
         self._len = np.zeros(b.n_levels, np.int64)
@@ -459,8 +465,7 @@ class IncrementalCQT:
 
     def reset(self) -> None:
         """Forget all audio: the next sample is sample 0 of a new signal."""
-        for buf in self._bufs:
-            buf[:] = 0.0
+        self._flat[:] = 0.0
         self._base[:] = 0
         self._count[:] = 0
         self.samples_in = 0
@@ -470,8 +475,8 @@ class IncrementalCQT:
 
     def _step(self, piece: np.ndarray, frame_limit: int) -> np.ndarray:
         b = self.bank
-        n = _stream_step(piece, self._bufs, self._base, self._count, self._len, self._cap, b.history, b.fir,
-                         b.bin_level, b.bin_len, b.kre, b.kim, b.scale, b.end_num, b.end_den, b.end_add, b.cap_off,
+        n = _stream_step(piece, self._flat, self._lev_off, self._base, self._count, self._len, b.history, b.fir,
+                         b.level_lo, b.level_hi, b.bin_len, b.bin_kernel, b.kre, b.kim, b.scale, b.end_num, b.end_den, b.end_add, b.cap_off,
                          b.hop, self.frames_out, frame_limit, b.lookahead_samples, self._out, self.cqt.log_offset,
                          self.do_log)
         self.frames_out += n
