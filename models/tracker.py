@@ -1,0 +1,155 @@
+"""Streaming note tracker: the model's per-frame onset / frame / velocity probabilities -> note-on/off events.
+
+Rules (DESIGN.md §4), per pitch, with zero look-ahead (an event at frame t depends only on frames <= t):
+
+* **Open.** A note opens at frame t when the onset probability crosses ``tracker.onset_threshold`` there (it is
+  >= the threshold at t and was below it at t - 1: a rising edge; the stream starts "below"), and the last onset of
+  that pitch is at least ``tracker.min_ioi_ms`` earlier. An edge refused by the minimum inter-onset interval is
+  dropped, not postponed.
+* **Re-onset.** A rising edge on a sounding pitch, allowed by the minimum inter-onset interval and the minimum
+  duration, closes the note and opens a new one at the same frame (off before on).
+* **Close.** A sounding note closes at the first frame t whose frame probability is < ``tracker.frame_threshold``
+  (hysteresis: that threshold is below the onset threshold), but never before it has lasted
+  ``tracker.min_duration_ms`` (and at least one frame); it is closed at ``tracker.max_duration_s`` whatever the
+  probabilities say (a stuck key is not held forever; it reopens only on a new rising edge).
+* **Flush.** ``flush()`` ends the stream: every sounding note closes at the next unseen frame, or later if needed
+  to reach the minimum duration.
+
+A note spans frames [on_frame, off_frame): its times are ``on_frame / frame_rate`` and ``off_frame / frame_rate``
+[s]. Velocity is the velocity output at the onset frame, ``clip(round(v * 127), 1, 127)``.
+
+Durations in milliseconds are turned into whole frames by rounding up (a 30 ms minimum at 100 frames/s is 3 frames).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.settings import Settings
+
+
+def _frames(seconds: float, frame_rate: float) -> int:
+    """Seconds -> whole frames, rounded up; the small tolerance keeps 0.03 s * 100 /s at 3 frames, not 4."""
+    return max(0, math.ceil(seconds * frame_rate - 1e-9))
+
+
+class NoteTracker:
+    """Streaming note tracker (see the module notes for the rules).
+
+    Attributes (state; all per-pitch arrays are (88,), index 0 = MIDI 21)
+    ----------
+    frame_index : index of the next frame to be processed [frames]; 0 at the start of the stream.
+    sounding : bool, a note of this pitch is open.
+    onset_frame : int64, onset frame of the open note (meaningless where not sounding) [frames].
+    velocity : int64, MIDI velocity of the open note.
+    last_onset_frame : int64, frame of the pitch's most recent onset, a large negative number before any [frames].
+    onset_above : bool, the onset probability of the last frame was >= onset_threshold (for the rising edge).
+
+    Settings used: ``tracker.*`` and ``audio.frame_rate``.
+    """
+
+    def __init__(self, settings: "Settings"):
+        t = settings.tracker
+        self.frame_rate = settings.audio.frame_rate
+        self.onset_threshold = float(t.onset_threshold)
+        self.frame_threshold = float(t.frame_threshold)
+        self.min_ioi_frames = _frames(t.min_ioi_ms / 1000.0, self.frame_rate)
+        # A note lasts at least one frame, so its offset is always after its onset.
+        self.min_duration_frames = max(1, _frames(t.min_duration_ms / 1000.0, self.frame_rate))
+        self.max_duration_frames = max(self.min_duration_frames, _frames(t.max_duration_s, self.frame_rate))
+        # Re-onset closes the open note, so it must respect both the inter-onset interval and the minimum duration.
+        self._reonset_frames = max(self.min_ioi_frames, self.min_duration_frames)
+        self._never = -(1 << 40)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: no note sounding, frame counter back to 0."""
+        self.frame_index = 0
+        self.sounding = np.zeros(N_KEYS, bool)
+        self.onset_frame = np.zeros(N_KEYS, np.int64)
+        self.velocity = np.zeros(N_KEYS, np.int64)
+        self.last_onset_frame = np.full(N_KEYS, self._never, np.int64)
+        self.onset_above = np.zeros(N_KEYS, bool)
+
+    # -------------------------------------------------------------------------------------------------------------
+    def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray) -> list[NoteEvent]:
+        """Track ``k`` consecutive frames.
+
+        Parameters
+        ----------
+        onset, frame, velocity : (k, 88) probabilities in [0, 1] (k may be 0), frames ``frame_index ..
+            frame_index + k - 1``.
+
+        Returns
+        -------
+        The note events of these frames in time order; at one frame offs come before ons, each by ascending pitch.
+        """
+        onset = np.asarray(onset)
+        frame = np.asarray(frame)
+        velocity = np.asarray(velocity)
+        k = onset.shape[0] if onset.ndim == 2 else -1
+        if onset.shape != (k, N_KEYS) or frame.shape != (k, N_KEYS) or velocity.shape != (k, N_KEYS):
+            raise ValueError(f"onset, frame and velocity must all be (k, {N_KEYS}); got {onset.shape}, "
+                             f"{frame.shape}, {velocity.shape}")
+        if k == 0:
+            return []
+
+        above = onset >= self.onset_threshold                    # (k, 88)
+        rising = above.copy()
+        rising[0] &= ~self.onset_above
+        rising[1:] &= ~above[:-1]
+        low = frame < self.frame_threshold                       # (k, 88)
+        self.onset_above = above[-1].copy()
+
+        events: list[NoteEvent] = []
+        sounding, onset_frame, last_onset = self.sounding, self.onset_frame, self.last_onset_frame
+        # While nothing sounds, only a rising edge can change anything: those frames are skipped cheaply.
+        rising_any = rising.any(axis=1)
+        t0 = self.frame_index
+        for i in range(k):
+            t = t0 + i
+            if not rising_any[i] and not sounding.any():
+                continue
+            dur = t - onset_frame
+            ioi_ok = (t - last_onset) >= self.min_ioi_frames
+            r = rising[i]
+            close = sounding & (
+                (low[i] & (dur >= self.min_duration_frames))
+                | (dur >= self.max_duration_frames)
+                | (r & (dur >= self._reonset_frames))
+            )
+            if close.any():
+                time = t / self.frame_rate
+                for p in np.flatnonzero(close):
+                    events.append(NoteEvent("off", int(p) + PIANO_MIN_MIDI, 0, t, time))
+                sounding &= ~close
+            open_ = r & ~sounding & ioi_ok
+            if open_.any():
+                time = t / self.frame_rate
+                vel = np.clip(np.floor(np.nan_to_num(velocity[i]) * 127.0 + 0.5), 1, 127).astype(np.int64)
+                for p in np.flatnonzero(open_):
+                    events.append(NoteEvent("on", int(p) + PIANO_MIN_MIDI, int(vel[p]), t, time))
+                sounding |= open_
+                onset_frame[open_] = t
+                last_onset[open_] = t
+                self.velocity[open_] = vel[open_]
+        self.frame_index = t0 + k
+        return events
+
+    def flush(self) -> list[NoteEvent]:
+        """End of stream: close every sounding note at ``frame_index``, or at ``onset + min duration`` if later.
+
+        Events are in time order. Call :meth:`reset` before starting another stream.
+        """
+        events = []
+        idx = np.flatnonzero(self.sounding)
+        ends = np.maximum(self.frame_index, self.onset_frame[idx] + self.min_duration_frames)
+        for p, end in sorted(zip(idx.tolist(), ends.tolist()), key=lambda x: (x[1], x[0])):
+            events.append(NoteEvent("off", p + PIANO_MIN_MIDI, 0, int(end), end / self.frame_rate))
+        self.sounding[:] = False
+        return events
