@@ -92,6 +92,8 @@ class ModelSettings:
     window_frames: int = _f(lo=1, hi=10000, unit="frames")
     units: int = _f(lo=1, hi=2048)
     lookahead_frames: int = _f(lo=0, hi=1000, unit="frames")
+    context_frames: int = _f(lo=1, hi=100, unit="frames")
+    input_units: int = _f(lo=1, hi=4096)
 
     @property
     def weights_path(self) -> Path:
@@ -116,6 +118,11 @@ class LiveSettings:
     channels: int = _f(lo=0, hi=256)
     ring_seconds: float = _f(lo=0.1, hi=600.0, unit="s")
     display: bool = _f()
+    device_rate: int = _f(lo=0, hi=768000, unit="Hz")
+    resample_quality: str = _f(choices=("QQ", "LQ", "MQ", "HQ", "VHQ"))
+    stall_s: float = _f(lo=0.1, hi=3600.0, unit="s")
+    display_hz: float = _f(lo=0.1, hi=100.0, unit="Hz")
+    poll_ms: float = _f(lo=0.1, hi=100.0, unit="ms")
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,10 @@ class DataSettings:
     max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")
     shard_frames: int = _f(lo=100, unit="frames")
     seed: int = _f()
+    render_gain: float = _f(lo=0.0, hi=10.0, lo_open=True)
+    tail_seconds: float = _f(lo=0.0, hi=60.0, unit="s")
+    jobs: int = _f(lo=0, hi=1024)
+    export_audio: bool = _f()
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,10 @@ class TrainSettings:
     steps_per_epoch: int = _f(lo=0)
     seed: int = _f()
     mixed_precision: str = _f(choices=("auto", "on", "off"))
+    norm_pieces: int = _f(lo=1)
+    clip_norm: float = _f(lo=0.0)
+    velocity_weight: float = _f(lo=0.0)
+    valid_max_pieces: int = _f(lo=0)
 
 
 @dataclass(frozen=True)

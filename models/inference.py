@@ -1,0 +1,348 @@
+"""Streaming inference in NumPy (+ one Numba kernel) from the exported ``.npz`` weights; no TensorFlow.
+
+The network is the one of :mod:`models.network` (read its notes): per-bin standardisation, a causal conv over the
+last ``context_frames`` frames, one forward LSTM, three sigmoid heads. Everything but the LSTM recurrence is
+vectorised over the frames of a chunk; the recurrence runs in a Numba loop. State carried between calls: the last
+``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, and the step counter, so feeding a piece in
+chunks of any size gives the same outputs as feeding it whole (tests/test_inference.py, and equal to TF there).
+
+Look-ahead: outputs are delayed by ``R = model.lookahead_frames``. After ``n`` input frames, ``max(0, n - R)``
+output frames have been emitted (frame ``t`` once frame ``t + R`` has arrived); :meth:`StreamingModel.flush` feeds
+R frames of silence (raw zero features, as in training) to emit the last R.
+
+Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
+-----------------------------------------------------------------------------
+``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
+input_units, units, lookahead_frames}}, "summary": {...}}``; arrays (float32)::
+
+    norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
+    lstm_kernel (input_units, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order)
+    onset_kernel (u, 88), frame_kernel (u + 88, 88), velocity_kernel (u, 88), and their biases (88,)
+
+Loading checks the stored audio/cqt/model settings against the current ones; a mismatch raises
+:class:`~models.errors.KkomaError` naming the key.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numba as nb
+import numpy as np
+
+from models.errors import KkomaError
+from models.notes import N_KEYS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.settings import Settings
+
+_ARRAYS = ("norm_mean", "norm_inv_std", "context_kernel", "context_bias", "lstm_kernel", "lstm_recurrent",
+           "lstm_bias", "onset_kernel", "onset_bias", "frame_kernel", "frame_bias", "velocity_kernel",
+           "velocity_bias")
+_TRAIN_HINT = ("train weights with `kkoma train DATASET OUT_DIR` and use them with "
+               "`--set model.weights=OUT_DIR/kkoma.npz` (or set model.weights in config.toml)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Numba kernel (private)
+# ----------------------------------------------------------------------------------------------------------------
+@nb.njit(cache=True, nogil=True, fastmath=False)
+def _lstm_run(xw, recurrent, h, c, out):
+    """LSTM recurrence over k steps, in place.
+
+    xw : (k, 4u) input projections + bias; recurrent : (u, 4u); h, c : (u,) state, updated; out : (k, u) outputs.
+    Gates in Keras order i, f, c, o; sigmoid recurrent activation, tanh activation.
+    """
+    k = xw.shape[0]
+    u = h.shape[0]
+    z = np.empty(4 * u, np.float32)
+    for s in range(k):
+        z[:] = xw[s]
+        # z += h @ recurrent, row by row: contiguous rows of the recurrent matrix vectorise.
+        for j in range(u):
+            hj = h[j]
+            row = recurrent[j]
+            for m in range(4 * u):
+                z[m] += hj * row[m]
+        for m in range(u):
+            ig = 1.0 / (1.0 + math.exp(-z[m]))
+            fg = 1.0 / (1.0 + math.exp(-z[u + m]))
+            cg = math.tanh(z[2 * u + m])
+            og = 1.0 / (1.0 + math.exp(-z[3 * u + m]))
+            cm = fg * c[m] + ig * cg
+            c[m] = cm
+            hm = og * math.tanh(cm)
+            h[m] = hm
+            out[s, m] = hm
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """In place: sigmoid(x) = (1 + tanh(x / 2)) / 2, which cannot overflow (and needs no np.errstate, which costs
+    microseconds per call)."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x += 1.0
+    x *= 0.5
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------------
+def _settings_record(settings: "Settings") -> dict:
+    from models.network import settings_record
+
+    return settings_record(settings)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return float(a) == float(b) or (math.isinf(float(a)) and math.isinf(float(b)) and a == b)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.ndarray], dict]:
+    """Read and check a weights file.
+
+    Returns
+    -------
+    arrays : name -> float32 array (see the module notes); meta : the stored JSON record.
+
+    Raises
+    ------
+    KkomaError : the file is missing or unreadable, or was made for other audio/cqt/model settings (the message
+        names the first mismatching key and both values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KkomaError(f"no model weights at {path}: {_TRAIN_HINT}.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in _ARRAYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise KkomaError(f"model weights {path} cannot be read ({type(e).__name__}: {e}); {_TRAIN_HINT}.") from None
+    from models.network import WEIGHTS_FORMAT
+
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
+                         f"{WEIGHTS_FORMAT}; {_TRAIN_HINT}.")
+    want = _settings_record(settings)
+    stored = meta.get("settings", {})
+    for section, keys in want.items():
+        for key, value in keys.items():
+            have = stored.get(section, {}).get(key, "<missing>")
+            if not _same(have, value):
+                raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
+                                 f"settings say {value!r}; use matching settings (--set {section}.{key}={have!r}) "
+                                 f"or retrain the model.")
+    _check_shapes(arrays, want["model"], path)
+    return arrays, meta
+
+
+def _check_shapes(a: dict[str, np.ndarray], m: dict, path) -> None:
+    u, nb_, ctx, hin = m["units"], m["n_bins"], m["context_frames"], m["input_units"]
+    shapes = {"norm_mean": (nb_,), "norm_inv_std": (nb_,), "context_kernel": (ctx, nb_, hin),
+              "context_bias": (hin,), "lstm_kernel": (hin, 4 * u), "lstm_recurrent": (u, 4 * u),
+              "lstm_bias": (4 * u,), "onset_kernel": (u, N_KEYS), "onset_bias": (N_KEYS,),
+              "frame_kernel": (u + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (u, N_KEYS),
+              "velocity_bias": (N_KEYS,)}
+    for k, shape in shapes.items():
+        if a[k].shape != shape:
+            raise KkomaError(f"model weights {path} are damaged: {k} has shape {a[k].shape}, expected {shape}.")
+
+
+def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
+    """Randomly initialised weights of the right shapes (Glorot-uniform kernels, unit forget bias), for tests.
+
+    Not a trained model: its notes are meaningless, but it exercises every path exactly like real weights.
+    """
+    from models.network import architecture
+
+    m = architecture(settings)
+    rng = np.random.default_rng(seed)
+    u, nb_, ctx, hin = m["units"], m["n_bins"], m["context_frames"], m["input_units"]
+
+    def glorot(shape, fan_in, fan_out):
+        lim = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-lim, lim, shape).astype(np.float32)
+
+    lstm_bias = np.zeros(4 * u, np.float32)
+    lstm_bias[u:2 * u] = 1.0
+    a = {
+        "norm_mean": rng.uniform(0.0, 2.0, nb_).astype(np.float32),
+        "norm_inv_std": rng.uniform(0.5, 1.5, nb_).astype(np.float32),
+        "context_kernel": glorot((ctx, nb_, hin), ctx * nb_, hin),
+        "context_bias": rng.normal(0, 0.1, hin).astype(np.float32),
+        "lstm_kernel": glorot((hin, 4 * u), hin, 4 * u),
+        "lstm_recurrent": glorot((u, 4 * u), u, 4 * u),
+        "lstm_bias": lstm_bias,
+        "onset_kernel": glorot((u, N_KEYS), u, N_KEYS) * 4,
+        "onset_bias": np.full(N_KEYS, -1.0, np.float32),
+        "frame_kernel": glorot((u + N_KEYS, N_KEYS), u + N_KEYS, N_KEYS) * 4,
+        "frame_bias": np.zeros(N_KEYS, np.float32),
+        "velocity_kernel": glorot((u, N_KEYS), u, N_KEYS),
+        "velocity_bias": np.zeros(N_KEYS, np.float32),
+    }
+    return a
+
+
+def export_random_weights(path: str | Path, settings: "Settings", seed: int = 0) -> Path:
+    """Write randomly initialised weights (:func:`random_arrays`) to ``path``, for tests and benchmarks only."""
+    from models.network import save_weights_npz
+
+    return save_weights_npz(path, random_arrays(settings, seed), settings,
+                            summary={"note": "random weights, not trained", "seed": seed})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming model
+# ----------------------------------------------------------------------------------------------------------------
+class StreamingModel:
+    """The network run frame by frame (or chunk by chunk) with its state carried between calls.
+
+    Parameters
+    ----------
+    settings : kkoma settings; ``model.weights_path`` is read unless ``weights_path`` or ``arrays`` is given.
+    weights_path : a ``.npz`` weights file (overrides the settings).
+    arrays : weights already in memory (as :func:`load_weights` returns them; used by training's validation).
+
+    State (restored by :meth:`reset`): ``frames_in`` input frames consumed, ``frames_out`` output frames emitted,
+    ``h``/``c`` the LSTM state, the last ``context_frames - 1`` standardised input frames.
+    """
+
+    def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
+                 arrays: dict[str, np.ndarray] | None = None):
+        from models.network import architecture
+
+        self.settings = settings
+        if arrays is None:
+            self.weights_path = Path(weights_path) if weights_path is not None else settings.model.weights_path
+            arrays, self.meta = load_weights(self.weights_path, settings)
+        else:
+            self.weights_path, self.meta = None, {}
+            _check_shapes(arrays, architecture(settings), "in memory")
+        a = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+        self._a = a
+        m = architecture(settings)
+        self.n_bins = m["n_bins"]
+        self.units = m["units"]
+        self.context = m["context_frames"]
+        self.lookahead_frames = m["lookahead_frames"]
+        u = self.units
+        self._fk_h = np.ascontiguousarray(a["frame_kernel"][:u])
+        self._fk_o = np.ascontiguousarray(a["frame_kernel"][u:])
+        # Onset and velocity heads read the same input: one matmul for both. The causal conv as one matmul over
+        # the flattened window of context_frames frames.
+        self._ov_k = np.ascontiguousarray(np.concatenate([a["onset_kernel"], a["velocity_kernel"]], axis=1))
+        self._ov_b = np.concatenate([a["onset_bias"], a["velocity_bias"]])
+        self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
+        self.reset()
+
+    @property
+    def lookahead_ms(self) -> float:
+        """Output delay [ms]: frame t comes out once frame t + lookahead_frames has been fed."""
+        return 1000.0 * self.lookahead_frames * self.settings.audio.hop_seconds
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(v.size for k, v in self._a.items() if not k.startswith("norm_")))
+
+    def reset(self) -> None:
+        """Forget the stream: zero state, counters back to 0."""
+        self.h = np.zeros(self.units, np.float32)
+        self.c = np.zeros(self.units, np.float32)
+        self._hist = np.zeros((self.context - 1, self.n_bins), np.float32)
+        self.frames_in = 0
+        self.frames_out = 0
+        self._flushed = False
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        z = np.zeros((0, N_KEYS), np.float32)
+        return {"onset": z, "frame": z.copy(), "velocity": z.copy()}
+
+    def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        a = self._a
+        k = features.shape[0]
+        x = (features - a["norm_mean"]) * a["norm_inv_std"]
+        ctx, nb_ = self.context, self.n_bins
+        xx = np.concatenate([self._hist, x]) if ctx > 1 else x
+        if ctx > 1:
+            self._hist = xx[-(ctx - 1):].copy()
+        if k == 1:
+            win = xx.reshape(1, -1)
+        else:  # rows: frames s-ctx+1 .. s, flattened (k, ctx * n_bins)
+            win = np.lib.stride_tricks.sliding_window_view(xx, (ctx, nb_))[:, 0].reshape(k, ctx * nb_)
+        z = win @ self._ck
+        z += a["context_bias"]
+        np.maximum(z, 0.0, out=z)
+        xw = z @ a["lstm_kernel"]
+        xw += a["lstm_bias"]
+        hs = np.empty((k, self.units), np.float32)
+        _lstm_run(xw, a["lstm_recurrent"], self.h, self.c, hs)
+        ov = hs @ self._ov_k
+        ov += self._ov_b
+        _sigmoid(ov)
+        onset = ov[:, :N_KEYS]
+        frame = hs @ self._fk_h
+        frame += onset @ self._fk_o
+        frame += a["frame_bias"]
+        _sigmoid(frame)
+        return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
+
+    def process(self, features) -> dict[str, np.ndarray]:
+        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``.
+
+        The outputs are for frames ``frames_out .. frames_out + k' - 1`` in [0, 1] (velocity = MIDI velocity / 127),
+        ``k' = k`` once the first ``lookahead_frames`` frames have been fed.
+        """
+        if self._flushed:
+            raise KkomaError("this StreamingModel was flushed; call reset() before streaming a new signal.")
+        f = np.asarray(features, dtype=np.float32)
+        if f.ndim != 2 or f.shape[1] != self.n_bins:
+            raise ValueError(f"features must be (k, {self.n_bins}); got {f.shape}")
+        k = f.shape[0]
+        if k == 0:
+            return self._empty()
+        out = self._run(np.ascontiguousarray(f))
+        skip = max(0, self.lookahead_frames - self.frames_in)  # steps before the first output frame
+        self.frames_in += k
+        if skip:
+            out = {n: v[skip:] for n, v in out.items()}
+        self.frames_out += out["onset"].shape[0]
+        return out
+
+    def flush(self) -> dict[str, np.ndarray]:
+        """End of stream: feed ``lookahead_frames`` frames of silence and return the last outputs.
+
+        After it, ``frames_out == frames_in`` (of the real frames); call :meth:`reset` to stream again.
+        """
+        if self._flushed:
+            return self._empty()
+        n_real = self.frames_in
+        out = self.process(np.zeros((self.lookahead_frames, self.n_bins), np.float32))
+        keep = n_real - (self.frames_out - out["onset"].shape[0])  # frames of the real signal still owed
+        out = {n: v[:keep] for n, v in out.items()}
+        self.frames_out = n_real
+        self.frames_in = n_real
+        self._flushed = True
+        return out
+
+    def predict(self, features) -> dict[str, np.ndarray]:
+        """Whole-piece batch entry point: ``reset``, ``process`` in ``transcribe.chunk_frames`` chunks, ``flush``.
+
+        features : (n, n_bins) raw features -> dict onset/frame/velocity (n, 88). Leaves the model reset.
+        """
+        f = np.asarray(features, dtype=np.float32)
+        self.reset()
+        step = self.settings.transcribe.chunk_frames
+        parts = [self.process(f[i:i + step]) for i in range(0, f.shape[0], step)]
+        parts.append(self.flush())
+        self.reset()
+        return {n: np.concatenate([p[n] for p in parts]) for n in ("onset", "frame", "velocity")}

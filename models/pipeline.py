@@ -1,0 +1,99 @@
+"""Audio -> note events: :class:`~models.cqt.IncrementalCQT` -> :class:`~models.inference.StreamingModel` ->
+:class:`~models.tracker.NoteTracker`, one streaming object for live and offline alike.
+
+Live feeds :class:`Transcriber` one audio block at a time; :func:`transcribe_audio` feeds the same objects in blocks
+of ``transcribe.chunk_frames`` hops. Each stage carries its own state and is exact under any chunking, so both give
+identical notes (tests/test_pipeline.py).
+
+Latency (:meth:`Transcriber.latency_budget`): a frame at time ``t`` leaves the transform once audio up to
+``t + cqt look-ahead`` has arrived, leaves the model ``model.lookahead_frames`` hops later, and the tracker adds
+nothing; an onset between two frames is stamped at the next one, up to one hop later. Audio block buffering and
+compute time come on top and are the live driver's to report.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.notes import Note, NoteEvent
+    from models.settings import Settings
+
+
+class Transcriber:
+    """Streaming transcription: audio blocks (mono float, ``audio.sample_rate``) in, note events out.
+
+    Parameters
+    ----------
+    settings : kkoma settings.
+    weights_path : model weights (default ``settings.model.weights_path``).
+
+    Attributes
+    ----------
+    cqt, model, tracker : the three stages (each with ``process``/``flush``/``reset``).
+    """
+
+    def __init__(self, settings: "Settings", weights_path: str | Path | None = None):
+        from models.cqt import CQT
+        from models.inference import StreamingModel
+        from models.tracker import NoteTracker
+
+        self.settings = settings
+        self.model = StreamingModel(settings, weights_path)
+        self.cqt = CQT(settings).incremental()
+        self.tracker = NoteTracker(settings)
+
+    def reset(self) -> None:
+        """Start a new stream (sample 0, frame 0, no state, no sounding notes)."""
+        self.cqt.reset()
+        self.model.reset()
+        self.tracker.reset()
+
+    def _track(self, out: dict[str, np.ndarray]) -> list["NoteEvent"]:
+        return self.tracker.process(out["onset"], out["frame"], out["velocity"])
+
+    def process(self, block) -> list["NoteEvent"]:
+        """Push ``(n,)`` audio samples (any n ≥ 0) -> the note events that became certain (time-ordered)."""
+        features = self.cqt.process(block)
+        if features.shape[0] == 0:
+            return []
+        return self._track(self.model.process(features))
+
+    def flush(self) -> list["NoteEvent"]:
+        """End of stream: emit the remaining frames and close every sounding note. :meth:`reset` before reuse."""
+        events = []
+        features = self.cqt.flush()
+        if features.shape[0]:
+            events += self._track(self.model.process(features))
+        events += self._track(self.model.flush())
+        events += self.tracker.flush()
+        return events
+
+    def latency_budget(self) -> dict[str, float]:
+        """Algorithmic latency figures [ms]: transform look-ahead, model look-ahead, hop, and their sum."""
+        hop_ms = 1000.0 * self.settings.audio.hop_seconds
+        t = float(self.cqt.lookahead_ms)
+        m = float(self.model.lookahead_ms)
+        return {"transform_lookahead_ms": t, "model_lookahead_ms": m, "hop_ms": hop_ms, "total_ms": t + m + hop_ms}
+
+
+def transcribe_audio(audio, settings: "Settings", weights_path: str | Path | None = None,
+                     transcriber: Transcriber | None = None) -> list["Note"]:
+    """Transcribe a whole signal: ``(n,)`` float mono audio at ``audio.sample_rate`` -> notes sorted by onset.
+
+    The signal goes through a (reset) :class:`Transcriber` in blocks of ``transcribe.chunk_frames`` hops, so memory
+    stays bounded and the notes are those the live path gives.
+    """
+    from models.notes import events_to_notes
+
+    t = transcriber if transcriber is not None else Transcriber(settings, weights_path)
+    t.reset()
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    step = settings.transcribe.chunk_frames * settings.audio.hop_length
+    events: list = []
+    for i in range(0, len(x), step):
+        events += t.process(x[i:i + step])
+    events += t.flush()
+    return events_to_notes(events)

@@ -1,0 +1,447 @@
+"""Training the streaming model (``kkoma train DATASET OUT_DIR``) on a dataset made by ``kkoma prepare``.
+
+Data regime: long random crops, state reset per crop
+------------------------------------------------------
+Each training example is a crop of ``model.window_frames`` consecutive frames of one piece, in the model's regime
+(:func:`models.network.align`: labels delayed by ``model.lookahead_frames``, the piece followed by that many frames
+of silence), and the LSTM starts every crop from a zero state. Why crops rather than the reference's consecutive
+windows with state carried: (1) batches mix many pieces and positions, so gradients are far less correlated than
+16 streams marching through 16 pieces in step; (2) no per-row state bookkeeping, which Keras 3 stateful layers
+cannot do (they reset the whole batch); (3) the zero-state start a crop sees is exactly how inference starts a
+piece, and a crop of 4 s is long against the LSTM's useful memory, so the state it reaches mid-crop is the state
+it reaches mid-piece. Pieces are visited in a shuffled order each pass; a pool of ``2 * batch_size`` loaded pieces
+gives ``ceil((n + R) / window)`` crops each, shuffled together, so one pass covers every frame about once.
+
+Validation runs the exported NumPy streaming model (the very code that ships) over whole held-out pieces from a
+zero state, per ``valid_*`` split, and reports frame-level onset F1 (onset probability ≥ ``tracker.onset_threshold``
+on the labelled onset frame), frame F1 (frame probability ≥ ``tracker.frame_threshold``), velocity MAE on onset
+frames, and the mean BCE losses. The score used for checkpoints and early stopping is the mean over splits of
+(onset F1 + frame F1) / 2. Note-level metrics (mir_eval) are ``kkoma evaluate``'s job.
+
+OUT_DIR layout::
+
+    kkoma.npz              best weights for models.inference (settings + training summary inside)
+    summary.json           the training summary (also printed)
+    checkpoints/           last.weights.h5, last.optimizer.npz, best.weights.h5, state.json (resume)
+    logs/                  TensorBoard scalars per epoch (losses, validation metrics)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.errors import KkomaError
+from models.notes import N_KEYS
+
+LABELS = ("onset", "frame", "velocity")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset access
+# ----------------------------------------------------------------------------------------------------------------
+def read_manifest(dataset: str | Path, settings) -> dict:
+    """Read ``DATASET/manifest.json`` and check its audio/cqt settings against ours (KkomaError naming the key)."""
+    dataset = Path(dataset)
+    path = dataset / "manifest.json"
+    if not path.is_file():
+        raise KkomaError(f"{dataset} is not a kkoma dataset (no manifest.json); make one with `kkoma prepare`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise KkomaError(f"{path} cannot be read ({e}).") from None
+    stored = manifest.get("settings", {})
+    for section in ("audio", "cqt"):
+        ours = asdict(getattr(settings, section))
+        for key, value in stored.get(section, {}).items():
+            if key in ours and not _same(value, ours[key]):
+                raise KkomaError(f"dataset {dataset} was prepared with {section}.{key} = {value!r} but the settings "
+                                 f"say {ours[key]!r}; train with matching settings (--set {section}.{key}={value!r}) "
+                                 "or prepare the dataset again.")
+    if not manifest.get("pieces"):
+        raise KkomaError(f"dataset {dataset} has no pieces.")
+    return manifest
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def load_piece(dataset: Path, piece: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One shard -> features (n, n_bins) float16 and labels onset/frame uint8, velocity uint8 (MIDI, onset frames)."""
+    path = dataset / piece["file"]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            features = z["features"]
+            labels = {k: z[k] for k in LABELS}
+    except (OSError, KeyError, ValueError) as e:
+        raise KkomaError(f"dataset shard {path} cannot be read ({type(e).__name__}: {e}).") from None
+    return features, labels
+
+
+def feature_stats(dataset: Path, pieces: list[dict], n_pieces: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin mean and standard deviation of the features of up to ``n_pieces`` random pieces, (n_bins,) each."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(pieces))[:n_pieces]
+    s = s2 = None
+    n = 0
+    for i in chosen:
+        f = load_piece(dataset, pieces[int(i)])[0].astype(np.float64)
+        s = f.sum(0) if s is None else s + f.sum(0)
+        s2 = (f * f).sum(0) if s2 is None else s2 + (f * f).sum(0)
+        n += f.shape[0]
+    if not n:
+        raise KkomaError("the training pieces have no frames.")
+    mean = s / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+
+
+def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int):
+    """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity (window, 88)
+    uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes."""
+    from models.network import align
+
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(pieces))
+        for p0 in range(0, len(order), pool):
+            crops = []
+            for i in order[p0:p0 + pool]:
+                f, lab = load_piece(dataset, pieces[int(i)])
+                f, lab = align(f, lab, lookahead)
+                n = f.shape[0]
+                if n < window:  # short piece: pad with silence (what follows a piece)
+                    f = np.concatenate([f, np.zeros((window - n, f.shape[1]), f.dtype)])
+                    lab = {k: np.concatenate([v, np.zeros((window - n, N_KEYS), v.dtype)]) for k, v in lab.items()}
+                    n = window
+                for _ in range(max(1, math.ceil(n / window))):
+                    s = int(rng.integers(0, n - window + 1))
+                    crops.append((f[s:s + window], lab["onset"][s:s + window], lab["frame"][s:s + window],
+                                  lab["velocity"][s:s + window]))
+            for j in rng.permutation(len(crops)):
+                yield crops[int(j)]
+
+
+def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
+    return sum(max(1, math.ceil((int(p["n_frames"]) + lookahead) / window)) for p in pieces)
+
+
+def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, seed: int):
+    """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity: (B, T, 88) float32})``;
+    velocity targets are MIDI velocity / 127 (0 off the onset frames)."""
+    import tensorflow as tf
+
+    m = settings.model
+    nb_, w = settings.cqt.n_bins, m.window_frames
+    sig = (tf.TensorSpec((w, nb_), tf.float16), tf.TensorSpec((w, N_KEYS), tf.uint8),
+           tf.TensorSpec((w, N_KEYS), tf.uint8), tf.TensorSpec((w, N_KEYS), tf.uint8))
+    ds = tf.data.Dataset.from_generator(
+        lambda: crop_stream(dataset, pieces, w, m.lookahead_frames, max(8, 2 * batch_size), seed),
+        output_signature=sig)
+
+    def to_example(f, on, fr, vel):
+        return (tf.cast(f, tf.float32), {"onset": tf.cast(on, tf.float32), "frame": tf.cast(fr, tf.float32),
+                                         "velocity": tf.cast(vel, tf.float32) / 127.0})
+
+    return ds.batch(batch_size, drop_remainder=True).map(to_example, num_parallel_calls=2).prefetch(2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation (NumPy streaming model over whole pieces)
+# ----------------------------------------------------------------------------------------------------------------
+def _bce(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]]) -> dict[str, float]:
+    """Score weights on every validation split -> flat dict of metrics (``<split>_onset_f1`` etc., and ``score``)."""
+    from models.inference import StreamingModel
+
+    model = StreamingModel(settings, arrays=arrays)
+    on_t, fr_t = settings.tracker.onset_threshold, settings.tracker.frame_threshold
+    out: dict[str, float] = {}
+    scores = []
+    for split, pieces in splits.items():
+        c = dict(otp=0, ofp=0, ofn=0, ftp=0, ffp=0, ffn=0, vabs=0.0, von=0, obce=0.0, fbce=0.0, nf=0)
+        for piece in pieces:
+            f, lab = load_piece(dataset, piece)
+            p = model.predict(f)
+            on_y, fr_y = lab["onset"] > 0, lab["frame"] > 0
+            on_p, fr_p = p["onset"] >= on_t, p["frame"] >= fr_t
+            c["otp"] += int((on_p & on_y).sum()); c["ofp"] += int((on_p & ~on_y).sum())
+            c["ofn"] += int((~on_p & on_y).sum())
+            c["ftp"] += int((fr_p & fr_y).sum()); c["ffp"] += int((fr_p & ~fr_y).sum())
+            c["ffn"] += int((~fr_p & fr_y).sum())
+            c["vabs"] += float(np.abs(p["velocity"][on_y] * 127.0 - lab["velocity"][on_y]).sum())
+            c["von"] += int(on_y.sum())
+            n = f.shape[0]
+            c["obce"] += _bce(p["onset"], on_y) * n; c["fbce"] += _bce(p["frame"], fr_y) * n
+            c["nf"] += n
+        o_f1, f_f1 = _f1(c["otp"], c["ofp"], c["ofn"]), _f1(c["ftp"], c["ffp"], c["ffn"])
+        out[f"{split}_onset_f1"] = o_f1
+        out[f"{split}_frame_f1"] = f_f1
+        out[f"{split}_velocity_mae"] = c["vabs"] / max(1, c["von"])
+        out[f"{split}_onset_bce"] = c["obce"] / max(1, c["nf"])
+        out[f"{split}_frame_bce"] = c["fbce"] / max(1, c["nf"])
+        scores.append((o_f1 + f_f1) / 2)
+    out["score"] = float(np.mean(scores)) if scores else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+def velocity_loss(y_true, y_pred):
+    """Mean squared error of velocity / 127 over the onset frames only (the targets are > 0 exactly there)."""
+    import keras.ops as K
+
+    mask = K.cast(y_true > 0, y_pred.dtype)
+    return K.sum(mask * K.square(y_pred - y_true)) / K.maximum(K.sum(mask), 1.0)
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, default=float)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _save_weights(model, path: Path) -> None:
+    tmp = path.with_name(path.stem.replace(".weights", "") + ".tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _save_optimizer(opt, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, *[np.asarray(v) for v in opt.variables])
+    os.replace(tmp, path)
+
+
+def _load_optimizer(opt, model, path: Path, log) -> None:
+    with np.load(path) as z:
+        values = [z[f"arr_{i}"] for i in range(len(z.files))]
+    opt.build(model.trainable_variables)
+    if len(values) != len(opt.variables) or any(tuple(v.shape) != a.shape for v, a in zip(opt.variables, values)):
+        log("  optimizer state does not match this model; resuming with a fresh optimizer")
+        return
+    for v, a in zip(opt.variables, values):
+        v.assign(a)
+
+
+class _Board:
+    """Per-epoch scalars as TensorBoard event files, written with core ``tf.summary.write`` (which, unlike
+    ``tf.summary.scalar`` and Keras' TensorBoard callback, does not need the ``tensorboard`` package installed;
+    install it only to view the logs: ``tensorboard --logdir OUT_DIR/logs``)."""
+
+    def __init__(self, folder: Path):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(folder))
+        md = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        self.metadata = md.SerializeToString()
+
+    def write(self, step: int, values: dict) -> None:
+        tf = self.tf
+        with self.writer.as_default():
+            for k, v in values.items():
+                try:
+                    v = float(v)
+                except (TypeError, ValueError):
+                    continue
+                tf.summary.write(k, tf.constant(v, tf.float32), step=step, metadata=self.metadata)
+        self.writer.flush()
+
+
+def _setup_tf(settings, log):
+    """Seeds, strategy and precision policy. Returns (strategy, mixed_precision: bool, devices: str)."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    keras.utils.set_random_seed(settings.train.seed)
+    if not gpus:
+        tf.config.experimental.enable_op_determinism()
+    mp = settings.train.mixed_precision
+    mixed = (mp == "on") or (mp == "auto" and bool(gpus))
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    devices = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    return strategy, mixed, devices
+
+
+def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = False,
+          log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict:
+    """Train, validate, checkpoint, and export the best weights to ``OUT_DIR/kkoma.npz``.
+
+    Parameters
+    ----------
+    dataset : a folder made by ``kkoma prepare`` (manifest.json + per-piece npz shards).
+    out_dir : where checkpoints, logs, the summary and the exported weights go.
+    settings : ``train.*`` (batch size, epochs, steps per epoch, patience, learning rate, ...) and ``model.*``.
+    resume : continue from ``OUT_DIR/checkpoints`` (model, optimizer, epoch, best score, patience counter).
+    verbose : Keras progress output (0 silent, 1 bar, 2 one line per epoch, "auto").
+
+    Returns
+    -------
+    The training summary (also written to ``OUT_DIR/summary.json`` and stored inside ``kkoma.npz``).
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(dataset, out_dir, settings, resume=resume, log=log, verbose=verbose)
+    finally:  # the precision policy is process-global: leave it as found
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(dataset, out_dir, settings, *, resume, log, verbose) -> dict:
+    import keras
+
+    from models import network
+
+    t_start = time.time()
+    dataset = Path(dataset)
+    out_dir = Path(out_dir)
+    manifest = read_manifest(dataset, settings)
+    pieces = manifest["pieces"]
+    train_pieces = [p for p in pieces if p.get("split") == "train"]
+    if not train_pieces:
+        raise KkomaError(f"dataset {dataset} has no pieces in the train split.")
+    t = settings.train
+    valid = {}
+    for p in pieces:
+        if str(p.get("split", "")).startswith("valid"):
+            valid.setdefault(p["split"], []).append(p)
+    if t.valid_max_pieces:
+        valid = {k: v[:t.valid_max_pieces] for k, v in valid.items()}
+    ckpt = out_dir / "checkpoints"
+    state_path = ckpt / "state.json"
+    state = None
+    if state_path.exists():
+        if not resume:
+            raise KkomaError(f"{out_dir} already holds a training run; continue it with --resume or choose another "
+                             "OUT_DIR.")
+        state = json.loads(state_path.read_text())
+    elif resume:
+        log(f"no checkpoint in {ckpt}; starting a new run")
+    ckpt.mkdir(parents=True, exist_ok=True)
+
+    strategy, mixed, devices = _setup_tf(settings, log)
+    window, R = settings.model.window_frames, settings.model.lookahead_frames
+    batch = t.batch_size
+    steps = t.steps_per_epoch or max(1, crops_per_pass(train_pieces, window, R) // batch)
+    initial_epoch = 0 if state is None else int(state["epoch"]) + 1
+    with strategy.scope():
+        model = network.build_model(settings)
+        opt = keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm or None)
+        model.compile(optimizer=opt,
+                      loss={"onset": "binary_crossentropy", "frame": "binary_crossentropy",
+                            "velocity": velocity_loss},
+                      loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
+        if state is None:
+            mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
+            network.set_normalization(model, mean, std)
+        else:
+            model.load_weights(ckpt / "last.weights.h5")
+            _load_optimizer(model.optimizer, model, ckpt / "last.optimizer.npz", log)
+    arrays0 = network.model_arrays(model)
+    n_params = network.count_params(arrays0)
+    log(f"kkoma train: {len(train_pieces)} training pieces, validation "
+        + (", ".join(f"{k} ({len(v)})" for k, v in valid.items()) or "none")
+        + f"; {n_params:,} parameters; {devices}{', mixed precision' if mixed else ''}; batch {batch} x {window} "
+        f"frames, {steps} steps/epoch; look-ahead {R} frames ({settings.model_lookahead_ms:g} ms)")
+    if state is not None:
+        log(f"resuming after epoch {initial_epoch} (best score {state['best_score']:.4f} at epoch "
+            f"{state['best_epoch'] + 1})")
+    if initial_epoch >= t.epochs:
+        log(f"the run has already done {initial_epoch} of {t.epochs} epochs")
+
+    # Resumed runs draw different (but reproducible) crops from the epochs they skip.
+    data = make_dataset(dataset, train_pieces, settings, batch, t.seed + 1000 * initial_epoch)
+
+    st = state or {"epoch": -1, "best_score": None, "best_epoch": -1, "wait": 0, "history": []}
+
+    def summary(final: bool) -> dict:
+        return {"dataset": str(dataset), "out_dir": str(out_dir), "epochs_run": st["epoch"] + 1,
+                "best_epoch": st["best_epoch"] + 1, "best_score": st["best_score"],
+                "best": st["history"][st["best_epoch"]] if st["best_epoch"] >= 0 else None,
+                "stopped_early": bool(final and st.get("stopped_early")), "parameters": n_params,
+                "train_pieces": len(train_pieces), "valid_pieces": {k: len(v) for k, v in valid.items()},
+                "steps_per_epoch": steps, "batch_size": batch, "window_frames": window,
+                "lookahead_frames": R, "lookahead_ms": settings.model_lookahead_ms, "devices": devices,
+                "mixed_precision": mixed, "train_settings": asdict(t), "seconds": round(time.time() - t_start, 1),
+                "history": st["history"]}
+
+    board = _Board(out_dir / "logs")
+
+    class Epochs(keras.callbacks.Callback):
+        """Validate, checkpoint (last + best), early-stop, and keep the resumable state (in that order)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            t0 = time.time()
+            arrays = network.model_arrays(self.model)
+            metrics = validate(arrays, settings, dataset, valid) if valid else {}
+            score = metrics.get("score")
+            if score is None or not np.isfinite(score):  # no validation data: lower training loss is better
+                score = -float(logs.get("loss", np.inf))
+            for k, v in metrics.items():
+                logs[f"val_{k}"] = v
+            logs["val_score"] = score
+            entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                     "valid_seconds": round(time.time() - t0, 1)}
+            st["history"].append(entry)
+            st["epoch"] = epoch
+            improved = st["best_score"] is None or score > st["best_score"]
+            if improved:
+                st["best_score"], st["best_epoch"], st["wait"] = float(score), epoch, 0
+                _save_weights(self.model, ckpt / "best.weights.h5")
+                network.save_weights_npz(out_dir / "kkoma.npz", arrays, settings, summary(False))
+            else:
+                st["wait"] += 1
+            _save_weights(self.model, ckpt / "last.weights.h5")
+            _save_optimizer(self.model.optimizer, ckpt / "last.optimizer.npz")
+            if st["wait"] > t.patience:
+                st["stopped_early"] = True
+                self.model.stop_training = True
+            _atomic_json(state_path, st)
+            board.write(epoch + 1, logs)
+            parts = [f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}"]
+            for split in valid:
+                parts.append(f"{split} onset F1 {metrics[f'{split}_onset_f1']:.3f} frame F1 "
+                             f"{metrics[f'{split}_frame_f1']:.3f} vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
+            parts.append(f"score {score:.4f}" + (" (best)" if improved else f" (best {st['best_score']:.4f} "
+                                                                              f"at epoch {st['best_epoch'] + 1})"))
+            log("; ".join(parts))
+            if self.model.stop_training and st.get("stopped_early"):
+                log(f"early stop: no improvement for {st['wait']} epochs (train.patience = {t.patience})")
+
+    callbacks = [Epochs()]
+    if initial_epoch < t.epochs and not st.get("stopped_early"):
+        model.fit(data, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
+    result = summary(True)
+    if st["best_epoch"] >= 0:
+        # Final export: the best weights again, now with the complete training summary inside.
+        model.load_weights(ckpt / "best.weights.h5")
+        network.export_npz(model, out_dir / "kkoma.npz", settings, result)
+    _atomic_json(out_dir / "summary.json", result)
+    return result

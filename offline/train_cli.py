@@ -1,0 +1,54 @@
+"""``kkoma train DATASET OUT_DIR``: train the onset/frame/velocity model on a dataset made by ``kkoma prepare``.
+
+Imports only the standard library at module level so ``kkoma --help`` stays instant; TensorFlow loads in ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `kkoma prepare` (manifest.json)")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="output folder: kkoma.npz (best weights for transcribe/live), summary.json, checkpoints/, "
+                        "logs/ (TensorBoard)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default: train.epochs)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="batches per epoch; 0 = one pass over the training pieces (default: train.steps_per_epoch)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: train.batch_size")
+    p.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="default: train.learning_rate")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="epochs without validation improvement before stopping (default: train.patience)")
+    p.add_argument("--valid-max-pieces", type=int, default=None, metavar="N",
+                   help="pieces scored per validation split each epoch; 0 = all (default: train.valid_max_pieces)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its last checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (one line per epoch)")
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    import json
+    import os
+
+    from models.errors import KkomaError
+
+    overrides = {}
+    for name, key in (("epochs", "epochs"), ("steps_per_epoch", "steps_per_epoch"), ("batch_size", "batch_size"),
+                      ("learning_rate", "learning_rate"), ("patience", "patience"),
+                      ("valid_max_pieces", "valid_max_pieces")):
+        v = getattr(args, name)
+        if v is not None:
+            overrides[f"train__{key}"] = repr(v)
+    if overrides:
+        settings = settings.replace(**overrides)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from offline.train import train
+
+    try:
+        summary = train(args.dataset, args.out_dir, settings, resume=args.resume,
+                        verbose=2 if args.quiet else "auto")
+    except KeyboardInterrupt:
+        raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None
+    best = summary.get("best") or {}
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"best": best}, indent=2, default=str))
+    print(f"best weights: {os.path.join(args.out_dir, 'kkoma.npz')} (use with --set model.weights=...)")
+    return 0

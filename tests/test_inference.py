@@ -1,0 +1,120 @@
+"""NumPy streaming inference == the TF model; streaming in any chunking == whole sequence; weights checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.errors import KkomaError
+from models.inference import StreamingModel, export_random_weights, load_weights, random_arrays
+from models.settings import load_settings
+
+TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2"]
+KEYS = ("onset", "frame", "velocity")
+
+
+def _features(n, seed=0):
+    return np.random.default_rng(seed).uniform(0, 6, (n, 264)).astype(np.float32)
+
+
+def _stream(model, f, rng, max_chunk=17):
+    model.reset()
+    parts, i = [], 0
+    while i < len(f):
+        k = int(rng.integers(0, max_chunk + 1))
+        parts.append(model.process(f[i:i + k]))
+        i += k
+    parts.append(model.flush())
+    return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
+
+
+@pytest.mark.parametrize("lookahead,context", [(2, 3), (0, 1), (5, 2)])
+def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context):
+    pytest.importorskip("tensorflow")
+    from models import network
+
+    s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}"])
+    m = network.build_model(s)
+    rng = np.random.default_rng(lookahead)
+    network.set_normalization(m, rng.uniform(0, 2, 264), rng.uniform(0.5, 2, 264))
+    f = _features(230, seed=lookahead)
+    # TF on the whole piece in the training regime: R frames of silence appended, outputs delayed by R.
+    fa, _ = network.align(f, {}, lookahead)
+    ref = {k: np.asarray(v)[0, lookahead:] for k, v in m(fa[None]).items()}
+    sm = StreamingModel(s, arrays=network.model_arrays(m))
+    whole = sm.predict(f)
+    for trial in range(3):
+        got = _stream(sm, f, np.random.default_rng(trial))
+        for k in KEYS:
+            assert got[k].shape == (230, 88)
+            assert np.abs(got[k] - ref[k]).max() <= 1e-4, k
+            assert np.abs(got[k] - whole[k]).max() <= 1e-6, k
+    for k in KEYS:
+        assert np.abs(whole[k] - ref[k]).max() <= 1e-4
+
+
+def test_output_delay_and_counters():
+    s = load_settings(overrides=TINY + ["model.lookahead_frames=3"])
+    sm = StreamingModel(s, arrays=random_arrays(s))
+    f = _features(10)
+    assert sm.process(f[:2])["onset"].shape == (0, 88)
+    assert sm.process(f[2:4])["onset"].shape == (1, 88)   # 4 frames in, frame 0 out
+    assert sm.process(f[4:10])["onset"].shape == (6, 88)
+    assert (sm.frames_in, sm.frames_out) == (10, 7)
+    assert sm.flush()["onset"].shape == (3, 88)
+    assert sm.frames_out == 10
+    with pytest.raises(KkomaError, match="reset"):
+        sm.process(f)
+    sm.reset()
+    assert sm.flush()["onset"].shape == (0, 88)        # empty stream
+    sm.reset()
+    sm.process(f[:1])
+    assert sm.flush()["onset"].shape == (1, 88)        # shorter than the look-ahead
+
+
+def test_reset_forgets_state():
+    s = load_settings(overrides=TINY)
+    sm = StreamingModel(s, arrays=random_arrays(s))
+    a = sm.predict(_features(50, 1))
+    sm.process(_features(30, 2))
+    sm.reset()
+    b = sm.predict(_features(50, 1))
+    for k in KEYS:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_missing_weights_say_how_to_train(tmp_path):
+    s = load_settings(overrides=TINY)
+    with pytest.raises(KkomaError, match="kkoma train") as e:
+        StreamingModel(s, weights_path=tmp_path / "nope.npz")
+    assert "nope.npz" in str(e.value)
+
+
+def test_corrupt_weights(tmp_path):
+    s = load_settings(overrides=TINY)
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"not a zip")
+    with pytest.raises(KkomaError, match="cannot be read"):
+        StreamingModel(s, weights_path=p)
+
+
+@pytest.mark.parametrize("override,key", [("cqt.lookahead_ms=10", "cqt.lookahead_ms"),
+                                          ("audio.hop_length=320", "audio.hop_length"),
+                                          ("cqt.filter_scale=0.5", "cqt.filter_scale"),
+                                          ("model.lookahead_frames=4", "model.lookahead_frames"),
+                                          ("model.units=13", "model.units")])
+def test_settings_mismatch_names_the_key(tmp_path, override, key):
+    s = load_settings(overrides=TINY)
+    p = export_random_weights(tmp_path / "w.npz", s)
+    load_weights(p, s)
+    with pytest.raises(KkomaError, match=key.replace(".", r"\.")):
+        StreamingModel(load_settings(overrides=TINY + [override]), weights_path=p)
+
+
+def test_default_size_weights_are_small(tmp_path):
+    s = load_settings()
+    p = export_random_weights(tmp_path / "w.npz", s)
+    sm = StreamingModel(s, weights_path=p)
+    assert p.stat().st_size < 4_000_000
+    assert sm.lookahead_ms == pytest.approx(s.model_lookahead_ms)
+    out = sm.predict(_features(40))
+    assert all(out[k].shape == (40, 88) and np.isfinite(out[k]).all() for k in KEYS)

@@ -1,0 +1,95 @@
+"""The composed pipeline: streaming audio in random block sizes gives exactly the notes of transcribe_audio."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.inference import export_random_weights
+from models.pipeline import Transcriber, transcribe_audio
+from models.notes import events_to_notes
+from models.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    # Random weights with thresholds low enough that notes happen (not a musical test).
+    base = load_settings(overrides=["model.units=32", "model.input_units=48"])
+    path = export_random_weights(tmp_path_factory.mktemp("w") / "w.npz", base, seed=3)
+    s = load_settings(overrides=["model.units=32", "model.input_units=48", f"model.weights={path}",
+                                 "tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",
+                                 "transcribe.chunk_frames=50"])
+    sr = s.audio.sample_rate
+    t = np.arange(int(1.3 * sr)) / sr
+    rng = np.random.default_rng(0)
+    audio = np.zeros_like(t)
+    for f0, a, b in ((220.0, 0.1, 0.7), (440.0, 0.3, 1.0), (659.3, 0.6, 1.25)):
+        env = ((t >= a) & (t < b)) * np.exp(-3 * np.clip(t - a, 0, None))
+        audio += 0.3 * env * np.sin(2 * np.pi * f0 * t)
+    audio += 0.01 * rng.standard_normal(len(t))
+    return s, audio.astype(np.float32)
+
+
+def test_streaming_random_blocks_equals_transcribe_audio(setup):
+    s, audio = setup
+    want = transcribe_audio(audio, s)
+    assert len(want) > 0, "the random weights should produce some notes for this test to mean anything"
+    tr = Transcriber(s)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        tr.reset()
+        events, i = [], 0
+        while i < len(audio):
+            n = int(rng.integers(0, 700))
+            events += tr.process(audio[i:i + n])
+            i += n
+        events += tr.flush()
+        assert events_to_notes(events) == want
+        times = [e.time for e in events]
+        assert times == sorted(times)
+
+
+def test_hop_by_hop_equals_batch_probabilities(setup):
+    """The model's probabilities streamed hop by hop equal those of the batch features (≤ 1e-4)."""
+    from models.cqt import CQT
+    from models.inference import StreamingModel
+
+    s, audio = setup
+    feats = CQT(s).features(audio)
+    sm = StreamingModel(s)
+    want = sm.predict(feats)
+    inc = CQT(s).incremental()
+    hop = s.audio.hop_length
+    parts = [sm.process(inc.process(audio[i:i + hop])) for i in range(0, len(audio), hop)]
+    parts += [sm.process(inc.flush()), sm.flush()]
+    for k in ("onset", "frame", "velocity"):
+        got = np.concatenate([p[k] for p in parts])
+        assert got.shape == want[k].shape
+        assert np.abs(got - want[k]).max() <= 1e-4
+
+
+def test_transcriber_reuse_and_latency(setup):
+    s, audio = setup
+    tr = Transcriber(s)
+    a = transcribe_audio(audio, s, transcriber=tr)
+    b = transcribe_audio(audio, s, transcriber=tr)
+    assert a == b
+    lat = tr.latency_budget()
+    assert lat["model_lookahead_ms"] == pytest.approx(s.model_lookahead_ms)
+    assert lat["hop_ms"] == pytest.approx(1000 * s.audio.hop_length / s.audio.sample_rate)
+    assert lat["transform_lookahead_ms"] == pytest.approx(tr.cqt.lookahead_ms)
+    assert lat["total_ms"] == pytest.approx(lat["transform_lookahead_ms"] + lat["model_lookahead_ms"] + lat["hop_ms"])
+    for n in a:
+        assert 21 <= n.pitch <= 108 and 0 <= n.onset < n.offset and 1 <= n.velocity <= 127
+
+
+def test_empty_audio_gives_no_notes(setup):
+    s, _ = setup
+    assert transcribe_audio(np.zeros(0, np.float32), s) == []
+
+
+def test_missing_weights_error(tmp_path):
+    from models.errors import KkomaError
+
+    s = load_settings(overrides=[f"model.weights={tmp_path / 'none.npz'}"])
+    with pytest.raises(KkomaError, match="kkoma train"):
+        Transcriber(s)
