@@ -1,0 +1,296 @@
+"""``kkoma live``, ``kkoma record`` and ``kkoma devices``.
+
+Only the standard library (and kkoma's settings/errors) is imported here at module level so ``kkoma --help`` stays
+instant; numpy, sounddevice, rtmidi and the pipeline load inside the ``run_*`` functions.
+
+Stopping: Ctrl-C (SIGINT) and SIGTERM end a session the same way: the processing thread flushes the transcriber
+(closing sounding notes), every note gets its note-off on the MIDI port, the recording is finalised, and the command
+exits 0. A fault (no device, device lost, MIDI port gone, disk full...) prints one sentence and exits 1, after the
+same clean-up, keeping the recording as far as it got.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+
+from models.errors import KkomaError
+
+_API_CHOICES = ("auto", "alsa", "jack", "coremidi", "winmm")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the Ctrl-C path."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------
+def _add_session_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audio input")
+    g.add_argument("--device", metavar="DEV", default=None,
+                   help="input device: index or (partial) name (default: live.device, else the system default)")
+    g.add_argument("--channels", type=int, metavar="N", default=None,
+                   help="input channels to open, mixed to mono (default: live.channels; 0 = all)")
+    g.add_argument("--rate", type=int, metavar="HZ", default=None,
+                   help="device sample rate (default: live.device_rate; 0 = the device's default)")
+    g.add_argument("--input", metavar="FILE", default=None,
+                   help="stream an audio file through the live engine instead of a device")
+    g.add_argument("--speed", choices=("realtime", "max"), default="realtime",
+                   help="pace of --input: realtime (like a sound card, default) or max (as fast as possible)")
+    g.add_argument("--duration", type=float, metavar="SECONDS", default=None,
+                   help="stop after this much input (default: until Ctrl-C, or the end of --input)")
+    g = p.add_argument_group("MIDI output")
+    g.add_argument("--midi-port", metavar="NAME", default=None,
+                   help="connect to this existing output port (partial, case-insensitive) instead of opening a "
+                        "virtual port named midi.port_name")
+    g.add_argument("--midi-api", choices=_API_CHOICES, default=None,
+                   help="MIDI system (default: midi.api; auto tries ALSA, then JACK on Linux)")
+    g.add_argument("--no-midi", action="store_true", help="send no MIDI")
+    g = p.add_argument_group("output and display")
+    g.add_argument("--events-jsonl", metavar="FILE", default=None,
+                   help="write one JSON line per MIDI event sent (type, pitch, velocity, t_emit, t_note [s])")
+    g.add_argument("--stats-json", metavar="FILE", default=None,
+                   help="write the latency budget, per-hop compute time (p50/p99/max), hops and overflows at exit")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal display and no start-up line")
+
+
+def add_live_arguments(p: argparse.ArgumentParser) -> None:
+    _add_session_arguments(p)
+
+
+def add_record_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT.mid", help="MIDI file to write (kept valid on disk at every moment)")
+    p.add_argument("--audio", metavar="OUT.wav", default=None,
+                   help="also write the input audio (mono, at the device rate) to this file")
+    _add_session_arguments(p)
+
+
+def add_devices_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Display
+# ---------------------------------------------------------------------------------------------------------------
+class _Display:
+    """One terminal line, rewritten in place: keys sounding, input level, latency budget, compute, overflows."""
+
+    def __init__(self, enabled: bool, stream=None):
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self._width = 0
+
+    def update(self, engine) -> None:
+        if not self.enabled:
+            return
+        from realtime.engine import note_name
+
+        try:  # the processing thread changes this set while we read it
+            sounding = sorted(tuple(engine.midi.sounding))
+        except RuntimeError:
+            sounding = []
+        keys = " ".join(note_name(p) for p in sounding) or "-"
+        if len(keys) > 40:
+            keys = keys[:37] + "..."
+        level = f"{engine.level_db:5.0f} dB" if math.isfinite(engine.level_db) else " -inf dB"
+        ring = engine.source.ring
+        t = engine.stats.times
+        last = f"{1000 * t[-1]:4.1f}" if len(t) else "   -"
+        line = (f"{engine.t_emit:7.1f} s | keys {keys:<40} | in {level} | budget {engine.budget['total_ms']:.0f} ms"
+                f" | hop {last} ms | overflows {ring.overflows + getattr(engine.source, 'overflows', 0)}")
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _budget_line(engine) -> str:
+    b = engine.budget
+    parts = " + ".join(f"{k[:-3].replace('_', ' ')} {v:.1f}" for k, v in b.items() if k != "total_ms")
+    return (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute); input {engine.source.name} at "
+            f"{engine.source.sample_rate} Hz, {engine.source.channels} ch; MIDI {engine.midi.port_name} "
+            f"({engine.midi.api})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Session
+# ---------------------------------------------------------------------------------------------------------------
+def _session(args, settings, record_path=None, audio_path=None) -> int:
+    from realtime.audio_in import AudioInput, FileInput
+    from realtime.engine import Engine, make_transcriber
+    from realtime.midi_out import MidiOut, NullMidiOut
+    from realtime.recorder import Recorder
+
+    if args.duration is not None and not args.duration > 0:
+        raise KkomaError(f"--duration must be a positive number of seconds, not {args.duration}.")
+    # The PortAudio callback needs the GIL: switch threads often so a long numpy/Numba call cannot starve it.
+    sys.setswitchinterval(0.001)
+    prev_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum, frame):
+            raise _Terminated()
+        prev_term = signal.signal(signal.SIGTERM, _on_term)
+
+    quiet = args.quiet
+    display = _Display(settings.live.display and not quiet and sys.stdout.isatty())
+    source = midi = recorder = jsonl = engine = None
+    error: BaseException | None = None
+    try:
+        # The order matters for the clean-up below: whatever was opened is closed, in reverse.
+        transcriber = make_transcriber(settings)
+        if args.input:
+            source = FileInput(settings, args.input, speed=args.speed)
+        else:
+            source = AudioInput(settings, device=args.device, channels=args.channels, sample_rate=args.rate)
+        midi = NullMidiOut(settings) if args.no_midi else MidiOut(settings, args.midi_port, args.midi_api)
+        if record_path is not None:
+            recorder = Recorder(record_path, settings, audio_path=audio_path, audio_rate=source.sample_rate)
+        if args.events_jsonl:
+            try:
+                jsonl = open(args.events_jsonl, "w", encoding="utf-8", buffering=1)
+            except OSError as e:
+                raise KkomaError(f"cannot write {args.events_jsonl} ({e.strerror or e}).") from None
+        engine = Engine(settings, source, midi, transcriber=transcriber, recorder=recorder, events_jsonl=jsonl,
+                        duration=args.duration)
+        if not quiet:
+            print(f"kkoma {args.command}: {_budget_line(engine)}", file=sys.stderr, flush=True)
+        engine.start()
+        period = 1.0 / settings.live.display_hz
+        try:
+            while engine.running:
+                engine.join(period)
+                display.update(engine)
+                if recorder is not None:
+                    recorder.autosave()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to end a live session
+            pass
+        engine.stop()
+        engine.join()
+        if engine.error is not None:
+            raise engine.error
+    except BaseException as e:
+        error = e
+    finally:
+        # Never interrupted half-way: a second Ctrl-C/SIGTERM during clean-up is ignored.
+        try:
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if prev_term is not None else None
+        except ValueError:
+            old_int = None
+        if prev_term is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            error = _cleanup(engine, source, midi, recorder, jsonl, display, args, error)
+        finally:
+            if prev_term is not None:
+                signal.signal(signal.SIGTERM, prev_term)
+            if old_int is not None:
+                signal.signal(signal.SIGINT, old_int)
+    if error is not None:
+        raise error
+    return 0
+
+
+def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
+    """Stop everything in order; returns the error to report (the first one)."""
+    def keep(e):
+        nonlocal error
+        if error is None or isinstance(error, KeyboardInterrupt):
+            error = e
+
+    if engine is not None:
+        engine.stop()
+        engine.join(10.0)
+    display.close()
+    if source is not None:
+        source.stop()
+    if midi is not None:
+        midi.close()  # all notes off
+    if recorder is not None:
+        try:
+            recorder.close()
+        except BaseException as e:
+            keep(e)
+    if jsonl is not None:
+        try:
+            jsonl.close()
+        except OSError as e:
+            keep(KkomaError(f"cannot write {args.events_jsonl} ({e.strerror or e})."))
+    if engine is not None and args.stats_json:
+        try:
+            with open(args.stats_json, "w", encoding="utf-8") as fh:
+                json.dump(engine.report(), fh, indent=2)
+                fh.write("\n")
+        except OSError as e:
+            keep(KkomaError(f"cannot write {args.stats_json} ({e.strerror or e})."))
+    if engine is not None and not args.quiet:
+        h = engine.stats.summary()
+        if h["hops"]:
+            print(f"kkoma {args.command}: {engine.hops} hops, compute per hop p50 {h['p50_ms']:.2f} ms, p99 "
+                  f"{h['p99_ms']:.2f} ms, max {h['max_ms']:.2f} ms; overflows {engine.source.ring.overflows} "
+                  f"(ring) + {getattr(engine.source, 'overflows', 0)} (driver); {engine.events_sent} MIDI events",
+                  file=sys.stderr)
+    if isinstance(error, KeyboardInterrupt):
+        error = None  # Ctrl-C / SIGTERM is the normal way to stop
+    return error
+
+
+def run_live(args, settings) -> int:
+    return _session(args, settings)
+
+
+def run_record(args, settings) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mid", ".midi"):
+        raise KkomaError(f"the recording must be a .mid file, not {out.name}.")
+    return _session(args, settings, record_path=out, audio_path=args.audio)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices
+# ---------------------------------------------------------------------------------------------------------------
+def run_devices(args, settings) -> int:
+    from realtime.audio_in import input_devices
+    from realtime.midi_out import list_outputs
+
+    try:
+        inputs = input_devices()
+        audio_error = None
+    except KkomaError as e:
+        inputs, audio_error = [], str(e)
+    midi = list_outputs()
+    if getattr(args, "json", False):
+        print(json.dumps({"audio_inputs": inputs, "audio_error": audio_error, "midi_outputs": midi}, indent=2))
+        return 0
+    print("Audio inputs:")
+    if audio_error:
+        print(f"  ({audio_error})")
+    elif not inputs:
+        print("  none (connect a device or start JACK; `kkoma live --input FILE` works without one)")
+    for d in inputs:
+        star = " [default]" if d["default"] else ""
+        print(f"  {d['index']:>3}: {d['name']} ({d['hostapi']}), {d['channels']} ch, "
+              f"{d['default_rate']:.0f} Hz{star}")
+    print("MIDI outputs:")
+    if not midi:
+        print("  no MIDI API compiled into python-rtmidi")
+    for api, ports in midi.items():
+        if isinstance(ports, str):
+            print(f"  {api}: {ports}")
+        elif not ports:
+            print(f"  {api}: no ports (kkoma opens a virtual port named {settings.midi.port_name!r})")
+        else:
+            print(f"  {api}:")
+            for i, p in enumerate(ports):
+                print(f"    {i}: {p}")
+    return 0

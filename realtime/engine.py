@@ -1,0 +1,348 @@
+"""The live engine: ring buffer -> mono -> resample to the model rate -> Transcriber -> events -> MIDI / file / JSON.
+
+One processing thread (:meth:`Engine.start`) consumes the ring buffer one model hop at a time (``audio.hop_length``
+samples at the model rate, i.e. ``round(hop * device_rate / model_rate)`` device samples), so the streaming
+:class:`models.pipeline.Transcriber` sees the same blocks live or from a file. Everything that says *when* comes
+from sample counters:
+
+* ``t_note`` of an event: the tracker's frame time (``frame / frame_rate``), moved onto the device clock by the
+  samples the ring buffer had to drop before it (overflow gaps), so it is the estimated onset/offset in the input.
+* ``t_emit``: the device-clock time of the last input sample consumed when the event was sent, ``t_emit -
+  t_note`` is the latency the player hears (minus the sound card's own buffering and the compute time).
+
+Wall-clock timers (``time.perf_counter``) are used only for the per-hop compute statistics.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from array import array
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from models.errors import KkomaError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.notes import NoteEvent
+    from models.settings import Settings
+
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def note_name(pitch: int) -> str:
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def make_transcriber(settings: "Settings"):
+    """The streaming pipeline (CQT -> model -> tracker); a module-level hook so tests can substitute a double."""
+    try:
+        from models.pipeline import Transcriber
+    except ModuleNotFoundError as e:
+        if e.name == "models.pipeline":
+            raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
+        raise
+    return Transcriber(settings)
+
+
+class LiveResampler:
+    """Streaming soxr resampler (state carried) from the device rate to the model rate, mono float32.
+
+    Like :class:`models.audio.ResampleStream`, but with the quality of ``live.resample_quality``: soxr's HQ filter
+    buffers up to ~37 ms of input before it releases output (measured at 48 kHz in 10 ms blocks), LQ ~20 ms; the
+    figure for the actual rates and block size is measured by :meth:`measure_lag` and reported in the budget.
+    """
+
+    def __init__(self, sr_in: int, sr_out: int, quality: str):
+        self.sr_in, self.sr_out, self.quality = int(sr_in), int(sr_out), quality
+        self.reset()
+
+    @property
+    def passthrough(self) -> bool:
+        return self.sr_in == self.sr_out
+
+    def reset(self) -> None:
+        self._s = None
+        if not self.passthrough:
+            import soxr
+
+            self._s = soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality=self.quality)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self._s is None:
+            return x
+        return self._s.resample_chunk(np.ascontiguousarray(x, np.float32), last=False)
+
+    def flush(self) -> np.ndarray:
+        if self._s is None:
+            return np.zeros(0, np.float32)
+        return self._s.resample_chunk(np.zeros(0, np.float32), last=True)
+
+    def measure_lag(self, block: int, seconds: float = 1.0) -> float:
+        """Worst lag [ms] between input fed and output released, feeding ``block``-sample blocks of silence."""
+        if self.passthrough:
+            return 0.0
+        r = LiveResampler(self.sr_in, self.sr_out, self.quality)
+        fed = out = 0
+        worst = 0.0
+        z = np.zeros(block, np.float32)
+        for _ in range(max(4, int(seconds * self.sr_in / block))):
+            out += len(r.process(z))
+            fed += block
+            worst = max(worst, fed / self.sr_in - out / self.sr_out)
+        return 1000.0 * worst
+
+
+class HopStats:
+    """Per-hop compute times [s] (resample + transcriber + dispatch), kept in a compact array."""
+
+    def __init__(self):
+        self.times = array("d")
+
+    def add(self, dt: float) -> None:
+        self.times.append(dt)
+
+    def summary(self) -> dict:
+        if not self.times:
+            return {"hops": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+        t = np.frombuffer(self.times, np.float64) * 1000.0
+        return {"hops": int(t.size), "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                "max_ms": float(t.max()), "mean_ms": float(t.mean())}
+
+
+class Engine:
+    """Source -> Transcriber -> sinks, on one processing thread.
+
+    Parameters
+    ----------
+    settings : kkoma settings.
+    source : an :mod:`realtime.audio_in` source (``AudioInput`` or ``FileInput``), not started yet.
+    midi : a ``MidiOut`` / ``NullMidiOut`` (``send_event(e) -> velocity sent``).
+    transcriber : streaming pipeline; None builds one with :func:`make_transcriber`.
+    recorder : a :class:`realtime.recorder.Recorder` or None.
+    events_jsonl : an open text file receiving one JSON line per MIDI event sent, or None.
+    duration : stop (as at the end of a file) after this much input [s], or None.
+    on_event : called as ``on_event(event, t_emit, velocity_sent)`` on the processing thread.
+
+    Attributes (read by the display): ``t_emit`` [s], ``level_db`` [dBFS], ``hops``, ``events_sent``,
+    ``budget`` (ms figures), ``stats`` (:class:`HopStats`), ``error``.
+    """
+
+    def __init__(self, settings: "Settings", source, midi, transcriber=None, recorder=None, events_jsonl=None,
+                 duration: float | None = None, on_event: Callable | None = None):
+        self.settings = settings
+        self.source = source
+        self.midi = midi
+        self.transcriber = transcriber if transcriber is not None else make_transcriber(settings)
+        self.recorder = recorder
+        self.events_jsonl = events_jsonl
+        self.duration = duration
+        self.on_event = on_event
+        sr_model = settings.audio.sample_rate
+        self.hop_dev = max(1, int(round(settings.audio.hop_length * source.sample_rate / sr_model)))
+        self.resampler = LiveResampler(source.sample_rate, sr_model, settings.live.resample_quality)
+        self.budget = self._latency_budget()
+        self.stats = HopStats()
+        self.t_emit = 0.0
+        self.level_db = -math.inf
+        self.hops = 0
+        self.events_sent = 0
+        self.error: BaseException | None = None
+        self.ended = False          # the input ended (file end or duration) and everything was flushed
+        self._gaps: list[tuple[float, float]] = []  # (stream time [s], offset [s]) where ring drops happened
+        self._offset = 0.0
+        self._dropped_seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kkoma-engine", daemon=True)
+
+    # ---- latency ----------------------------------------------------------------------------------------------
+    def _latency_budget(self) -> dict:
+        """Latency figures [ms]: what the design costs before any compute, from the settings and the source."""
+        s = self.settings
+        b = {"audio_block_ms": 1000.0 * self.source.block_size / self.source.sample_rate,
+             "resampler_ms": self.resampler.measure_lag(self.source.block_size)}
+        theirs = None
+        fn = getattr(self.transcriber, "latency_budget", None)
+        if callable(fn):
+            try:
+                theirs = fn()
+            except Exception:
+                theirs = None
+        if isinstance(theirs, dict) and theirs:
+            for k, v in theirs.items():
+                if isinstance(v, (int, float)) and "total" not in k and math.isfinite(v):
+                    b[k if k.endswith("_ms") else f"{k}_ms"] = float(v)
+        else:
+            # A note starting inside a hop is seen at the next frame boundary (up to one hop late).
+            b["hop_ms"] = 1000.0 * s.audio.hop_seconds
+            if math.isfinite(s.cqt.lookahead_ms):
+                b["cqt_lookahead_ms"] = float(s.cqt.lookahead_ms)
+            else:
+                from models.cqt import CQT
+
+                b["cqt_lookahead_ms"] = float(CQT(s).lookahead_ms)
+            b["model_lookahead_ms"] = s.model_lookahead_ms
+        b["total_ms"] = float(sum(v for k, v in b.items() if k != "total_ms"))
+        return b
+
+    # ---- control ----------------------------------------------------------------------------------------------
+    def warm_up(self, seconds: float = 0.1) -> None:
+        """Run the transcriber on a little silence and reset it, so the first live hop pays no JIT/caching cost."""
+        reset = getattr(self.transcriber, "reset", None)
+        if not callable(reset):
+            return
+        n = max(1, int(seconds * self.settings.audio.sample_rate))
+        self.transcriber.process(np.zeros(n, np.float32))
+        self.transcriber.flush()
+        reset()
+
+    def start(self) -> None:
+        self.warm_up()
+        self.source.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the processing thread to end (it flushes the transcriber and sends the last note-offs)."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- processing thread ------------------------------------------------------------------------------------
+    def _clock(self) -> float:
+        """Device-clock time [s] of the last sample consumed (drops included)."""
+        ring = self.source.ring
+        return (ring.read_pos + ring.dropped_before(ring.read_pos)) / self.source.sample_rate
+
+    def _true_time(self, t: float) -> float:
+        """Stream time (what the transcriber saw) -> device-clock time, adding the drops that came before it."""
+        off = 0.0
+        for at, o in self._gaps:
+            if at <= t:
+                off = o
+            else:
+                break
+        return t + off
+
+    def _dispatch(self, events: list, t_emit: float) -> None:
+        for e in events:
+            t_note = self._true_time(e.time)
+            if t_note != e.time:
+                e = replace(e, time=t_note)
+            v = self.midi.send_event(e)
+            self.events_sent += 1
+            if self.events_jsonl is not None:
+                self.events_jsonl.write(json.dumps({
+                    "type": "note_on" if e.kind == "on" else "note_off", "pitch": int(e.pitch),
+                    "velocity": int(v), "t_emit": round(t_emit, 6), "t_note": round(t_note, 6)}) + "\n")
+            if self.on_event is not None:
+                self.on_event(e, t_emit, v)
+        if self.recorder is not None:
+            self.recorder.add(events if not self._gaps else [replace(e, time=self._true_time(e.time))
+                                                             for e in events], now=t_emit)
+
+    def _note_drops(self) -> None:
+        ring = self.source.ring
+        d = ring.dropped_before(ring.read_pos)
+        if d != self._dropped_seen:
+            self._dropped_seen = d
+            self._offset = d / self.source.sample_rate
+            self._gaps.append((ring.read_pos / self.source.sample_rate, self._offset))
+
+    def _process(self, mono: np.ndarray, t0: float) -> None:
+        if self.recorder is not None:
+            self.recorder.add_audio(mono)
+        y = self.resampler.process(mono)
+        events = self.transcriber.process(y) if len(y) else []
+        self.t_emit = self._clock()
+        if events:
+            self._dispatch(events, self.t_emit)
+        self.stats.add(time.perf_counter() - t0)
+        self.hops += 1
+
+    def _run(self) -> None:
+        src = self.source
+        ring = src.ring
+        ch = src.channels
+        buf = np.zeros((self.hop_dev, ch), np.float32)
+        poll = self.settings.live.poll_ms / 1000.0
+        stall = self.settings.live.stall_s
+        limit = None if self.duration is None else int(round(self.duration * src.sample_rate))
+        last_data = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                failed = src.error  # a failed source has written all it ever will: drain the ring, then raise
+                finished = src.finished or failed is not None  # read before `available` (see above)
+                n_avail = ring.available
+                if limit is not None and ring.read_pos >= limit:
+                    self._end_of_input()
+                    return
+                if n_avail >= self.hop_dev:
+                    n = self.hop_dev if limit is None else min(self.hop_dev, limit - ring.read_pos)
+                elif finished:
+                    if n_avail:
+                        n = n_avail
+                    else:
+                        self._end_of_input()
+                        if failed is not None:
+                            raise failed
+                        return
+                else:
+                    if not src.is_file and time.monotonic() - last_data > stall:
+                        raise KkomaError(f"the audio input {src.name!r} delivered nothing for {stall:g} s "
+                                         "(unplugged or taken by another program?).")
+                    time.sleep(poll)
+                    continue
+                last_data = time.monotonic()
+                t0 = time.perf_counter()
+                block = ring.read(n, out=buf)
+                self._note_drops()
+                mono = block[:, 0].copy() if ch == 1 else block.mean(axis=1, dtype=np.float32)
+                peak = float(np.abs(mono).max()) if n else 0.0
+                self.level_db = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+                self._process(mono, t0)
+            # Stopped (Ctrl-C, SIGTERM, error elsewhere): close the sounding notes at the current time.
+            self._dispatch(self.transcriber.flush(), self._clock())
+        except BaseException as e:  # handed to the main thread, which reports it
+            self.error = e
+        finally:
+            if self.events_jsonl is not None:
+                try:
+                    self.events_jsonl.flush()
+                except Exception:
+                    pass
+
+    def _end_of_input(self) -> None:
+        t0 = time.perf_counter()
+        tail = self.resampler.flush()
+        events = list(self.transcriber.process(tail)) if len(tail) else []
+        events += list(self.transcriber.flush())
+        self.t_emit = self._clock()
+        if events:
+            self._dispatch(events, self.t_emit)
+        self.stats.add(time.perf_counter() - t0)
+        self.ended = True
+
+    # ---- reporting --------------------------------------------------------------------------------------------
+    def report(self) -> dict:
+        """Figures for ``--stats-json``: latency budget [ms], per-hop compute [ms], hops, overflows."""
+        ring = self.source.ring
+        return {
+            "latency_budget_ms": self.budget,
+            "hop_compute_ms": self.stats.summary(),
+            "hops_processed": self.hops,
+            "overflows": {"ring_overflows": int(ring.overflows), "ring_dropped_samples": int(ring.dropped),
+                          "input_overflows": int(getattr(self.source, "overflows", 0))},
+            "device_rate": self.source.sample_rate,
+            "model_rate": self.settings.audio.sample_rate,
+            "input_seconds": round(self._clock(), 6),
+            "events_sent": self.events_sent,
+            "source": self.source.name,
+        }
