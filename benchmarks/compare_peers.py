@@ -1,0 +1,225 @@
+"""kkoma beside basic-pitch (Spotify, ICASSP 2022) on rendered piano pieces neither was trained on, in one run.
+
+    python benchmarks/compare_peers.py --dataset DATA [--split valid_soundfont valid_room] [--limit N] [--json F]
+    python benchmarks/compare_peers.py --audio-dir DIR        # any folder of X.flac/.wav with X.mid beside
+
+For each split: both systems transcribe the same files to MIDI, and both are scored by the same code
+(``offline.evaluate``: mir_eval onset F1 at 50 ms, onset+offset F1 with offset_ratio 0.2, onset+offset+velocity F1,
+frame F1 at kkoma's frame rate; references read with sustain-pedal extension). Speed: × real time = audio seconds /
+seconds spent transcribing, in one warm process per system, files one after another (model loading and imports
+excluded); cold start = wall time of a fresh process transcribing one 10-second excerpt to a MIDI file (imports,
+model loading and JIT included). Figures print as a markdown table.
+
+basic-pitch runs in its own virtual environment, ``/work/peers-venv`` by default (``--peers-venv``), because its
+pinned dependencies (TensorFlow < 2.15.1, resampy < 0.4.3) clash with kkoma's. The script creates it when missing:
+
+    python3 -m venv /work/peers-venv
+    /work/peers-venv/bin/pip install --no-deps basic-pitch
+    /work/peers-venv/bin/pip install onnxruntime numpy scipy librosa mir_eval pretty_midi resampy soundfile
+
+(``--no-deps`` skips TensorFlow: the second line is exactly what ``basic_pitch.inference`` imports at inference
+time, and with onnxruntime present basic-pitch picks the ONNX model it ships, ``saved_models/icassp_2022/nmp.onnx``.)
+basic-pitch runs with its defaults (onset 0.5, frame 0.3, minimum note 127.7 ms, melodia trick on); its note
+amplitude becomes the MIDI velocity (as its own ``predict`` writes it). kkoma runs with config.toml as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DEFAULT_VENV = Path("/work/peers-venv")
+PEER_PACKAGES = ["onnxruntime", "numpy", "scipy", "librosa", "mir_eval", "pretty_midi", "resampy", "soundfile"]
+AUDIO_EXT = (".flac", ".wav", ".ogg", ".mp3")
+
+# Runs inside the peers venv: transcribe each file with basic-pitch, write X.mid, report timings as JSON lines.
+BASIC_PITCH_RUNNER = r"""
+import json, logging, os, sys, time
+t_start = time.perf_counter()
+logging.disable(logging.WARNING)
+import warnings; warnings.filterwarnings("ignore")
+from basic_pitch import ICASSP_2022_MODEL_PATH
+from basic_pitch.inference import Model, predict
+model = Model(ICASSP_2022_MODEL_PATH)
+print(json.dumps({"event": "ready", "seconds": time.perf_counter() - t_start, "model": str(ICASSP_2022_MODEL_PATH)}),
+      flush=True)
+out_dir = sys.argv[1]
+for path in sys.argv[2:]:
+    t0 = time.perf_counter()
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, midi, notes = predict(path, model)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    midi.write(os.path.join(out_dir, stem + ".mid"))
+    print(json.dumps({"event": "file", "path": path, "seconds": time.perf_counter() - t0, "notes": len(notes),
+                      "since_start": time.perf_counter() - t_start}), flush=True)
+"""
+
+
+def ensure_peers_venv(venv: Path) -> Path:
+    """The venv's python, creating the venv and installing basic-pitch (ONNX inference only) if needed."""
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", "import basic_pitch.inference, onnxruntime"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    print(f"creating {venv} with basic-pitch (ONNX runtime, no TensorFlow)...", file=sys.stderr)
+    if not py.exists():
+        subprocess.run([sys.executable if sys.prefix == sys.base_prefix else "python3", "-m", "venv", str(venv)],
+                       check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["--no-deps", "basic-pitch"], check=True)
+    subprocess.run(pip + PEER_PACKAGES, check=True)
+    subprocess.run(probe, check=True)
+    return py
+
+
+def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """(audio, reference .mid) pairs in ``folder``, by stem."""
+    pairs = []
+    for a in sorted(folder.iterdir()):
+        if a.suffix.lower() in AUDIO_EXT:
+            ref = a.with_suffix(".mid")
+            if ref.exists():
+                pairs.append((a, ref))
+    return pairs
+
+
+def make_excerpt(src: Path, dst: Path, seconds: float = 10.0) -> None:
+    import soundfile as sf
+
+    with sf.SoundFile(str(src)) as f:
+        x = f.read(int(seconds * f.samplerate), dtype="float32")
+        sf.write(str(dst), x, f.samplerate)
+
+
+def run_kkoma(files: list[Path], out_dir: Path, s) -> dict:
+    """Transcribe in this process, one file after another; per-file seconds exclude imports and model loading."""
+    from offline.transcribe import Job, make_transcriber, run_job
+
+    t0 = time.perf_counter()
+    tr = make_transcriber(s)
+    ready = time.perf_counter() - t0
+    audio_s, busy = 0.0, 0.0
+    for f in files:
+        o = run_job(Job(f, {"mid": out_dir / f"{f.stem}.mid"}, str(f)), s, tr)
+        if o.status != "done":
+            raise SystemExit(f"kkoma failed on {f}: {o.reason}")
+        audio_s += o.seconds
+        busy += o.elapsed
+    return {"ready_s": ready, "audio_s": audio_s, "busy_s": busy}
+
+
+def run_basic_pitch(py: Path, files: list[Path], out_dir: Path) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.run([str(py), "-c", BASIC_PITCH_RUNNER, str(out_dir)] + [str(f) for f in files],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"basic-pitch failed:\n{p.stderr[-3000:]}")
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    busy = sum(e["seconds"] for e in events if e["event"] == "file")
+    ready = next(e["seconds"] for e in events if e["event"] == "ready")
+    return {"ready_s": ready, "busy_s": busy}
+
+
+def cold_start(cmd: list[str], env=None) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"cold-start run failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return wall
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", type=Path, help="a dataset from `kkoma prepare` (uses DATASET/audio/<split>/)")
+    src.add_argument("--audio-dir", type=Path, help="a folder of audio files with reference X.mid beside")
+    ap.add_argument("--split", nargs="+", default=["valid_soundfont", "valid_room"])
+    ap.add_argument("--limit", type=int, default=0, help="at most N files per split (0 = all)")
+    ap.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
+    ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    ap.add_argument("--weights", type=Path, help="kkoma weights (default: model.weights of config.toml)")
+    args = ap.parse_args(argv)
+
+    from models.settings import load_settings
+    from offline.evaluate import evaluate_dirs, format_table
+
+    overrides = [f"model.weights={args.weights.resolve()}"] if args.weights else []
+    settings = load_settings(overrides=overrides)
+    if not settings.model.weights_path.exists():
+        raise SystemExit(f"no kkoma weights at {settings.model.weights_path}: train a model (`kkoma train`) or "
+                         "pass --weights FILE")
+    py = ensure_peers_venv(args.peers_venv)
+    if args.dataset:
+        groups = {s: args.dataset / "audio" / s for s in args.split}
+    else:
+        groups = {args.audio_dir.name: args.audio_dir}
+    results: dict = {"groups": {}, "cold_start_s": {}}
+    with tempfile.TemporaryDirectory(prefix="kkoma-peers-") as tmp:
+        tmp = Path(tmp)
+        first = None
+        for name, folder in groups.items():
+            if not folder.is_dir():
+                raise SystemExit(f"{folder} is not a folder")
+            pairs = find_pairs(folder)[: args.limit or None]
+            if not pairs:
+                raise SystemExit(f"{folder} holds no audio with a reference .mid beside it")
+            first = first or pairs[0][0]
+            files = [a for a, _ in pairs]
+            ref_dir = tmp / name / "ref"
+            ref_dir.mkdir(parents=True)
+            for _, r in pairs:
+                os.symlink(r, ref_dir / r.name)
+            per = {}
+            for system in ("kkoma", "basic-pitch"):
+                out = tmp / name / system
+                out.mkdir()
+                print(f"[{name}] {system}: {len(files)} files...", file=sys.stderr)
+                timing = run_kkoma(files, out, settings) if system == "kkoma" else run_basic_pitch(py, files, out)
+                report = evaluate_dirs(out, ref_dir, settings, group=system)
+                print(format_table(report, per_file=False), file=sys.stderr)
+                per[system] = {"timing": timing, "mean": report.means(system)}
+            audio_s = per["kkoma"]["timing"]["audio_s"]
+            for system in per:
+                per[system]["timing"]["audio_s"] = audio_s
+                per[system]["x_real_time"] = audio_s / per[system]["timing"]["busy_s"]
+            results["groups"][name] = {"files": len(files), "audio_s": audio_s, **per}
+
+        clip = tmp / "clip10s.flac"
+        make_excerpt(first, clip)
+        cold_out = tmp / "cold"
+        cold_out.mkdir()
+        results["cold_start_s"]["kkoma"] = cold_start(
+            [sys.executable, "-m", "kkoma.cli", *[a for o in overrides for a in ("--set", o)], "transcribe",
+             str(clip), "-o", str(cold_out / "k"), "-q"])
+        results["cold_start_s"]["basic-pitch"] = cold_start(
+            [str(py), "-c", BASIC_PITCH_RUNNER, str(cold_out), str(clip)], env=dict(os.environ,
+                                                                                   TF_CPP_MIN_LOG_LEVEL="3"))
+
+    print(f"\nkkoma ({settings.model.weights_path.name}) vs basic-pitch 0.4 ONNX ({os.cpu_count()} CPU cores; F1 in %, "
+          "mir_eval; × real time excludes start-up; cold start = fresh process, one 10 s file)\n")
+    print("| split | system | files | onset F1 | onset+offset F1 | +velocity F1 | frame F1 | × real time "
+          "| cold start [s] |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, g in results["groups"].items():
+        for system in ("kkoma", "basic-pitch"):
+            m = g[system]["mean"]
+            print(f"| {name} | {system} | {g['files']} | {100 * m['onset_f1']:.1f} | {100 * m['onset_offset_f1']:.1f} "
+                  f"| {100 * m['velocity_f1']:.1f} | {100 * m['frame_f1']:.1f} | {g[system]['x_real_time']:.1f} "
+                  f"| {results['cold_start_s'][system]:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

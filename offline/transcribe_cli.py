@@ -1,0 +1,52 @@
+"""``kkoma transcribe AUDIO... [-o OUTDIR]``: audio files, folders and globs -> MIDI (and CSV / JSON / piano roll).
+
+Imports only the standard library at module level so ``kkoma --help`` stays instant; the pipeline loads in ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+
+_FORMATS = ("mid", "csv", "json")
+
+
+def _formats(text: str) -> list[str]:
+    items = [t.strip().lower().lstrip(".") for t in text.split(",") if t.strip()]
+    items = ["mid" if t == "midi" else t for t in items]
+    bad = [t for t in items if t not in _FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown format {bad[0] if bad else text!r}; choose from "
+                                         + ", ".join(_FORMATS) + " (comma-separated)")
+    return list(dict.fromkeys(items))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("audio", nargs="+", metavar="AUDIO",
+                   help="audio files (WAV/FLAC/OGG/MP3..., any rate and channel count), folders (searched "
+                        "recursively) or glob patterns (quote them, e.g. 'takes/**/*.flac')")
+    p.add_argument("-o", "--output-dir", metavar="OUTDIR", default=None,
+                   help="folder for the outputs, created if needed (default: next to each input); files found "
+                        "in a folder keep their sub-folder under OUTDIR")
+    p.add_argument("-f", "--format", type=_formats, default=["mid"], metavar="LIST",
+                   help="comma-separated outputs: mid (MIDI), csv (onset,offset,pitch,velocity; seconds), json "
+                        "(note list). Default: mid")
+    p.add_argument("--piano-roll", action="store_true",
+                   help="also write <stem>.png: the piano roll over the waveform")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (otherwise a file whose outputs exist is skipped)")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="files transcribed in parallel (default: transcribe.jobs from config.toml; 0 = one per "
+                        "CPU core). One file is always streamed by one worker")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file lines; errors only")
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from models.errors import KkomaError
+    from offline.transcribe import transcribe_paths
+
+    if args.jobs is not None and args.jobs < 0:
+        raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
+    if args.jobs is not None:
+        settings = settings.replace(transcribe__jobs=str(args.jobs))
+    summary = transcribe_paths(args.audio, settings, out_dir=args.output_dir, formats=args.format,
+                               piano_roll=args.piano_roll, overwrite=args.overwrite, quiet=args.quiet)
+    return 1 if summary.failed else 0
