@@ -190,9 +190,23 @@ def _lengths(freqs: np.ndarray, sr: float, filter_scale: float, bins_per_octave:
     return filter_scale / alpha * sr / freqs
 
 
-def _build(settings: Settings) -> KernelBank:
-    from scipy.signal import firwin, get_window
+def _lowpass(taps: int, cutoff: float, beta: float) -> np.ndarray:
+    """Linear-phase Kaiser-window low-pass FIR, unity DC gain; ``cutoff`` as a fraction of the sample rate.
 
+    Equal to ``scipy.signal.firwin(taps, 2 * cutoff, window=("kaiser", beta))`` (tested), without importing SciPy,
+    which would add about a second to every cold start.
+    """
+    n = np.arange(taps) - (taps - 1) / 2.0
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, beta)
+    return h / h.sum()
+
+
+def _hann(n: int) -> np.ndarray:
+    """Periodic Hann window (``scipy.signal.get_window("hann", n, fftbins=True)``, librosa's kernel window)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
+def _build(settings: Settings) -> KernelBank:
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
     c = settings.cqt
     freqs = c.fmin * 2.0 ** (np.arange(c.n_bins) / c.bins_per_octave)
@@ -202,7 +216,7 @@ def _build(settings: Settings) -> KernelBank:
     level = np.floor(np.log2(_MAX_REL_FREQ * sr / freqs)).astype(np.int64)
     level = np.maximum(level, 0)
     n_levels = int(level.max()) + 1
-    fir = firwin(c.decimation_taps, _FIR_CUTOFF * 2, window=("kaiser", _FIR_BETA)).astype(np.float32)
+    fir = _lowpass(c.decimation_taps, _FIR_CUTOFF, _FIR_BETA).astype(np.float32)
     h = (c.decimation_taps - 1) // 2
 
     full_len = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)  # at the input rate, for librosa's scale
@@ -215,7 +229,7 @@ def _build(settings: Settings) -> KernelBank:
         key = (round(f / rate, 9), round(ilen, 6))
         if key not in index:
             n_idx = np.arange(-ilen // 2, ilen // 2, dtype=np.float64)  # librosa's index range
-            sig = np.exp(2j * np.pi * f / rate * n_idx) * get_window("hann", len(n_idx), fftbins=True)
+            sig = np.exp(2j * np.pi * f / rate * n_idx) * _hann(len(n_idx))
             sig /= np.abs(sig).sum()  # L1 norm (librosa norm=1)
             # Correlate, not convolve: the frame kernel multiplies sample m of the window with kernel[m].
             index[key] = len(kernels)

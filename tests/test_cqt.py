@@ -222,3 +222,12 @@ def test_channels_and_sample_rates(causal):
     assert mag[250].argmax() == (69 - 21) * 3
     with pytest.raises(KkomaError, match="shape"):
         causal.transform(np.zeros((2, 2, 2), np.float32))
+
+
+def test_numpy_filters_equal_scipy():
+    signal = pytest.importorskip("scipy.signal")
+    from models.cqt import _hann, _lowpass
+
+    np.testing.assert_allclose(_lowpass(31, 0.25, 8.0), signal.firwin(31, 0.5, window=("kaiser", 8.0)), atol=1e-12)
+    for n in (191, 340, 1000):
+        np.testing.assert_allclose(_hann(n), signal.get_window("hann", n, fftbins=True), atol=1e-12)
