@@ -186,6 +186,8 @@ class TrainSettings:
     clip_norm: float = _f(lo=0.0)
     velocity_weight: float = _f(lo=0.0)
     valid_max_pieces: int = _f(lo=0)
+    onset_pos_weight: float = _f(lo=1.0, hi=1000.0)
+    onset_target_frames: int = _f(lo=1, hi=10, unit="frames")
 
 
 @dataclass(frozen=True)
