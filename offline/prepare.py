@@ -1,0 +1,592 @@
+"""Dataset preparation: performance MIDI rendered with FluidSynth, or a MAESTRO-layout folder -> feature shards.
+
+Output (the format ``kkoma train`` and ``kkoma evaluate`` read)::
+
+    OUT_DIR/manifest.json              settings used, one entry per piece, skipped inputs, renderer offsets
+    OUT_DIR/<split>/<id>.npz           one piece: features (n, n_bins) float16; onset, frame, offset, velocity
+                                       (n, 88) uint8 (see offline/labels.py for the label conventions)
+    OUT_DIR/audio/<split>/<id>.flac    validation/test audio exactly as featurised (16-bit FLAC)
+    OUT_DIR/audio/<split>/<id>.mid     its reference notes (cropped, sustain-extended, renderer offset removed)
+
+Splits of a synthesised dataset (``prepare_synth``):
+
+* Pieces are grouped by *work*: the folder holding the performance file, relative to MIDI_DIR, with ASAP's repeat
+  variants (``17-1_no_repeat``, ``24-1_no_2_repeat``, ``Toccata_repeat``) folded into their work. A work is held
+  out when ``sha256(f"{data.seed}:{work}")`` mapped to [0, 1) is below ``data.holdout_piece_fraction``, so no
+  performance of a held-out work is ever trained on, whatever ``--max-pieces`` selects. (When the hash holds out no
+  work, or all of them, the one with the smallest / largest hash is moved, so both sides exist.)
+* ``train``: performances of the other works, each rendered with one training soundfont (the ``data.soundfonts``
+  other than ``data.holdout_soundfont``, taken in turn) and augmented (offline/augment.py) with probability
+  ``augment.probability``.
+* ``valid_pieces``: held-out performances, a training soundfont, clean.
+* ``valid_soundfont``: held-out performances, the held-out soundfont, clean.
+* ``valid_room``: held-out performances, the held-out soundfont, synthetic room reverb + noise.
+* ``--max-pieces N`` takes performances round-robin over the works (in hash order): every work once before any work
+  twice, which gives the most different music for a budget.
+
+A MAESTRO folder (``prepare_maestro``) keeps its own split column: train -> ``train`` (augmented as above),
+validation -> ``valid_pieces``, test -> ``test``.
+
+Every piece is cropped to ``data.max_piece_seconds`` (``--max-seconds``), notes and audio alike. Every random draw
+of a piece comes from a generator seeded with ``data.seed`` and the piece's key, so a re-run makes the same data.
+
+Resuming: a piece whose manifest entry and shard both exist is skipped; the manifest is rewritten (atomically)
+as pieces complete, so an interrupted run loses at most the pieces in flight. Unreadable inputs are skipped with a
+warning naming the file and listed under ``"skipped"``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import KkomaError
+from offline.synth import SetupError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+MIDI_SUFFIXES = (".mid", ".midi")
+_REPEAT_VARIANT = re.compile(r"(_no(_\d+)?)?_repeat$")
+MAESTRO_SPLITS = {"train": "train", "validation": "valid_pieces", "test": "test"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """One piece to make: one manifest entry and one shard."""
+    split: str
+    id: str
+    midi: str
+    audio: str | None      # source audio (MAESTRO) or None (rendered)
+    soundfont: str | None  # rendering soundfont (synth) or None
+    augment: str           # "train" (random chain with augment.probability), "room" (reverb + noise), "none"
+    work: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.id}"
+
+    @property
+    def source(self) -> str:
+        return self.audio or self.midi
+
+
+def stable_unit(*parts) -> float:
+    """A deterministic number in [0, 1) from ``parts`` (sha256; the same on every machine and Python)."""
+    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+
+
+def piece_seed(seed: int, key: str) -> int:
+    return int(stable_unit(seed, "piece", key) * 2 ** 62)
+
+
+def piece_id(rel: Path) -> str:
+    """File-system-safe id from a path relative to the dataset root: ``Haydn/Sonatas/6-1/Chen01.mid`` ->
+    ``Haydn__Sonatas__6-1__Chen01``."""
+    parts = list(rel.with_suffix("").parts)
+    return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in parts)
+
+
+def work_key(rel: Path) -> str:
+    """The work a performance belongs to: its folder relative to the root, repeat variants folded in."""
+    folder = rel.parent.as_posix()
+    if folder in ("", "."):
+        return rel.stem  # a flat folder: every file is its own work
+    head, _, last = folder.rpartition("/")
+    last = _REPEAT_VARIANT.sub("", last) or last
+    return f"{head}/{last}" if head else last
+
+
+def holdout_works(works: list[str], seed: int, fraction: float) -> set[str]:
+    """Works held out for validation (see the module notes)."""
+    if fraction <= 0 or not works:
+        return set()
+    score = {w: stable_unit(seed, "holdout", w) for w in works}
+    held = {w for w in works if score[w] < fraction}
+    if len(works) >= 2:
+        ordered = sorted(works, key=lambda w: score[w])
+        if not held:
+            held = {ordered[0]}
+        elif len(held) == len(works):
+            held.discard(ordered[-1])
+    return held
+
+
+def find_midi(midi_dir: Path) -> list[Path]:
+    if not midi_dir.is_dir():
+        raise KkomaError(f"{midi_dir} is not a folder of MIDI files.")
+    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    if not files:
+        raise KkomaError(f"{midi_dir} holds no MIDI files (*.mid, *.midi).")
+    return files
+
+
+def round_robin(items: list, group_of, seed: int) -> list:
+    """Items ordered so every group appears once before any appears twice; groups and items in hash order."""
+    groups: dict[str, list] = {}
+    for it in items:
+        groups.setdefault(group_of(it), []).append(it)
+    order = sorted(groups, key=lambda g: stable_unit(seed, "work-order", g))
+    for g in order:
+        groups[g].sort(key=lambda it: stable_unit(seed, "item-order", it))
+    out = []
+    depth = 0
+    while len(out) < len(items):
+        for g in order:
+            if depth < len(groups[g]):
+                out.append(groups[g][depth])
+        depth += 1
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], holdout_soundfont: str,
+               max_pieces: int = 0) -> list[Task]:
+    """The tasks of a synthesised dataset (see the module notes for the splits)."""
+    root = Path(midi_dir)
+    files = find_midi(root)
+    seed = settings.data.seed
+    rel = {f: f.relative_to(root) for f in files}
+    train_sfs = [sf for sf in soundfonts if not _same_file(sf, holdout_soundfont)]
+    if not train_sfs:
+        raise KkomaError("there is no training soundfont: data.soundfonts (or --soundfont) must name at least one "
+                         "soundfont besides data.holdout_soundfont.")
+    held = holdout_works(sorted({work_key(r) for r in rel.values()}), seed, settings.data.holdout_piece_fraction)
+    chosen = round_robin([r.as_posix() for r in rel.values()], lambda r: work_key(Path(r)), seed)
+    if max_pieces:
+        chosen = chosen[:max_pieces]
+    tasks = []
+    n_train = n_valid = 0
+    for r in chosen:
+        r = Path(r)
+        midi = str(root / r)
+        pid = piece_id(r)
+        work = work_key(r)
+        if work in held:
+            tasks.append(Task("valid_pieces", pid, midi, None, train_sfs[n_valid % len(train_sfs)], "none", work))
+            n_valid += 1
+            if holdout_soundfont:
+                tasks.append(Task("valid_soundfont", pid, midi, None, holdout_soundfont, "none", work))
+                tasks.append(Task("valid_room", pid, midi, None, holdout_soundfont, "room", work))
+        else:
+            tasks.append(Task("train", pid, midi, None, train_sfs[n_train % len(train_sfs)], "train", work))
+            n_train += 1
+    return tasks
+
+
+def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list[Task]:
+    """The tasks of a MAESTRO-layout folder (``maestro-v*.csv`` + audio/MIDI pairs)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KkomaError(f"{root} is not a folder.")
+    csvs = sorted(root.glob("maestro-v*.csv")) or sorted(root.glob("*.csv"))
+    if not csvs:
+        raise KkomaError(f"{root} has no maestro-v*.csv (MAESTRO layout: a CSV with split, midi_filename and "
+                         "audio_filename columns beside the year folders).")
+    path = csvs[-1]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise KkomaError(f"{path} cannot be read ({e}).") from None
+    need = ("split", "midi_filename", "audio_filename")
+    if not rows or any(k not in rows[0] for k in need):
+        raise KkomaError(f"{path} must have the columns {', '.join(need)}.")
+    order = sorted(range(len(rows)), key=lambda i: stable_unit(settings.data.seed, "maestro", rows[i]["midi_filename"]))
+    if max_pieces:
+        order = order[:max_pieces]
+    tasks = []
+    for i in sorted(order):
+        row = rows[i]
+        split = MAESTRO_SPLITS.get(row["split"].strip().lower())
+        if split is None:
+            continue
+        rel = Path(row["midi_filename"])
+        work = f"{row.get('canonical_composer', '')}/{row.get('canonical_title', '')}"
+        tasks.append(Task(split, piece_id(rel), str(root / rel), str(root / row["audio_filename"]), None,
+                          "train" if split == "train" else "none", work))
+    return tasks
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Making one piece (runs in the worker processes)
+# ----------------------------------------------------------------------------------------------------------------
+_CACHE: dict = {}
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the main process (which stops handing out work and saves the manifest)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_threads()
+
+
+def _limit_threads() -> None:
+    # Parallelism comes from --jobs; the batch CQT would otherwise take every core in every worker.
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except Exception:  # pragma: no cover - numba is a core dependency
+        pass
+
+
+def _renderer(soundfont: str, settings):
+    from offline.synth import Renderer, measure_onset_offset
+
+    r = _CACHE.get(("renderer", soundfont))
+    if r is None:
+        r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain)
+        offset = measure_onset_offset(r, seed=settings.data.seed)
+        _CACHE[("renderer", soundfont)] = r = (r, offset)
+    return r
+
+
+def _cqt(settings):
+    from models.cqt import CQT
+
+    c = _CACHE.get("cqt")
+    if c is None or c.settings is not settings:
+        c = _CACHE["cqt"] = CQT(settings)
+    return c
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path``: a file that exists is always complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: float,
+               export_audio: bool) -> dict:
+    """Render/load, crop, augment, featurise and label one piece; write its shard (and audio export).
+
+    Returns its manifest entry. Raises KkomaError naming the input file when it cannot be read.
+    """
+    from models.notes import read_midi, write_midi
+    from offline import augment as aug
+    from offline.labels import crop_notes, note_labels, piano_notes, scale_times
+
+    out_dir = Path(out_dir)
+    sr = settings.audio.sample_rate
+    notes = piano_notes(read_midi(task.midi, sustain=True))
+    if not notes:
+        raise KkomaError(f"{task.midi} has no notes on the piano's 88 keys.")
+    entry = {"id": task.id, "split": task.split, "file": f"{task.split}/{task.id}.npz", "midi": task.midi,
+             "audio": task.audio, "soundfont": task.soundfont, "work": task.work}
+    if task.audio is None:
+        from offline.synth import midi_events
+
+        end = min(max_seconds, max(n.offset for n in notes) + settings.data.tail_seconds)
+        renderer, offset = _renderer(task.soundfont, settings)
+        events = [e for e in midi_events(task.midi, end) if e.kind == "cc" or 21 <= e.a <= 108]
+        skip = int(round(offset * sr))
+        # Render `skip` samples more and drop them at the start: removes the renderer's onset latency.
+        audio = renderer.render(events, end + skip / sr)[skip:]
+        entry["renderer_offset_ms"] = round(1000.0 * skip / sr, 3)
+    else:
+        from models.audio import load_audio
+
+        audio = load_audio(task.audio, sr)
+        end = min(max_seconds, len(audio) / sr)
+        audio = audio[: int(round(end * sr))]
+    notes = crop_notes(notes, end)
+
+    rng = np.random.default_rng(piece_seed(settings.data.seed, task.key))
+    params: dict = {}
+    if task.augment == "train" and rng.random() < settings.augment.probability:
+        params = aug.draw_params(settings, rng)
+    elif task.augment == "room":
+        params = aug.draw_params(settings, rng, stages=("reverb", "noise"))
+    if params:
+        audio, factor = aug.augment_audio(audio, params, sr)
+        notes = scale_times(notes, factor)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 0.99:  # keep the exported 16-bit audio unclipped; features see the same scaled signal
+        audio = audio * np.float32(0.99 / peak)
+        params["limited_db"] = round(20.0 * np.log10(0.99 / peak), 2)
+
+    features = _cqt(settings).features(audio)
+    labels = note_labels(notes, features.shape[0], settings.audio.frame_rate)
+
+    shard = out_dir / entry["file"]
+    _atomic_write(shard, lambda p: np.savez_compressed(p, features=features.astype(np.float16), **labels))
+    if export_audio and task.split != "train":
+        import soundfile as sf
+
+        base = out_dir / "audio" / task.split / task.id
+        _atomic_write(base.with_suffix(".flac"), lambda p: sf.write(str(p), audio, sr, subtype="PCM_16",
+                                                                    format="FLAC"))
+        base.parent.mkdir(parents=True, exist_ok=True)
+        write_midi(notes, base.with_suffix(".mid"), settings)
+    entry.update({"augment": params, "n_frames": int(features.shape[0]), "seconds": round(len(audio) / sr, 3),
+                  "n_notes": len(notes)})
+    return entry
+
+
+def _run_one(task: Task, settings, out_dir: str, max_seconds: float, export_audio: bool):
+    """Worker entry point: ("ok", entry, seconds) or ("skip", reason, seconds); never raises for bad input."""
+    t0 = time.perf_counter()
+    try:
+        return "ok", make_piece(task, settings, out_dir, max_seconds, export_audio), time.perf_counter() - t0
+    except SetupError:
+        raise  # FluidSynth or a soundfont, not this input: stop the whole run
+    except KkomaError as e:
+        return "skip", str(e), time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running a plan: resume, parallel workers, manifest
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    """What a run did (counts of manifest entries / skipped input files)."""
+    done: int = 0
+    already: int = 0
+    skipped: list = field(default_factory=list)  # [(path, reason)]
+    interrupted: bool = False
+    seconds: float = 0.0
+    piece_seconds: list = field(default_factory=list)  # wall time of each piece made [s]
+    by_split: dict = field(default_factory=dict)
+    out_dir: str = ""
+
+    def text(self) -> str:
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(self.by_split.items()))
+        parts = [f"{self.done} pieces made" + (f" ({splits})" if splits else ""),
+                 f"{self.already} already done", f"{len(self.skipped)} skipped"]
+        if self.piece_seconds:
+            parts.append(f"{np.mean(self.piece_seconds):.2f} s per piece in a worker")
+        return f"{self.out_dir}: " + ", ".join(parts) + f", {self.seconds:.0f} s in all."
+
+
+def settings_record(settings) -> dict:
+    """The settings a dataset depends on (checked by ``kkoma train``)."""
+    return {"audio": asdict(settings.audio), "cqt": asdict(settings.cqt),
+            "model": {"lookahead_frames": settings.model.lookahead_frames}}
+
+
+def read_existing(out_dir: Path, settings) -> dict | None:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise KkomaError(f"{path} cannot be read ({e}); move it away to start the dataset again.") from None
+    ours = settings_record(settings)
+    for section in ("audio", "cqt"):
+        for key, value in manifest.get("settings", {}).get(section, {}).items():
+            mine = ours[section].get(key)
+            if mine != value and not (isinstance(mine, float) and isinstance(value, (int, float)) and
+                                      float(value) == mine):
+                raise KkomaError(f"{out_dir} was prepared with {section}.{key} = {value!r}, not {mine!r}; use "
+                                 "another output folder or the same settings.")
+    return manifest
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    manifest["pieces"].sort(key=lambda p: (p["split"], p["id"]))
+    text = json.dumps(manifest, indent=1)
+    _atomic_write(out_dir / MANIFEST, lambda p: p.write_text(text))
+
+
+def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: str, source: str,
+              max_seconds: float | None = None, jobs: int | None = None, export_audio: bool | None = None,
+              quiet: bool = False, log=None) -> Summary:
+    """Make every task not yet done (resumable; see the module notes) and keep ``manifest.json`` up to date."""
+    from tqdm import tqdm
+
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    max_seconds = settings.data.max_piece_seconds if max_seconds is None else float(max_seconds)
+    export_audio = settings.data.export_audio if export_audio is None else bool(export_audio)
+    jobs = jobs if jobs is not None else settings.data.jobs
+    jobs = jobs or os.cpu_count() or 1
+
+    manifest = read_existing(out_dir, settings) or {"format": FORMAT_VERSION, "kind": kind, "source": source,
+                                                    "settings": settings_record(settings), "renderer_offsets_ms": {},
+                                                    "pieces": [], "skipped": []}
+    manifest.setdefault("renderer_offsets_ms", {})
+    manifest.setdefault("skipped", [])
+    have = {f"{p['split']}/{p['id']}": p for p in manifest["pieces"] if (out_dir / p["file"]).is_file()}
+    manifest["pieces"] = list(have.values())
+    todo = [t for t in tasks if t.key not in have]
+    summary = Summary(already=len(tasks) - len(todo), out_dir=str(out_dir))
+    retried = {t.source for t in todo}  # inputs skipped last time are tried again (the file may be fixed)
+    manifest["skipped"] = [s for s in manifest["skipped"] if s["path"] not in retried]
+    skipped_paths: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    last_write = [0.0]
+
+    def save(force: bool = False) -> None:
+        if force or time.perf_counter() - last_write[0] > 2.0:
+            manifest["skipped"] = sorted(
+                {s["path"]: s for s in manifest["skipped"] + list(skipped_paths.values())}.values(),
+                key=lambda s: s["path"])
+            write_manifest(out_dir, manifest)
+            last_write[0] = time.perf_counter()
+
+    bar = tqdm(total=len(todo), unit="piece", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    current: dict = {}
+
+    def record(task: Task, result) -> None:
+        status, value, secs = result
+        if status == "ok":
+            manifest["pieces"].append(value)
+            summary.done += 1
+            summary.by_split[task.split] = summary.by_split.get(task.split, 0) + 1
+            summary.piece_seconds.append(secs)
+            if task.soundfont and "renderer_offset_ms" in value:
+                manifest["renderer_offsets_ms"][task.soundfont] = value["renderer_offset_ms"]
+        else:
+            if task.source not in skipped_paths:
+                log(f"warning: skipped {task.source}: {value}")
+                skipped_paths[task.source] = {"path": task.source, "reason": value}
+        bar.update(1)
+        save()
+
+    previous_term = _sigterm_as_interrupt()
+    try:
+        if jobs <= 1 or len(todo) <= 1:
+            _limit_threads()
+            for task in todo:
+                current["task"] = task
+                record(task, _run_one(task, settings, str(out_dir), max_seconds, export_audio))
+        else:
+            _run_pool(todo, settings, out_dir, max_seconds, export_audio, min(jobs, len(todo)), record, current)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        save(force=True)
+        bar.close()
+        where = current.get("task")
+        at = f" at {where.source}" if where else ""
+        log(f"interrupted{at} after {summary.done + summary.already} of {len(tasks)} pieces; the finished ones are "
+            f"saved in {out_dir / MANIFEST}: run the same command again to resume.")
+        raise
+    finally:
+        _restore_sigterm(previous_term)
+    bar.close()
+    save(force=True)
+    summary.skipped = sorted((s["path"], s["reason"]) for s in skipped_paths.values())
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _sigterm_as_interrupt():
+    """While a run is going, SIGTERM stops it like Ctrl-C (progress saved, resume message)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_pool(todo, settings, out_dir, max_seconds, export_audio, jobs, record, current) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Not "fork": a parent that has used FluidSynth (or holds any library lock in another thread) can leave a
+    # forked worker deadlocked, which was seen here. forkserver forks from a fresh, single-threaded server.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["numpy", "offline.prepare", "offline.synth", "models.cqt"])
+    else:  # pragma: no cover - Windows / macOS default
+        ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    pending = {}
+    queue = list(reversed(todo))
+    try:
+        # Keep at most 2 tasks per worker in flight: results are recorded as they complete, and an interrupt
+        # leaves few pieces half-made.
+        while queue or pending:
+            while queue and len(pending) < 2 * jobs:
+                t = queue.pop()
+                pending[pool.submit(_run_one, t, settings, str(out_dir), max_seconds, export_audio)] = t
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                current["task"] = task
+                record(task, fut.result())
+    except KeyboardInterrupt:
+        # Let the pieces in flight finish (seconds) so their work is kept, then stop.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fut, task in pending.items():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                record(task, fut.result())
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------------
+def check_soundfonts(paths: list[str]) -> None:
+    """SetupError when FluidSynth or a soundfont is missing."""
+    from offline.synth import INSTALL_HINT, _fluidsynth
+
+    _fluidsynth()
+    for p in paths:
+        if p and not Path(p).is_file():
+            raise SetupError(f"soundfont {p} does not exist: {INSTALL_HINT}, or name your own with --soundfont.")
+
+
+def prepare_synth(midi_dir, out_dir, settings, *, soundfonts: list[str] | None = None,
+                  holdout_soundfont: str | None = None, max_pieces: int = 0, max_seconds: float | None = None,
+                  jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False) -> Summary:
+    """Render ``midi_dir``'s performances into a dataset in ``out_dir`` (see the module notes)."""
+    soundfonts = list(soundfonts) if soundfonts else list(settings.data.soundfonts)
+    holdout = settings.data.holdout_soundfont if holdout_soundfont is None else holdout_soundfont
+    check_soundfonts(soundfonts + [holdout])
+    tasks = plan_synth(midi_dir, settings, soundfonts, holdout, max_pieces)
+    return run_tasks(tasks, out_dir, settings, kind="synth", source=str(midi_dir), max_seconds=max_seconds,
+                     jobs=jobs, export_audio=export_audio, quiet=quiet)
+
+
+def prepare_maestro(root, out_dir, settings, *, max_pieces: int = 0, max_seconds: float | None = None,
+                    jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False) -> Summary:
+    """Featurise a MAESTRO-layout folder into a dataset in ``out_dir`` (see the module notes)."""
+    tasks = plan_maestro(root, settings, max_pieces)
+    return run_tasks(tasks, out_dir, settings, kind="maestro", source=str(root), max_seconds=max_seconds,
+                     jobs=jobs, export_audio=export_audio, quiet=quiet)

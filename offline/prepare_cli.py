@@ -1,0 +1,72 @@
+"""``kkoma prepare``: make a training dataset.
+
+    kkoma prepare synth MIDI_DIR OUT_DIR [--soundfont SF2 ...] [--holdout-soundfont SF2] [--max-pieces N]
+                        [--max-seconds S] [--jobs J] [--no-audio]
+    kkoma prepare maestro MAESTRO_ROOT OUT_DIR [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
+
+Re-running the same command resumes: pieces already made are skipped. Splits and formats: offline/prepare.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("synth: render performance MIDI (e.g. ASAP: <Composer>/<Work>/<Performer>.mid) with FluidSynth "
+                     "through data.soundfonts; works are held out by folder (data.holdout_piece_fraction) and "
+                     "data.holdout_soundfont is never trained on. Splits: train, valid_pieces, valid_soundfont, "
+                     "valid_room.\nmaestro: a MAESTRO-layout folder (maestro-v*.csv + audio/MIDI pairs); train -> "
+                     "train, validation -> valid_pieces, test -> test.\nRe-run the same command to resume.")
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("out_dir", metavar="OUT_DIR", help="dataset folder to write (created; resumed if it exists)")
+        p.add_argument("--max-pieces", type=int, default=0, metavar="N",
+                       help="use at most N performances (0 = all)")
+        p.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                       help="crop every piece to its first S seconds (default data.max_piece_seconds)")
+        p.add_argument("--jobs", "-j", type=int, default=None, metavar="J",
+                       help="parallel workers (default data.jobs; 0 = number of CPU cores)")
+        p.add_argument("--no-audio", action="store_true",
+                       help="do not write validation audio + reference MIDI under OUT_DIR/audio/")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("synth", help="render a folder of performance MIDI with FluidSynth",
+                       description="Render a folder of performance MIDI files with FluidSynth into a dataset.")
+    s.add_argument("midi_dir", metavar="MIDI_DIR", help="folder of .mid/.midi files (searched recursively)")
+    common(s)
+    s.add_argument("--soundfont", action="append", default=None, metavar="SF2",
+                   help="soundfont to render with (repeatable; default data.soundfonts)")
+    s.add_argument("--holdout-soundfont", default=None, metavar="SF2",
+                   help="soundfont kept for validation only (default data.holdout_soundfont; '' = none)")
+
+    m = sub.add_parser("maestro", help="a MAESTRO-layout folder of recordings + MIDI",
+                       description="Featurise a MAESTRO-layout folder (maestro-v*.csv, audio + MIDI pairs).")
+    m.add_argument("root", metavar="MAESTRO_ROOT", help="folder holding maestro-v*.csv")
+    common(m)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from models.errors import KkomaError
+
+    if args.max_pieces < 0:
+        raise KkomaError(f"--max-pieces must be 0 (all) or more, not {args.max_pieces}.")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise KkomaError(f"--max-seconds must be more than 0, not {args.max_seconds}.")
+    if args.jobs is not None and args.jobs < 0:
+        raise KkomaError(f"--jobs must be 0 (all cores) or more, not {args.jobs}.")
+    from offline.prepare import prepare_maestro, prepare_synth
+
+    common = dict(max_pieces=args.max_pieces, max_seconds=args.max_seconds, jobs=args.jobs,
+                  export_audio=False if args.no_audio else None, quiet=args.quiet)
+    if args.source == "synth":
+        summary = prepare_synth(args.midi_dir, args.out_dir, settings, soundfonts=args.soundfont,
+                                holdout_soundfont=args.holdout_soundfont, **common)
+    else:
+        summary = prepare_maestro(args.root, args.out_dir, settings, **common)
+    print(summary.text(), file=sys.stderr)
+    for path, reason in summary.skipped:
+        print(f"  skipped {path}: {reason}", file=sys.stderr)
+    return 0

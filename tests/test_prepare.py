@@ -1,0 +1,342 @@
+"""`kkoma prepare`: FluidSynth rendering and its measured onset offset, splits, shards, MAESTRO layout, bad input,
+resume and interruption (offline/synth.py, offline/prepare.py, offline/prepare_cli.py).
+
+Rendering uses the small TimGM6mb soundfont for training and FluidR3_GM as the held-out one (both load in well under
+a second); pieces are a few seconds long.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+import soundfile as sf
+
+from models.errors import KkomaError
+from models.notes import Note, read_midi
+from models.settings import load_settings
+
+TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+FLUID = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+pytest.importorskip("fluidsynth", reason="pyfluidsynth / libfluidsynth not installed")
+needs_sf = pytest.mark.skipif(not (Path(TIM).is_file() and Path(FLUID).is_file()),
+                              reason="soundfonts missing (apt-get install fluid-soundfont-gm timgm6mb-soundfont)")
+
+
+def _settings(*extra):
+    return load_settings(overrides=[f'data.soundfonts=["{TIM}"]', f'data.holdout_soundfont="{FLUID}"',
+                                    "data.holdout_piece_fraction=0.3", "augment.probability=1.0",
+                                    "data.tail_seconds=0.5", *extra])
+
+
+def write_midi_file(path: Path, notes: list[tuple[int, float, float, int]], pedal: list[tuple[float, int]] = ()):
+    """A type-1 MIDI file at 120 bpm (1 tick = 1 ms with 500 ticks per beat) from (pitch, on, off, velocity)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ev = []
+    for p, on, off, v in notes:
+        ev.append((on, 1, mido.Message("note_on", note=p, velocity=v)))
+        ev.append((off, 0, mido.Message("note_off", note=p, velocity=0)))
+    for t, val in pedal:
+        ev.append((t, 0, mido.Message("control_change", control=64, value=val)))
+    ev.sort(key=lambda e: (e[0], e[1]))
+    mid = mido.MidiFile(ticks_per_beat=500)
+    tr = mido.MidiTrack()
+    mid.tracks.append(tr)
+    tr.append(mido.Message("program_change", program=40))  # a violin: the renderer must play a piano anyway
+    last = 0
+    for t, _, msg in ev:
+        tick = int(round(t * 1000))
+        tr.append(msg.copy(time=tick - last))
+        last = tick
+    mid.save(path)
+
+
+def _scale(start: float, pitches, step=0.25, dur=0.2, vel=80):
+    return [(p, start + i * step, start + i * step + dur, vel) for i, p in enumerate(pitches)]
+
+
+@pytest.fixture
+def midi_dir(tmp_path):
+    root = tmp_path / "midi"
+    write_midi_file(root / "Bach" / "Fugue" / "bwv_1" / "PlayerA.mid", _scale(0.3, [60, 64, 67, 72, 76]),
+                    pedal=[(0.4, 127), (1.0, 0)])
+    write_midi_file(root / "Chopin" / "Etude" / "op_10_1" / "PlayerB.mid", _scale(0.2, [48, 55, 60, 67, 96], vel=100))
+    write_midi_file(root / "Liszt" / "Sonata" / "1st" / "PlayerC.mid", _scale(0.25, [36, 43, 50, 57]))
+    write_midi_file(root / "Liszt" / "Sonata" / "1st_no_repeat" / "PlayerD.mid", _scale(0.25, [38, 45, 52]))
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Renderer
+# ----------------------------------------------------------------------------------------------------------------
+def test_audible_onset_of_a_tone_burst():
+    from offline.synth import audible_onset
+
+    sr = 16000
+    x = np.zeros(sr, np.float32)
+    t = np.arange(4000) / sr
+    x[5000:9000] = np.sin(2 * np.pi * 110 * t) * np.exp(-t * 5)
+    assert abs(audible_onset(x, sr) - 5000) <= 16  # within 1 ms whatever the waveform phase
+    assert audible_onset(np.zeros(100, np.float32), sr) == -1
+
+
+@needs_sf
+def test_renderer_offset_is_measured_and_removed():
+    from offline.synth import MidiEvent, Renderer, audible_onset, measure_onset_offset
+
+    sr = 16000
+    with Renderer(TIM, sr, 0.8) as r:
+        offset = measure_onset_offset(r, n_notes=16, seed=1)
+        assert 0.0 < offset < 0.015  # a sampled piano sounds a few ms after its note-on, never before
+        # a note at a known time: its audible onset, less the measured offset, lands on the MIDI time
+        for t0 in (0.3, 0.3 + 37 / sr):
+            audio = r.render([MidiEvent(t0, "on", 0, 72, 90), MidiEvent(t0 + 0.3, "off", 0, 72, 0)], 0.8)
+            assert len(audio) == int(0.8 * sr)
+            assert audible_onset(audio, sr) / sr - offset == pytest.approx(t0, abs=0.003)
+        # the piece before leaves nothing behind (no pedal, no ringing voices)
+        r.render([MidiEvent(0.0, "cc", 0, 64, 127), MidiEvent(0.01, "on", 0, 40, 127)], 0.2)
+        assert not np.any(r.render([], 0.1))
+
+
+@needs_sf
+def test_missing_soundfont_or_fluidsynth_says_what_to_install(midi_dir, tmp_path, monkeypatch):
+    from offline import synth
+    from offline.prepare import prepare_synth
+
+    with pytest.raises(KkomaError, match="apt-get install fluidsynth fluid-soundfont-gm"):
+        prepare_synth(midi_dir, tmp_path / "ds", _settings(), soundfonts=[str(tmp_path / "no.sf2")])
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_fluidsynth(name, *a, **k):
+        if name == "fluidsynth":
+            raise ImportError("no libfluidsynth")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_fluidsynth)
+    with pytest.raises(KkomaError, match="apt-get install fluidsynth fluid-soundfont-gm"):
+        synth._fluidsynth()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning
+# ----------------------------------------------------------------------------------------------------------------
+def test_work_key_folds_repeat_variants_and_holdout_is_by_work():
+    from offline.prepare import holdout_works, piece_id, work_key
+
+    assert work_key(Path("Beethoven/Piano_Sonatas/17-1_no_repeat/X.mid")) == "Beethoven/Piano_Sonatas/17-1"
+    assert work_key(Path("Beethoven/Piano_Sonatas/24-1_no_2_repeat/X.mid")) == "Beethoven/Piano_Sonatas/24-1"
+    assert work_key(Path("Schumann/Toccata_repeat/X.mid")) == "Schumann/Toccata"
+    assert piece_id(Path("Haydn/Sonatas/6-1/Chen C01.mid")) == "Haydn__Sonatas__6-1__Chen_C01"
+    works = [f"w{i}" for i in range(400)]
+    held = holdout_works(works, 1234, 0.1)
+    assert 20 < len(held) < 60 and held == holdout_works(works, 1234, 0.1) != holdout_works(works, 1, 0.1)
+    assert len(holdout_works(["a", "b"], 1234, 0.01)) == 1 and len(holdout_works(["a", "b"], 1234, 0.9)) == 1
+    assert holdout_works(works, 1234, 0.0) == set()
+
+
+def test_plan_keeps_held_out_works_and_soundfont_out_of_train(midi_dir):
+    from offline.prepare import plan_synth
+
+    s = _settings()
+    tasks = plan_synth(midi_dir, s, [TIM, FLUID], FLUID)
+    train = [t for t in tasks if t.split == "train"]
+    valid = [t for t in tasks if t.split != "train"]
+    assert train and valid
+    assert all(t.soundfont == TIM and t.augment == "train" for t in train)
+    assert {t.work for t in train}.isdisjoint({t.work for t in valid})
+    assert {t.split for t in valid} == {"valid_pieces", "valid_soundfont", "valid_room"}
+    for t in valid:
+        assert t.soundfont == (TIM if t.split == "valid_pieces" else FLUID)
+        assert t.augment == ("room" if t.split == "valid_room" else "none")
+    # both Liszt performances (a work and its no-repeat variant) fall on the same side
+    liszt = {t.split == "train" for t in tasks if t.work == "Liszt/Sonata/1st"}
+    assert len(liszt) == 1
+    # --max-pieces takes every work once before any twice
+    assert len({t.work for t in plan_synth(midi_dir, s, [TIM], FLUID, max_pieces=3)}) == 3
+    with pytest.raises(KkomaError, match="training soundfont"):
+        plan_synth(midi_dir, s, [FLUID], FLUID)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------------------------
+@needs_sf
+def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, capsys):
+    from offline.prepare import prepare_synth
+
+    (midi_dir / "Bad" / "Work" / "w").mkdir(parents=True)
+    bad = midi_dir / "Bad" / "Work" / "w" / "Broken.mid"
+    bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x10\x00\x90\x3c")
+    out = tmp_path / "ds"
+    s = _settings()
+    summary = prepare_synth(midi_dir, out, s, max_seconds=3.0, jobs=2, quiet=True)
+    err = capsys.readouterr().err
+    assert f"skipped {bad}" in err
+    assert [p for p, _ in summary.skipped] == [str(bad)]
+
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["settings"]["audio"] == {"sample_rate": 16000, "hop_length": 160}
+    assert [x["path"] for x in m["skipped"]] == [str(bad)]
+    assert set(m["renderer_offsets_ms"]) == {TIM, FLUID}
+    assert all(0 < v < 15 for v in m["renderer_offsets_ms"].values())
+    pieces = m["pieces"]
+    splits = {p["split"] for p in pieces}
+    assert splits == {"train", "valid_pieces", "valid_soundfont", "valid_room"}
+    assert summary.done == len(pieces) and summary.already == 0
+    assert all(p["soundfont"] != FLUID for p in pieces if p["split"] == "train")
+    train_works = {p["work"] for p in pieces if p["split"] == "train"}
+    assert train_works.isdisjoint(p["work"] for p in pieces if p["split"] != "train")
+    for p in pieces:
+        with np.load(out / p["file"]) as z:
+            f = z["features"]
+            assert f.dtype == np.float16 and f.shape == (p["n_frames"], 264) and np.isfinite(f).all()
+            for k in ("onset", "frame", "offset", "velocity"):
+                assert z[k].shape == (p["n_frames"], 88) and z[k].dtype == np.uint8
+            assert z["onset"].sum() == p["n_notes"] > 0
+            assert p["n_frames"] == int(p["seconds"] * 16000) // 160 + 1
+            notes = read_midi(p["midi"])
+            if p["split"] != "train" or "detune_cents" not in p["augment"]:
+                # no time change: onsets sit at the nearest frame of the MIDI times
+                want = {(int(round(n.onset * 100)), n.pitch - 21) for n in notes}
+                assert set(zip(*np.nonzero(z["onset"]))) == want
+                assert {z["velocity"][i, k] for i, k in want} == {n.velocity for n in notes}
+        assert p["seconds"] <= 3.0
+        if p["split"] == "train":
+            assert p["augment"] and not (out / "audio" / "train").exists()
+        else:
+            base = out / "audio" / p["split"] / p["id"]
+            audio, sr = sf.read(base.with_suffix(".flac"))
+            assert sr == 16000 and len(audio) == round(p["seconds"] * sr)
+            ref = read_midi(base.with_suffix(".mid"))
+            assert [(n.pitch, n.velocity) for n in ref] == [(n.pitch, n.velocity) for n in read_midi(p["midi"])]
+            assert ("rt60_s" in p["augment"]) == (p["split"] == "valid_room")
+    # the pedal held PlayerA's first notes to 1.0 s: frames are sustain-extended
+    a = next(p for p in pieces if p["id"].endswith("PlayerA"))
+    with np.load(out / a["file"]) as z:
+        assert z["frame"][30:100, 60 - 21].all()
+
+    # resume: nothing to do; a lost shard is made again, and only it
+    again = prepare_synth(midi_dir, out, s, max_seconds=3.0, jobs=1, quiet=True)
+    assert again.done == 0 and again.already == len(pieces) and len(again.skipped) == 1
+    victim = out / pieces[0]["file"]
+    before = np.load(victim)["features"]
+    victim.unlink()
+    third = prepare_synth(midi_dir, out, s, max_seconds=3.0, jobs=1, quiet=True)
+    assert third.done == 1 and third.already == len(pieces) - 1
+    np.testing.assert_array_equal(np.load(victim)["features"], before)  # same piece, same augmentation
+    assert len(json.loads((out / "manifest.json").read_text())["pieces"]) == len(pieces)
+    with pytest.raises(KkomaError, match="hop_length"):
+        prepare_synth(midi_dir, out, _settings("audio.hop_length=320"), max_seconds=3.0, jobs=1, quiet=True)
+
+
+@needs_sf
+def test_interrupt_saves_progress_and_says_how_to_resume(midi_dir, tmp_path, monkeypatch, capsys):
+    from offline import prepare
+
+    real = prepare.make_piece
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(prepare, "make_piece", flaky)
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_synth(midi_dir, out, _settings(), max_seconds=2.0, jobs=1, quiet=True)
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err and "interrupted at " in err
+    assert len(json.loads((out / "manifest.json").read_text())["pieces"]) == 1
+    monkeypatch.setattr(prepare, "make_piece", real)
+    summary = prepare.prepare_synth(midi_dir, out, _settings(), max_seconds=2.0, jobs=1, quiet=True)
+    assert summary.already == 1 and summary.done > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MAESTRO layout
+# ----------------------------------------------------------------------------------------------------------------
+def _sine_render(notes, seconds, sr=44100):
+    """Stereo test audio: a decaying sine per note (no soundfont needed)."""
+    x = np.zeros(int(seconds * sr))
+    for p, on, off, v in notes:
+        i0, i1 = int(on * sr), min(len(x), int(off * sr))
+        t = np.arange(i1 - i0) / sr
+        x[i0:i1] += v / 127 * 0.2 * np.sin(2 * np.pi * 440 * 2 ** ((p - 69) / 12) * t) * np.exp(-3 * t)
+    return np.stack([x, 0.5 * x], axis=1)
+
+
+@pytest.fixture
+def maestro_root(tmp_path):
+    root = tmp_path / "maestro"
+    rows = []
+    for i, split in enumerate(["train", "validation", "test"]):
+        notes = _scale(0.2 + 0.1 * i, [57 + i, 60 + i, 64 + i, 69 + i])
+        stem = f"2018/MIDI-Unprocessed_{i:02d}"
+        write_midi_file(root / f"{stem}.midi", notes)
+        sf.write(root / f"{stem}.wav", _sine_render(notes, 2.0), 44100)
+        rows.append(f'Composer {i},"Title, {i}",{split},2018,{stem}.midi,{stem}.wav,2.0')
+    (root / "maestro-v3.0.0.csv").write_text(
+        "canonical_composer,canonical_title,split,year,midi_filename,audio_filename,duration\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_prepare_maestro_fixture(maestro_root, tmp_path):
+    from offline.prepare import prepare_maestro
+
+    out = tmp_path / "ds"
+    summary = prepare_maestro(maestro_root, out, _settings(), max_seconds=1.5, jobs=1, quiet=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert summary.done == 3 and not summary.skipped and m["kind"] == "maestro"
+    by_split = {p["split"]: p for p in m["pieces"]}
+    assert set(by_split) == {"train", "valid_pieces", "test"}
+    for split, p in by_split.items():
+        assert p["audio"].endswith(".wav") and p["soundfont"] is None
+        assert p["seconds"] == (pytest.approx(1.5, rel=0.01) if split == "train" else 1.5)  # train may be detuned
+        assert p["work"].startswith("Composer ")
+        with np.load(out / p["file"]) as z:
+            assert z["features"].shape == (151, 264)
+            notes = [n for n in read_midi(p["midi"]) if n.onset < 1.5]
+            if split != "train":  # train may be detuned
+                assert set(zip(*np.nonzero(z["onset"]))) == {(int(round(n.onset * 100)), n.pitch - 21)
+                                                            for n in notes}
+                assert p["augment"] == {}
+                assert (out / "audio" / split / f"{p['id']}.flac").is_file()
+    assert not (out / "audio" / "train").exists()
+
+
+def test_maestro_bad_audio_is_skipped_and_bad_csv_is_an_error(maestro_root, tmp_path):
+    from offline.prepare import prepare_maestro
+
+    (maestro_root / "2018" / "MIDI-Unprocessed_01.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    summary = prepare_maestro(maestro_root, tmp_path / "ds", _settings(), max_seconds=1.0, jobs=1, quiet=True,
+                              export_audio=False)
+    assert summary.done == 2 and [Path(p).name for p, _ in summary.skipped] == ["MIDI-Unprocessed_01.wav"]
+    (maestro_root / "maestro-v3.0.0.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(KkomaError, match="columns"):
+        prepare_maestro(maestro_root, tmp_path / "ds2", _settings())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+@needs_sf
+def test_cli(midi_dir, tmp_path, capsys):
+    from kkoma.cli import main
+
+    out = tmp_path / "ds"
+    sets = ["--set", f'data.soundfonts=["{TIM}"]', "--set", "data.holdout_piece_fraction=0.3"]
+    rc = main(sets + ["prepare", "synth", str(midi_dir), str(out), "--holdout-soundfont", FLUID,
+                      "--max-pieces", "2", "--max-seconds", "1.5", "--jobs", "1", "--no-audio", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "pieces made" in err
+    m = json.loads((out / "manifest.json").read_text())
+    assert len({p["id"] for p in m["pieces"]}) == 2 and not (out / "audio").exists()
+    assert main(["prepare", "synth", str(tmp_path / "nowhere"), str(out)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["prepare", "maestro", str(tmp_path), str(out), "--max-seconds", "0"]) == 1
