@@ -1,0 +1,74 @@
+"""Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
+
+The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
+for every (onset_threshold, frame_threshold) pair of a grid and the notes are scored with mir_eval against the
+piece's reference MIDI (sustain-extended). Prints a table and the best pair by onset F1 + onset/offset F1; put it
+in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report the held-out soundfont
+and room conditions with the chosen values, so they stay unseen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("weights", type=Path)
+    ap.add_argument("--split", default="valid_pieces")
+    ap.add_argument("--onset", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    ap.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
+    ap.add_argument("--max-pieces", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import mir_eval
+
+    from models.inference import StreamingModel
+    from models.notes import events_to_notes, notes_to_arrays, read_midi
+    from models.settings import load_settings
+    from models.tracker import NoteTracker
+
+    settings = load_settings(overrides=[f"model.weights={json.dumps(str(args.weights))}"])
+    manifest = json.loads((args.dataset / "manifest.json").read_text())
+    pieces = [p for p in manifest["pieces"] if p["split"] == args.split]
+    if args.max_pieces:
+        pieces = pieces[: args.max_pieces]
+    model = StreamingModel(settings)
+    probs, refs = [], []
+    for p in pieces:
+        with np.load(args.dataset / p["file"]) as z:
+            probs.append(model.predict(z["features"].astype(np.float32)))
+        ref = read_midi(args.dataset / "audio" / args.split / (p["id"] + ".mid"), sustain=True)
+        refs.append(notes_to_arrays(ref))
+    rows = []
+    for on_t in args.onset:
+        for fr_t in args.frame:
+            if fr_t > on_t:
+                continue
+            s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t))
+            f_on, f_onoff = [], []
+            for pr, (ri, rp, _) in zip(probs, refs):
+                tr = NoteTracker(s)
+                ev = tr.process(pr["onset"], pr["frame"], pr["velocity"]) + tr.flush()
+                ei, ep, _ = notes_to_arrays(events_to_notes(ev))
+                if len(ri) == 0 or len(ei) == 0:
+                    f_on.append(float(len(ri) == len(ei)))
+                    f_onoff.append(float(len(ri) == len(ei)))
+                    continue
+                f_on.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None)[2])
+                f_onoff.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep)[2])
+            rows.append((on_t, fr_t, float(np.mean(f_on)), float(np.mean(f_onoff))))
+            print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f}: onset F1 {rows[-1][2]:.3f} "
+                  f"onset+offset F1 {rows[-1][3]:.3f}", flush=True)
+    best = max(rows, key=lambda r: r[2] + r[3])
+    print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]} "
+          f"(onset F1 {best[2]:.3f}, onset+offset F1 {best[3]:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
