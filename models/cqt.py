@@ -128,15 +128,16 @@ def _frame(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
 def _frames_range(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
-                  end_num, end_den, end_add, cap_off, hop, i_from, i_to, out, log_offset, do_log):
-    """Frames i_from..i_to-1, bins outside frames so each kernel stays in L1 cache; same arithmetic as _frame."""
+                  end_num, end_den, end_add, cap_off, hop, i_from, i_to, out, out_row0, log_offset, do_log):
+    """Frames i_from..i_to-1 into out[i - out_row0], bins outside frames so each kernel stays in L1 cache; same
+    arithmetic as _frame."""
     for g in range(level_lo.shape[0]):
         buf = flat[lev_off[g]:lev_off[g + 1]]
         nb_ = levels_len[g]
         base = levels_base[g]
         for k in range(level_lo[g], level_hi[g]):
             for i in range(i_from, i_to):
-                out[i, k] = _bin(buf, nb_, base, k, bin_kernel[k], bin_len[k], end_den[k], end_add[k], end_num[k],
+                out[i - out_row0, k] = _bin(buf, nb_, base, k, bin_kernel[k], bin_len[k], end_den[k], end_add[k], end_num[k],
                                  cap_off, i * hop, kre, kim, scale, log_offset, do_log)
 
 
@@ -148,7 +149,7 @@ def _frames_batch(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bi
     for b in nb.prange(n_blocks):
         i_to = min((b + 1) * block, n_frames)
         _frames_range(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
-                      end_num, end_den, end_add, cap_off, hop, b * block, i_to, out, log_offset, do_log)
+                      end_num, end_den, end_add, cap_off, hop, b * block, i_to, out, 0, log_offset, do_log)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,9 +437,13 @@ def _stream_step(x, flat, lev_off, levels_base, levels_count, levels_len, histor
         frame_to = frame_limit
     for g in range(levels_len.shape[0]):
         levels_len[g] = levels_count[g] - levels_base[g]
-    for i in range(frame_from, frame_to):
-        _frame(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale, end_num,
-               end_den, end_add, cap_off, i * hop, out[i - frame_from], log_offset, do_log)
+    if frame_to - frame_from == 1:
+        _frame(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim, scale,
+               end_num, end_den, end_add, cap_off, frame_from * hop, out[0], log_offset, do_log)
+    elif frame_to > frame_from:  # a big block (offline): kernels outermost, as the batch driver
+        _frames_range(flat, lev_off, levels_base, levels_len, level_lo, level_hi, bin_len, bin_kernel, kre, kim,
+                      scale, end_num, end_den, end_add, cap_off, hop, frame_from, frame_to, out, frame_from,
+                      log_offset, do_log)
     return max(frame_to - frame_from, 0)
 
 
