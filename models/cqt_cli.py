@@ -3,14 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-
-def note_name(midi: int) -> str:
-    """MIDI note number -> name with octave, e.g. 69 -> 'A4'."""
-    return f"{NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="audio file (any rate, any channel count)")
     p.add_argument("--stream", action="store_true",
@@ -27,6 +19,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
     from models.audio import load_audio
     from models.cqt import CQT
+    from models.notes import note_name
 
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
     audio = load_audio(args.audio, sr)

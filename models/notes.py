@@ -39,6 +39,14 @@ N_KEYS = 88           # A0..C8
 SUSTAIN_CC = 64       # damper pedal controller; values >= 64 mean down (General MIDI)
 
 
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def note_name(pitch: int) -> str:
+    """MIDI note number -> name with octave, e.g. 69 -> 'A4', 21 -> 'A0'."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
 @dataclass(frozen=True)
 class Note:
     """One note.

@@ -261,7 +261,7 @@ def _cqt(settings):
     from models.cqt import CQT
 
     c = _CACHE.get("cqt")
-    if c is None or c.settings is not settings:
+    if c is None or c.settings != settings:
         c = _CACHE["cqt"] = CQT(settings)
     return c
 
@@ -485,9 +485,9 @@ def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: 
         save(force=True)
         bar.close()
         where = current.get("task")
-        at = f" at {where.source}" if where else ""
-        log(f"interrupted{at} after {summary.done + summary.already} of {len(tasks)} pieces; the finished ones are "
-            f"saved in {out_dir / MANIFEST}: run the same command again to resume.")
+        last = f" (the last one finished: {where.source})" if where else ""
+        log(f"interrupted after {summary.done + summary.already} of {len(tasks)} pieces{last}; the finished ones "
+            f"are saved in {out_dir / MANIFEST}: run the same command again to resume.")
         raise
     finally:
         _restore_sigterm(previous_term)

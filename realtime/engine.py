@@ -25,16 +25,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from models.errors import KkomaError
+from models.notes import note_name  # noqa: F401  (the display names keys with it)
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.notes import NoteEvent
     from models.settings import Settings
 
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-
-def note_name(pitch: int) -> str:
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
 def make_transcriber(settings: "Settings"):

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from models.errors import KkomaError
-from models.notes import Note, read_midi
+from models.notes import read_midi
 from models.settings import load_settings
 
 TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -251,7 +251,7 @@ def test_interrupt_saves_progress_and_says_how_to_resume(midi_dir, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_synth(midi_dir, out, _settings(), max_seconds=2.0, jobs=1, quiet=True)
     err = capsys.readouterr().err
-    assert "run the same command again to resume" in err and "interrupted at " in err
+    assert "run the same command again to resume" in err and "interrupted after 1 of " in err
     assert len(json.loads((out / "manifest.json").read_text())["pieces"]) == 1
     monkeypatch.setattr(prepare, "make_piece", real)
     summary = prepare.prepare_synth(midi_dir, out, _settings(), max_seconds=2.0, jobs=1, quiet=True)
