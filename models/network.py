@@ -155,6 +155,19 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
+def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
+    """The inverse of :func:`model_arrays`: load the named ``.npz`` arrays into the model's layers (shapes must
+    match the model's architecture; Keras raises ValueError otherwise)."""
+    a = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    g = model.get_layer
+    g("standardize").set_weights([a["norm_mean"], a["norm_inv_std"]])
+    g("context").set_weights([a["context_kernel"], a["context_bias"]])
+    g("lstm").set_weights([a["lstm_kernel"], a["lstm_recurrent"], a["lstm_bias"]])
+    g("onset").set_weights([a["onset_kernel"], a["onset_bias"]])
+    g("frame").set_weights([a["frame_kernel"], a["frame_bias"]])
+    g("velocity").set_weights([a["velocity_kernel"], a["velocity_bias"]])
+
+
 def settings_record(settings: "Settings") -> dict:
     """What the weights file stores about the settings it was trained with (checked on load)."""
     import dataclasses

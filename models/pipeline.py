@@ -29,19 +29,24 @@ class Transcriber:
     ----------
     settings : kkoma settings.
     weights_path : model weights (default ``settings.model.weights_path``).
+    model : a streaming model to use instead of building the NumPy one (e.g. the TensorFlow/GPU
+        :class:`models.tf_inference.TFStreamingModel`; same interface, same outputs).
 
     Attributes
     ----------
     cqt, model, tracker : the three stages (each with ``process``/``flush``/``reset``).
     """
 
-    def __init__(self, settings: "Settings", weights_path: str | Path | None = None):
+    def __init__(self, settings: "Settings", weights_path: str | Path | None = None, model=None):
         from models.cqt import CQT
-        from models.inference import StreamingModel
         from models.tracker import NoteTracker
 
         self.settings = settings
-        self.model = StreamingModel(settings, weights_path)
+        if model is None:
+            from models.inference import StreamingModel
+
+            model = StreamingModel(settings, weights_path)
+        self.model = model
         self.cqt = CQT(settings).incremental()
         self.tracker = NoteTracker(settings)
 

@@ -146,6 +146,7 @@ class RecordSettings:
 class TranscribeSettings:
     chunk_frames: int = _f(lo=1, hi=10_000_000, unit="frames")
     jobs: int = _f(lo=0, hi=1024)
+    device: str = _f(choices=("auto", "cpu", "gpu"))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ Nothing proportional to the file length is held except the notes themselves (and
 Many files run in a process pool (``transcribe.jobs`` workers; 0 = one per CPU core). A stream is stateful, so one
 file is always transcribed from start to end by one worker; workers never share a file.
 
+The model runs on the CPU (NumPy/Numba, :mod:`models.inference`) or, with ``transcribe.device = gpu`` (``kkoma
+transcribe --device``), in TensorFlow (:mod:`models.tf_inference`), which gives the same probabilities (within
+1e-4) and so the same notes; each worker then holds its own TensorFlow model, sharing the GPU.
+
 Outputs are written only after the whole file has been transcribed, each through a temporary file and an atomic
 ``os.replace``: an interrupted run (Ctrl-C, a crash, a full disk) leaves either the complete previous file or none,
 never a half-written one.
@@ -255,10 +259,18 @@ class _NoteCollector:
 
 
 def make_transcriber(settings):
-    """The streaming pipeline (CQT -> model -> tracker) built once per process and ``reset()`` between files."""
+    """The streaming pipeline (CQT -> model -> tracker) built once per process and ``reset()`` between files.
+
+    The model runs where ``transcribe.device`` says (:func:`models.tf_inference.resolve_device`): the NumPy/Numba
+    :class:`~models.inference.StreamingModel` on ``cpu`` (TensorFlow never imported), its TensorFlow twin on ``gpu``.
+    """
     from models.pipeline import Transcriber
 
-    return Transcriber(settings)
+    if settings.transcribe.device == "cpu":
+        return Transcriber(settings)
+    from models.tf_inference import make_model
+
+    return Transcriber(settings, model=make_model(settings, settings.transcribe.device))
 
 
 def transcribe_file(path: str | Path, settings, transcriber=None, *,

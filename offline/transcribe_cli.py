@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="files transcribed in parallel (default: transcribe.jobs from config.toml; 0 = one per "
                         "CPU core). One file is always streamed by one worker")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+                   help="where the model runs: cpu (NumPy/Numba), gpu (TensorFlow; an error if TensorFlow sees no "
+                        "GPU) or auto (gpu when TensorFlow sees one, else cpu; a machine without an NVIDIA driver "
+                        "is cpu without loading TensorFlow). Same notes either way. Default: transcribe.device "
+                        "from config.toml (auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file lines; errors only")
 
 
@@ -47,6 +52,17 @@ def run(args: argparse.Namespace, settings) -> int:
         raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
     if args.jobs is not None:
         settings = settings.replace(transcribe__jobs=str(args.jobs))
+    device = args.device or settings.transcribe.device
+    if device != "cpu":
+        from models.tf_inference import resolve_device
+
+        # Settled once here, so every worker process runs the model on the same device.
+        device = resolve_device(device)
+        if device == "gpu" and not args.quiet:
+            import sys
+
+            print("model on the GPU (TensorFlow)", file=sys.stderr)
+    settings = settings.replace(transcribe__device=device)
     summary = transcribe_paths(args.audio, settings, out_dir=args.output_dir, formats=args.format,
                                piano_roll=args.piano_roll, overwrite=args.overwrite, quiet=args.quiet)
     return 1 if summary.failed else 0

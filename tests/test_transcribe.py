@@ -311,10 +311,19 @@ def test_real_pipeline_file_equals_transcribe_audio(random_weights, tmp_path):
     assert got == want
 
 
-def test_transcribe_imports_no_tensorflow_or_librosa(random_weights, tmp_path):
+def _no_nvidia_driver() -> bool:
+    from models.tf_inference import nvidia_driver_present
+
+    return not nvidia_driver_present()
+
+
+# auto is the default: on a machine without an NVIDIA driver it must settle on cpu without loading TensorFlow.
+@pytest.mark.parametrize("device", [["--device", "cpu"], pytest.param([], marks=pytest.mark.skipif(
+    "not _no_nvidia_driver()", reason="an NVIDIA driver is present: auto may rightly load TensorFlow"))])
+def test_transcribe_imports_no_tensorflow_or_librosa(random_weights, tmp_path, device):
     f = tone_file(tmp_path / "x.flac", seconds=1.0)
     code = ("import sys\nfrom kkoma.cli import main\n"
-            f"rc = main({random_weights!r} + ['transcribe', {str(f)!r}, '-q', '-f', 'mid,csv,json'])\n"
+            f"rc = main({random_weights!r} + ['transcribe', {str(f)!r}, '-q', '-f', 'mid,csv,json'] + {device!r})\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'matplotlib') if m in sys.modules]\n"
             "print('RC', rc, 'HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
