@@ -338,11 +338,12 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
     if export_audio and task.split != "train":
         import soundfile as sf
 
-        base = out_dir / "audio" / task.split / task.id
-        _atomic_write(base.with_suffix(".flac"), lambda p: sf.write(str(p), audio, sr, subtype="PCM_16",
-                                                                    format="FLAC"))
-        base.parent.mkdir(parents=True, exist_ok=True)
-        write_midi(notes, base.with_suffix(".mid"), settings)
+        # Ids hold dots ("op.90_D.899"): append the suffix, never replace one.
+        folder = out_dir / "audio" / task.split
+        _atomic_write(folder / f"{task.id}.flac", lambda p: sf.write(str(p), audio, sr, subtype="PCM_16",
+                                                                     format="FLAC"))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_midi(notes, folder / f"{task.id}.mid", settings)
     entry.update({"augment": params, "n_frames": int(features.shape[0]), "seconds": round(len(audio) / sr, 3),
                   "n_notes": len(notes)})
     return entry

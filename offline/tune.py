@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.inference import StreamingModel
     from models.notes import events_to_notes, notes_to_arrays, read_midi
+    from offline.labels import crop_notes
     from models.settings import load_settings
     from models.tracker import NoteTracker
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in pieces:
         with np.load(args.dataset / p["file"]) as z:
             probs.append(model.predict(z["features"].astype(np.float32)))
-        ref = read_midi(args.dataset / "audio" / args.split / (p["id"] + ".mid"), sustain=True)
+        # The reference as the piece was rendered: the source performance, sustain-extended, cropped.
+        ref = crop_notes(read_midi(p["midi"], sustain=True), float(p["seconds"]))
         refs.append(notes_to_arrays(ref))
     rows = []
     for on_t in args.onset:
