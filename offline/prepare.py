@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.atomic import atomic_write as _atomic_write
 from models.errors import KkomaError
 from offline.synth import SetupError
 
@@ -264,21 +265,6 @@ def _cqt(settings):
     if c is None or c.settings != settings:
         c = _CACHE["cqt"] = CQT(settings)
     return c
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: a file that exists is always complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: float,

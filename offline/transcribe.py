@@ -38,6 +38,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Callable, Iterable
 
+from models.atomic import atomic_write as _atomic_write
 from models.errors import KkomaError
 
 # Extensions picked up when a folder is given (an explicitly named file is tried whatever its extension).
@@ -324,22 +325,6 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
 # ---------------------------------------------------------------------------------------------------------------
 # Writing outputs (atomic)
 # ---------------------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then fsync and rename over ``path``; the temp file is removed on any failure or interrupt."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 def notes_csv(notes) -> str:
     """CSV text: header ``onset,offset,pitch,velocity``; times in seconds."""
     buf = io.StringIO()
