@@ -98,8 +98,8 @@ class _Display:
             keys = keys[:37] + "..."
         level = f"{engine.level_db:5.0f} dB" if math.isfinite(engine.level_db) else " -inf dB"
         ring = engine.source.ring
-        t = engine.stats.times
-        last = f"{1000 * t[-1]:4.1f}" if len(t) else "   -"
+        t = engine.stats.last
+        last = f"{1000 * t:4.1f}" if t is not None else "   -"
         line = (f"{engine.t_emit:7.1f} s | keys {keys:<40} | in {level} | budget {engine.budget['total_ms']:.0f} ms"
                 f" | hop {last} ms | overflows {ring.overflows + getattr(engine.source, 'overflows', 0)}")
         pad = max(0, self._width - len(line))
