@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +44,48 @@ def _wait(cond, timeout, what):
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _clear_stale_jack_registry() -> bool:
+    """Forget JACK servers that died without unregistering (killed tests), when no jackd runs at all.
+
+    JACK's shared-memory registry holds at most 8 server names and reclaims a dead server's entry only when the same
+    name starts again; servers killed under other names fill it up ("Too many servers already active").
+    """
+    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0:
+        return False  # a live JACK server (maybe the user's): leave its registry alone
+    stale = [p for p in Path("/dev/shm").glob("jack*")]
+    for p in stale:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    return bool(stale)
+
+
 @pytest.fixture
 def jack_server(tmp_path):
-    """A private jackd (dummy backend) -> (server name, env for subprocesses, the jackd process)."""
+    """A private jackd (dummy backend) -> (server name, env for subprocesses, the jackd process).
+
+    Skips where JACK is not installed; in CI (``CI`` set) a server that will not start is a failure, not a skip,
+    so the end-to-end tests cannot silently stop running.
+    """
     if shutil.which("jackd") is None:
         pytest.skip("jackd is not installed (Debian package jackd2)")
     jack = pytest.importorskip("jack", reason="the JACK-Client package is not installed")
-    name = f"kkoma_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    # One fixed name: a server killed by a test leaves a registry entry that the next start under it reclaims.
+    name = "kkoma_test_e2e"
     env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
-    log = open(tmp_path / "jackd.log", "w")
-    proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "jackd.log"
 
-    def up():
+    def start():
+        log = open(log_path, "w")
+        proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return proc
+
+    def up(proc):
         if proc.poll() is not None:
-            raise RuntimeError(f"jackd exited: {(tmp_path / 'jackd.log').read_text()[-500:]}")
+            raise RuntimeError(f"jackd exited: {log_path.read_text()[-500:]}")
         try:
             c = jack.Client("kkoma_probe", no_start_server=True, servername=name)
         except jack.JackError:
@@ -67,12 +93,20 @@ def jack_server(tmp_path):
         c.close()
         return True
 
-    try:
-        _wait(up, 15, "jackd to start")
-    except (TimeoutError, RuntimeError) as e:
-        proc.kill()
-        proc.wait(5)
-        pytest.skip(f"cannot start a JACK server here: {e}")
+    proc = start()
+    for attempt in range(2):
+        try:
+            _wait(lambda: up(proc), 15, "jackd to start")
+            break
+        except (TimeoutError, RuntimeError) as e:
+            proc.kill()
+            proc.wait(5)
+            if attempt == 0 and "Too many servers" in str(e) and _clear_stale_jack_registry():
+                proc = start()
+                continue
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot start a JACK server in CI: {e}")
+            pytest.skip(f"cannot start a JACK server here: {e}")
     yield name, env, proc
     proc.terminate()
     try:
@@ -80,7 +114,6 @@ def jack_server(tmp_path):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-    log.close()
 
 
 class Player:
