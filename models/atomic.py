@@ -7,15 +7,18 @@ from typing import Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temp file beside ``path``, fsync it, then rename it over ``path``.
+    """``write(tmp)`` into a new temp file beside ``path``, fsync it, rename it over ``path``, fsync the folder.
 
-    The temp name keeps ``path``'s suffix (``.name.<pid>.tmp.flac``), so writers that infer the format from it
-    (soundfile, NumPy, matplotlib) still do; it is removed on any failure or interrupt.
+    The temp name is unique (pid + random) and keeps ``path``'s suffix (``.name.<pid>.<hex>.tmp.flac``), so writers
+    that infer the format from it (soundfile, NumPy, matplotlib) still do. It is created with mode 0666, so the
+    umask decides the final permissions as for any new file, and it is removed on any failure or interrupt.
+    Errors propagate unchanged (callers turn ``OSError`` into their own one-sentence message).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp{path.suffix}")
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -26,3 +29,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         except OSError:
             pass
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); best effort, as not every system allows opening a folder."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -179,23 +179,11 @@ def settings_record(settings: "Settings") -> dict:
 def save_weights_npz(path: str | Path, arrays: dict[str, np.ndarray], settings: "Settings",
                      summary: dict[str, Any] | None = None) -> Path:
     """Write the NumPy weights file atomically: ``arrays`` + a JSON ``meta`` record (format, settings, summary)."""
-    import os
-    import tempfile
+    from models.atomic import atomic_write
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": WEIGHTS_FORMAT, "settings": settings_record(settings), "summary": summary or {}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays))
     return path
 
 

@@ -235,47 +235,21 @@ def write_midi(notes: Iterable[Note], path: str | os.PathLike, settings: "Settin
     ------
     KkomaError : the folder does not exist or cannot be written (one sentence naming the path).
     """
+    from models.atomic import atomic_write
+
     mid = notes_to_midifile(notes, settings)
     path = Path(path)
     folder = path.parent
-    tmp = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = -1
-    try:
-        # os.open with 0o666 lets the umask decide the permissions, as for any new file (mkstemp would give 0600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fd = -1
+    if not folder.is_dir():
+        raise KkomaError(f"cannot write MIDI file {path}: the folder {folder} does not exist.")
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             mid.save(file=fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            if not folder.is_dir():
-                raise KkomaError(f"cannot write MIDI file {path}: the folder {folder} does not exist.") from None
-            raise KkomaError(f"cannot write MIDI file {path}: {e.strerror or e}.") from None
-        raise
-    _fsync_dir(folder)
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); best effort, as not every system allows opening a folder."""
     try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+        atomic_write(path, save)
+    except OSError as e:
+        raise KkomaError(f"cannot write MIDI file {path}: {e.strerror or e}.") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from models.atomic import atomic_write
 from models.errors import KkomaError
 from models.notes import N_KEYS
 
@@ -236,12 +237,7 @@ def velocity_loss(y_true, y_pred):
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, default=float)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=float)))
 
 
 def _save_weights(model, path: Path) -> None:
@@ -251,9 +247,7 @@ def _save_weights(model, path: Path) -> None:
 
 
 def _save_optimizer(opt, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, *[np.asarray(v) for v in opt.variables])
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, *[np.asarray(v) for v in opt.variables]))
 
 
 def _load_optimizer(opt, model, path: Path, log) -> None:
