@@ -40,7 +40,7 @@ import numba as nb
 import numpy as np
 
 from models.errors import KkomaError
-from models.settings import Settings
+from models.settings import AudioSettings, CQTSettings, Settings
 
 # A bin is computed at rate R only when its centre frequency is at most this fraction of R: the decimation FIR's
 # passband edge. 0.3 leaves the FIR (cutoff 0.25 of the input rate, i.e. the new Nyquist / 2 ... new Nyquist) a
@@ -207,9 +207,10 @@ def _hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
 
 
-def _build(settings: Settings) -> KernelBank:
-    sr, hop = settings.audio.sample_rate, settings.audio.hop_length
-    c = settings.cqt
+@lru_cache(maxsize=8)
+def _build(audio: AudioSettings, c: CQTSettings) -> KernelBank:
+    """The kernel bank for these (frozen, hashable) settings; cached, so every CQT of the same settings shares it."""
+    sr, hop = audio.sample_rate, audio.hop_length
     freqs = c.fmin * 2.0 ** (np.arange(c.n_bins) / c.bins_per_octave)
     # Level of each bin: the lowest rate that still holds it. Decimated levels need not divide the hop: their
     # window positions are rounded to their own grid (at most half a sample of their rate, negligible against
@@ -277,24 +278,6 @@ def _build(settings: Settings) -> KernelBank:
                       cap_off, lookahead, history)
 
 
-@lru_cache(maxsize=8)
-def _bank_for(key: tuple) -> KernelBank:
-    return _build(_settings_from_key(key))
-
-
-_KEYED: dict[tuple, Settings] = {}
-
-
-def _settings_key(s: Settings) -> tuple:
-    c = s.cqt
-    return (s.audio.sample_rate, s.audio.hop_length, c.fmin_midi, c.n_bins, c.bins_per_octave, c.filter_scale,
-            c.lookahead_ms, c.decimation_taps)
-
-
-def _settings_from_key(key: tuple) -> Settings:
-    return _KEYED[key]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Public drivers
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,9 +291,7 @@ class CQT:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        key = _settings_key(settings)
-        _KEYED[key] = settings
-        self.bank = _bank_for(key)
+        self.bank = _build(settings.audio, settings.cqt)
         self.n_bins = settings.cqt.n_bins
         self.log_offset = np.float32(settings.cqt.log_offset)
 

@@ -155,7 +155,6 @@ class DataSettings:
     holdout_soundfont: str = _f()
     holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
     max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")
-    shard_frames: int = _f(lo=100, unit="frames")
     seed: int = _f()
     render_gain: float = _f(lo=0.0, hi=10.0, lo_open=True)
     tail_seconds: float = _f(lo=0.0, hi=60.0, unit="s")
