@@ -152,6 +152,7 @@ class TranscribeSettings:
 @dataclass(frozen=True)
 class DataSettings:
     soundfonts: tuple = _f()
+    programs: tuple = _f(lo=0, hi=127)
     holdout_soundfont: str = _f()
     holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
     max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")

@@ -15,10 +15,10 @@ Splits of a synthesised dataset (``prepare_synth``):
   out when ``sha256(f"{data.seed}:{work}")`` mapped to [0, 1) is below ``data.holdout_piece_fraction``, so no
   performance of a held-out work is ever trained on, whatever ``--max-pieces`` selects. (When the hash holds out no
   work, or all of them, the one with the smallest / largest hash is moved, so both sides exist.)
-* ``train``: performances of the other works, each rendered with one training soundfont (the ``data.soundfonts``
-  other than ``data.holdout_soundfont``, taken in turn) and augmented (offline/augment.py) with probability
+* ``train``: performances of the other works, each rendered with one training voice (the ``data.soundfonts`` other
+  than ``data.holdout_soundfont`` x the GM piano ``data.programs``, taken in turn) and augmented (offline/augment.py) with probability
   ``augment.probability``.
-* ``valid_pieces``: held-out performances, a training soundfont, clean.
+* ``valid_pieces``: held-out performances, a training soundfont (first program), clean.
 * ``valid_soundfont``: held-out performances, the held-out soundfont, clean.
 * ``valid_room``: held-out performances, the held-out soundfont, synthetic room reverb + noise.
 * ``--max-pieces N`` takes performances round-robin over the works (in hash order): every work once before any work
@@ -72,6 +72,7 @@ class Task:
     soundfont: str | None  # rendering soundfont (synth) or None
     augment: str           # "train" (random chain with augment.probability), "room" (reverb + noise), "none"
     work: str
+    program: int = 0       # GM program of the rendering soundfont (synth)
 
     @property
     def key(self) -> str:
@@ -155,6 +156,19 @@ def _same_file(a: str, b: str) -> bool:
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
+def piano_programs(settings) -> list[int]:
+    """``data.programs`` as GM program numbers (a KkomaError for an empty list or a non-integer)."""
+    programs = list(settings.data.programs)
+    if not programs or any(p != int(p) for p in programs):
+        raise KkomaError(f"data.programs must be a non-empty list of GM program numbers 0-127, not {programs}.")
+    return [int(p) for p in programs]
+
+
+def voice_name(soundfont: str, program: int) -> str:
+    """Manifest key of a rendering voice: the soundfont path, with ``#program`` when it is not program 0."""
+    return soundfont if program == 0 else f"{soundfont}#{program}"
+
+
 def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], holdout_soundfont: str,
                max_pieces: int = 0) -> list[Task]:
     """The tasks of a synthesised dataset (see the module notes for the splits)."""
@@ -166,6 +180,9 @@ def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], hol
     if not train_sfs:
         raise KkomaError("there is no training soundfont: data.soundfonts (or --soundfont) must name at least one "
                          "soundfont besides data.holdout_soundfont.")
+    programs = piano_programs(settings)
+    # Pieces take the (soundfont, program) voices in turn: each piece is one piano, the set is many.
+    voices = [(sf, p) for p in programs for sf in train_sfs]
     held = holdout_works(sorted({work_key(r) for r in rel.values()}), seed, settings.data.holdout_piece_fraction)
     chosen = round_robin([r.as_posix() for r in rel.values()], lambda r: work_key(Path(r)), seed)
     if max_pieces:
@@ -178,13 +195,15 @@ def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], hol
         pid = piece_id(r)
         work = work_key(r)
         if work in held:
-            tasks.append(Task("valid_pieces", pid, midi, None, train_sfs[n_valid % len(train_sfs)], "none", work))
+            tasks.append(Task("valid_pieces", pid, midi, None, train_sfs[n_valid % len(train_sfs)], "none", work,
+                              programs[0]))
             n_valid += 1
             if holdout_soundfont:
-                tasks.append(Task("valid_soundfont", pid, midi, None, holdout_soundfont, "none", work))
-                tasks.append(Task("valid_room", pid, midi, None, holdout_soundfont, "room", work))
+                tasks.append(Task("valid_soundfont", pid, midi, None, holdout_soundfont, "none", work, programs[0]))
+                tasks.append(Task("valid_room", pid, midi, None, holdout_soundfont, "room", work, programs[0]))
         else:
-            tasks.append(Task("train", pid, midi, None, train_sfs[n_train % len(train_sfs)], "train", work))
+            sf, program = voices[n_train % len(voices)]
+            tasks.append(Task("train", pid, midi, None, sf, "train", work, program))
             n_train += 1
     return tasks
 
@@ -247,14 +266,14 @@ def _limit_threads() -> None:
         pass
 
 
-def _renderer(soundfont: str, settings):
+def _renderer(soundfont: str, settings, program: int = 0):
     from offline.synth import Renderer, measure_onset_offset
 
-    r = _CACHE.get(("renderer", soundfont))
+    r = _CACHE.get(("renderer", soundfont, program))
     if r is None:
-        r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain)
+        r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain, program)
         offset = measure_onset_offset(r, seed=settings.data.seed)
-        _CACHE[("renderer", soundfont)] = r = (r, offset)
+        _CACHE[("renderer", soundfont, program)] = r = (r, offset)
     return r
 
 
@@ -283,12 +302,12 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
     if not notes:
         raise KkomaError(f"{task.midi} has no notes on the piano's 88 keys.")
     entry = {"id": task.id, "split": task.split, "file": f"{task.split}/{task.id}.npz", "midi": task.midi,
-             "audio": task.audio, "soundfont": task.soundfont, "work": task.work}
+             "audio": task.audio, "soundfont": task.soundfont, "program": task.program, "work": task.work}
     if task.audio is None:
         from offline.synth import midi_events
 
         end = min(max_seconds, max(n.offset for n in notes) + settings.data.tail_seconds)
-        renderer, offset = _renderer(task.soundfont, settings)
+        renderer, offset = _renderer(task.soundfont, settings, task.program)
         events = [e for e in midi_events(task.midi, end) if e.kind == "cc" or 21 <= e.a <= 108]
         skip = int(round(offset * sr))
         # Render `skip` samples more and drop them at the start: removes the renderer's onset latency.
@@ -450,7 +469,7 @@ def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: 
             summary.by_split[task.split] = summary.by_split.get(task.split, 0) + 1
             summary.piece_seconds.append(secs)
             if task.soundfont and "renderer_offset_ms" in value:
-                manifest["renderer_offsets_ms"][task.soundfont] = value["renderer_offset_ms"]
+                manifest["renderer_offsets_ms"][voice_name(task.soundfont, task.program)] = value["renderer_offset_ms"]
         else:
             if task.source not in skipped_paths:
                 log(f"warning: skipped {task.source}: {value}")

@@ -94,20 +94,23 @@ def _fluidsynth():
 
 
 class Renderer:
-    """One FluidSynth instance with one soundfont loaded, playing the piano preset (bank 0, program 0).
+    """One FluidSynth instance with one soundfont loaded, playing one piano preset (bank 0, ``program``).
 
     Parameters
     ----------
     soundfont : .sf2 / .sf3 file.
     sample_rate : output rate [Hz] (the model rate: no resampling afterwards).
     gain : FluidSynth master gain (linear); output is float, so loud passages are never clipped here.
+    program : General MIDI program of bank 0 played on every channel (0 Acoustic Grand, 1 Bright Acoustic,
+        2 Electric Grand).
 
     Raises KkomaError when FluidSynth is missing or the soundfont does not exist / cannot be loaded.
     """
 
-    def __init__(self, soundfont: str | os.PathLike, sample_rate: int, gain: float):
+    def __init__(self, soundfont: str | os.PathLike, sample_rate: int, gain: float, program: int = 0):
         self.soundfont = str(soundfont)
         self.sample_rate = int(sample_rate)
+        self.program = int(program)
         if not Path(self.soundfont).is_file():
             raise SetupError(f"soundfont {self.soundfont} does not exist: {INSTALL_HINT}, or point data.soundfonts "
                              "at your own .sf2 files.")
@@ -131,7 +134,7 @@ class Renderer:
             s.cc(ch, 121, 0)  # reset all controllers (pedals up)
             for cc in PEDAL_CCS:
                 s.cc(ch, cc, 0)
-            s.program_select(ch, self._sfid, 0, 0)
+            s.program_select(ch, self._sfid, 0, self.program)
         self._pull(self.sample_rate // 100)
 
     def _pull(self, n: int, out: np.ndarray | None = None, at: int = 0) -> None:
@@ -216,5 +219,6 @@ def measure_onset_offset(renderer: Renderer, n_notes: int = 48, seed: int = 0) -
         if i >= 0:
             delays.append(i / sr - start)
     if not delays:
-        raise SetupError(f"the soundfont {renderer.soundfont} plays no sound for the piano preset (bank 0, program 0).")
+        raise SetupError(f"the soundfont {renderer.soundfont} plays no sound for the piano preset "
+                         f"(bank 0, program {renderer.program}).")
     return float(np.median(delays))

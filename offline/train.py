@@ -305,7 +305,7 @@ def _setup_tf(settings, log):
 
 
 def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = False,
-          log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict:
+          init: str | Path | None = None, log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict:
     """Train, validate, checkpoint, and export the best weights to ``OUT_DIR/kkoma.npz``.
 
     Parameters
@@ -314,6 +314,8 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
     out_dir : where checkpoints, logs, the summary and the exported weights go.
     settings : ``train.*`` (batch size, epochs, steps per epoch, patience, learning rate, ...) and ``model.*``.
     resume : continue from ``OUT_DIR/checkpoints`` (model, optimizer, epoch, best score, patience counter).
+    init : a weights file (``kkoma.npz``) of the same architecture to start a new run from (fine-tuning on more or
+        other data), its feature statistics included; ignored when resuming.
     verbose : Keras progress output (0 silent, 1 bar, 2 one line per epoch, "auto").
 
     Returns
@@ -324,12 +326,12 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
 
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(dataset, out_dir, settings, resume=resume, log=log, verbose=verbose)
+        return _train(dataset, out_dir, settings, resume=resume, init=init, log=log, verbose=verbose)
     finally:  # the precision policy is process-global: leave it as found
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(dataset, out_dir, settings, *, resume, log, verbose) -> dict:
+def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     import keras
 
     from models import network
@@ -373,7 +375,12 @@ def _train(dataset, out_dir, settings, *, resume, log, verbose) -> dict:
                       loss={"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy",
                             "velocity": velocity_loss},
                       loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
-        if state is None:
+        if state is None and init:
+            from models.inference import load_weights
+
+            network.set_model_arrays(model, load_weights(init, settings)[0])
+            log(f"starting from the weights in {init}")
+        elif state is None:
             mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
             network.set_normalization(model, mean, std)
         else:

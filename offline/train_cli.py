@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--valid-max-pieces", type=int, default=None, metavar="N",
                    help="pieces scored per validation split each epoch; 0 = all (default: train.valid_max_pieces)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its last checkpoint")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start a new run from this weights file (a kkoma.npz of the same architecture, e.g. the "
+                        "shipped models/weights/kkoma.npz): fine-tune instead of starting from random weights")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (one line per epoch)")
 
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from offline.train import train
 
     try:
-        summary = train(args.dataset, args.out_dir, settings, resume=args.resume,
+        summary = train(args.dataset, args.out_dir, settings, resume=args.resume, init=args.init,
                         verbose=2 if args.quiet else "auto")
     except KeyboardInterrupt:
         raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None

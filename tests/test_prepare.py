@@ -161,6 +161,36 @@ def test_plan_keeps_held_out_works_and_soundfont_out_of_train(midi_dir):
         plan_synth(midi_dir, s, [FLUID], FLUID)
 
 
+def test_plan_cycles_training_voices_over_programs(midi_dir):
+    from offline.prepare import plan_synth
+
+    s = _settings("data.programs=[0, 2]")
+    tasks = plan_synth(midi_dir, s, [TIM, FLUID, TIM + "2"], FLUID)
+    train = [t for t in tasks if t.split == "train"]
+    voices = [(t.soundfont, t.program) for t in train]
+    want = [(TIM, 0), (TIM + "2", 0), (TIM, 2), (TIM + "2", 2)]
+    assert voices == [want[i % 4] for i in range(len(train))]
+    assert all(t.program == 0 for t in tasks if t.split != "train")  # validation plays the first program
+    for bad in ("[]", "[1.5]"):
+        with pytest.raises(KkomaError, match="data.programs"):
+            plan_synth(midi_dir, _settings(f"data.programs={bad}"), [TIM], FLUID)
+
+
+@needs_sf
+def test_renderer_plays_the_chosen_program():
+    from offline.synth import MidiEvent, Renderer
+
+    notes = [MidiEvent(0.05, "on", 0, 60, 100), MidiEvent(0.5, "off", 0, 60, 0)]
+    spectra = []
+    for program in (0, 2):
+        with Renderer(TIM, 16000, 0.8, program) as r:
+            audio = r.render(notes, 0.6)
+        assert np.abs(audio).max() > 0.01
+        spectra.append(np.abs(np.fft.rfft(audio)))
+    a, b = (x / np.linalg.norm(x) for x in spectra)
+    assert float(a @ b) < 0.95  # Electric Grand is another instrument, not the same samples (measured 0.83)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,9 +211,12 @@ def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, ca
     m = json.loads((out / "manifest.json").read_text())
     assert m["settings"]["audio"] == {"sample_rate": 16000, "hop_length": 160}
     assert [x["path"] for x in m["skipped"]] == [str(bad)]
-    assert set(m["renderer_offsets_ms"]) == {TIM, FLUID}
-    assert all(0 < v < 15 for v in m["renderer_offsets_ms"].values())
     pieces = m["pieces"]
+    from offline.prepare import voice_name
+
+    voices = {voice_name(p["soundfont"], p["program"]) for p in pieces}
+    assert {TIM, FLUID} <= voices and set(m["renderer_offsets_ms"]) == voices  # one offset per voice used
+    assert all(0 < v < 15 for v in m["renderer_offsets_ms"].values())
     splits = {p["split"] for p in pieces}
     assert splits == {"train", "valid_pieces", "valid_soundfont", "valid_room"}
     assert summary.done == len(pieces) and summary.already == 0

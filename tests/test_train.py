@@ -139,3 +139,23 @@ def test_cli_train_small(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "run" / "kkoma.npz").exists()
     assert "best weights" in capsys.readouterr().out
+
+
+def test_init_starts_from_given_weights(trained, tmp_path):
+    """--init: a new run starts from a weights file (statistics included); with a vanishing learning rate (1e-30) nothing moves,
+    so the exported weights are the initial ones exactly, and a run from random weights differs."""
+    from models.inference import load_weights
+    from offline.train import train
+
+    s, ds, run, _, _ = trained
+    s0 = s.replace(train__epochs="1", train__steps_per_epoch="2", train__learning_rate="1e-30")
+    lines = []
+    train(ds, tmp_path / "fine", s0, init=run / "kkoma.npz", log=lines.append, verbose=0)
+    start, _ = load_weights(run / "kkoma.npz", s)
+    got, _ = load_weights(tmp_path / "fine" / "kkoma.npz", s)
+    for k in start:
+        np.testing.assert_array_equal(got[k], start[k], err_msg=k)
+    assert any("starting from the weights in" in line for line in lines)
+    train(ds, tmp_path / "scratch", s0, log=lambda m: None, verbose=0)
+    fresh, _ = load_weights(tmp_path / "scratch" / "kkoma.npz", s)
+    assert not np.array_equal(fresh["lstm_kernel"], start["lstm_kernel"])
