@@ -59,7 +59,7 @@ def main() -> None:
 
     s = load_settings()
     sr, hop = s.audio.sample_rate, s.audio.hop_length
-    x = load_audio(args.audio, sr)[: int(args.seconds * sr)] if args.audio else piano_like(args.seconds, sr)
+    x = load_audio(args.audio, s)[: int(args.seconds * sr)] if args.audio else piano_like(args.seconds, sr)
     seconds = len(x) / sr
     causal = CQT(s)
     centred = CQT(s.replace(cqt__lookahead_ms="inf"))

@@ -64,14 +64,15 @@ def build_input(path: Path, audio: str, midi: str, minutes: float, rate: int, ga
     ref: list of (pitch, onset [s] within a repetition)).
     """
     import soundfile as sf
+    import soxr
 
-    from models.audio import resample, to_mono
+    from models.audio import to_mono
     from models.notes import read_midi
 
     x, sr = sf.read(audio, dtype="float32", always_2d=True)
     x = to_mono(x)
     if rate and rate != sr:
-        x = resample(x, sr, rate)
+        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal, not our filter
         sr = rate
     # The engine reads round(hop * device_rate / model_rate) device samples per hop (realtime.engine.Engine.hop_dev).
     hop_dev = max(1, int(round(settings.audio.hop_length * sr / settings.audio.sample_rate)))
@@ -357,7 +358,8 @@ def main(argv=None) -> int:
         h = st["hop_compute_ms"]
         hop_ms = 1000.0 * s.audio.hop_seconds
         n_in = layout["n_reps"] * layout["unit"]
-        hops_expected = n_in // layout["hop_dev"]
+        step = min(layout["hop_dev"], s.live.block_size)  # realtime.engine.Engine.step_dev
+        hops_expected = -(-n_in // step)
         in_s = st.get("input_seconds")
         ov = st.get("overflows", {})
         print(f"kkoma live --speed max: {run['wall']:.1f} s wall for {layout['seconds']:.1f} s of input "

@@ -1,4 +1,5 @@
-"""Audio front end shared by every driver: decode, mix to mono, resample to the model rate.
+"""Audio front end shared by every driver: decode, mix to mono, resample to the model rate (:mod:`models.resample`,
+the same filter for files and live input).
 
 Conventions: audio arrays are float32; a 2-D array is ``(n_samples, n_channels)`` (soundfile's layout) and is mixed
 to mono by averaging the channels. Non-finite samples are never passed on silently: :func:`check_finite` raises.
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import KkomaError
+from models.resample import Resampler, resample
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -29,47 +31,6 @@ def check_finite(x: np.ndarray, what: str = "audio") -> None:
     if x.size and not np.isfinite(x).all():
         first = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
         raise KkomaError(f"{what} contains NaN or infinite samples (first at sample {first}).")
-
-
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Resample mono float32 audio ``(n,)`` from ``sr_in`` to ``sr_out`` [Hz] with soxr (high quality)."""
-    if sr_in == sr_out:
-        return np.asarray(x, dtype=np.float32)
-    if sr_in <= 0:
-        raise KkomaError(f"the sample rate must be positive, not {sr_in} Hz.")
-    import soxr
-
-    return soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
-
-
-class ResampleStream:
-    """Streaming resampler (state carried across blocks) from ``sr_in`` to ``sr_out`` [Hz], mono float32.
-
-    ``process(block)`` returns whatever output is ready; ``flush()`` drains the filter tail; ``reset()`` starts over.
-    A pass-through when the rates are equal.
-    """
-
-    def __init__(self, sr_in: int, sr_out: int):
-        self.sr_in, self.sr_out = int(sr_in), int(sr_out)
-        self._stream = None
-        self.reset()
-
-    def reset(self) -> None:
-        if self.sr_in != self.sr_out:
-            import soxr
-
-            self._stream = soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality="HQ")
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        if self._stream is None:
-            return block
-        return self._stream.resample_chunk(block, last=False)
-
-    def flush(self) -> np.ndarray:
-        if self._stream is None:
-            return np.zeros(0, np.float32)
-        return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def audio_info(path: str | Path) -> tuple[int, int, float]:
@@ -92,8 +53,9 @@ def audio_info(path: str | Path) -> tuple[int, int, float]:
         raise KkomaError(f"{path} is not an audio file kkoma can read ({_reason(e)}).") from None
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode a whole audio file -> ``(n_samples,)`` float32 mono at ``sample_rate`` [Hz].
+def load_audio(path: str | Path, settings, sample_rate: int | None = None) -> np.ndarray:
+    """Decode a whole audio file -> ``(n_samples,)`` float32 mono at ``sample_rate`` [Hz] (default: the model rate,
+    ``audio.sample_rate``), resampled with :mod:`models.resample` (the filter of the live input).
 
     WAV/FLAC/OGG (and MP3 where libsndfile supports it) go through soundfile; anything else through librosa's
     audioread fallback. Raises KkomaError naming the file if it is missing, unreadable, or holds NaN/Inf samples.
@@ -115,14 +77,16 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
             raise KkomaError(f"{path} is not an audio file kkoma can read ({_reason(sf_error)}).") from None
     y = to_mono(x)
     check_finite(y, str(path))
-    return resample(y, int(sr), sample_rate)
+    return resample(y, int(sr), sample_rate or settings.audio.sample_rate, settings)
 
 
-def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 10.0):
-    """Yield ``(n,)`` float32 mono blocks at ``sample_rate`` [Hz] from a file, decoding a block at a time.
+def stream_audio(path: str | Path, settings, block_seconds: float = 10.0):
+    """Yield ``(n,)`` float32 mono blocks at the model rate ``audio.sample_rate`` [Hz] from a file, decoding a block
+    at a time; the samples are those of :func:`load_audio` (same resampler, streamed).
 
     Memory stays bounded by ``block_seconds`` whatever the file length. Raises KkomaError as :func:`load_audio`.
     """
+    sample_rate = settings.audio.sample_rate
     path = Path(path)
     _check_exists(path)
     import soundfile as sf
@@ -131,13 +95,13 @@ def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 10.0
         f = sf.SoundFile(str(path))
     except Exception:
         # Formats libsndfile cannot stream (e.g. some MP3s): decode whole, then hand out blocks.
-        y = load_audio(path, sample_rate)
+        y = load_audio(path, settings)
         step = max(1, int(block_seconds * sample_rate))
         for i in range(0, len(y), step):
             yield y[i:i + step]
         return
     with f:
-        rs = ResampleStream(f.samplerate, sample_rate)
+        rs = Resampler(f.samplerate, sample_rate, settings)
         block = max(1, int(block_seconds * f.samplerate))
         offset = 0
         try:

@@ -320,7 +320,7 @@ class CQT:
         x = to_mono(np.asarray(audio))
         check_finite(x)
         if sample_rate is not None and sample_rate != self.bank.sample_rate:
-            x = resample(x, sample_rate, self.bank.sample_rate)
+            x = resample(x, sample_rate, self.bank.sample_rate, self.settings)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def transform(self, audio, sample_rate: int | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from models.notes import note_name
 
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
-    audio = load_audio(args.audio, sr)
+    audio = load_audio(args.audio, settings)
     cqt = CQT(settings)
     t0 = time.perf_counter()
     if args.stream:

@@ -169,11 +169,15 @@ def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
 
 
 def settings_record(settings: "Settings") -> dict:
-    """What the weights file stores about the settings it was trained with (checked on load)."""
+    """What the weights file stores about the settings it was trained with (checked on load).
+
+    The ``audio.resample_*`` keys are left out: they shape only inputs at other rates on their way to
+    ``audio.sample_rate``, not the features the network was trained on, so a new filter does not void trained weights.
+    """
     import dataclasses
 
-    return {"audio": dataclasses.asdict(settings.audio), "cqt": dataclasses.asdict(settings.cqt),
-            "model": architecture(settings)}
+    audio = {k: v for k, v in dataclasses.asdict(settings.audio).items() if not k.startswith("resample_")}
+    return {"audio": audio, "cqt": dataclasses.asdict(settings.cqt), "model": architecture(settings)}
 
 
 def save_weights_npz(path: str | Path, arrays: dict[str, np.ndarray], settings: "Settings",

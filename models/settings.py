@@ -44,6 +44,9 @@ def _f(*, lo: float | None = None, hi: float | None = None, choices: tuple | Non
 class AudioSettings:
     sample_rate: int = _f(lo=8000, hi=96000, unit="Hz")
     hop_length: int = _f(lo=16, hi=4096, unit="samples")
+    resample_cutoff: float = _f(lo=0.1, hi=1.0)
+    resample_zero_crossings: int = _f(lo=2, hi=256)
+    resample_kaiser_beta: float = _f(lo=0.0, hi=30.0)
 
     @property
     def frame_rate(self) -> float:
@@ -119,7 +122,6 @@ class LiveSettings:
     ring_seconds: float = _f(lo=0.1, hi=600.0, unit="s")
     display: bool = _f()
     device_rate: int = _f(lo=0, hi=768000, unit="Hz")
-    resample_quality: str = _f(choices=("QQ", "LQ", "MQ", "HQ", "VHQ"))
     stall_s: float = _f(lo=0.1, hi=3600.0, unit="s")
     display_hz: float = _f(lo=0.1, hi=100.0, unit="Hz")
     poll_ms: float = _f(lo=0.1, hi=100.0, unit="ms")

@@ -316,7 +316,7 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
     else:
         from models.audio import load_audio
 
-        audio = load_audio(task.audio, sr)
+        audio = load_audio(task.audio, settings)
         end = min(max_seconds, len(audio) / sr)
         audio = audio[: int(round(end * sr))]
     notes = crop_notes(notes, end)

@@ -1,7 +1,7 @@
 """Offline transcription: audio files of any length -> ``.mid`` (and ``.csv`` / ``.json`` / piano-roll ``.png``).
 
 The file driver of the one pipeline (DESIGN.md §1): a file is decoded and resampled a block at a time
-(:func:`models.audio.stream_audio`: ``soundfile.blocks`` + a streaming soxr resampler) and pushed through the same
+(:func:`models.audio.stream_audio`: ``soundfile.blocks`` + the streaming resampler of :mod:`models.resample`) and pushed through the same
 streaming :class:`models.pipeline.Transcriber` the live path uses, in blocks of ``transcribe.chunk_frames`` frames.
 Nothing proportional to the file length is held except the notes themselves (and, with ``--piano-roll``, a
 ``(n_frames, 2)`` min/max envelope of the waveform), so a one-hour file runs in the memory of a ten-second one.
@@ -306,7 +306,7 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     env = _Envelope(hop) if envelope else None
     notes = _NoteCollector()
     n_samples = 0
-    for block in stream_audio(path, sr, block_seconds=block_samples / sr):
+    for block in stream_audio(path, settings, block_seconds=block_samples / sr):
         # The resampler may hand out a little more than asked; keep every push within chunk_frames.
         for i in range(0, len(block), block_samples):
             if should_stop is not None and should_stop():

@@ -1,8 +1,10 @@
 """The live engine: ring buffer -> mono -> resample to the model rate -> Transcriber -> events -> MIDI / file / JSON.
 
-One processing thread (:meth:`Engine.start`) consumes the ring buffer one model hop at a time (``audio.hop_length``
-samples at the model rate, i.e. ``round(hop * device_rate / model_rate)`` device samples), so the streaming
-:class:`models.pipeline.Transcriber` sees the same blocks live or from a file. Everything that says *when* comes
+One processing thread (:meth:`Engine.start`) consumes the ring buffer one device block at a time (``live.block_size``
+device samples, at most one model hop ``round(audio.hop_length * device_rate / model_rate)``): a feature frame is
+complete as soon as the block holding its last sample (and the resampler's ~1 ms look-ahead) arrives, not a hop later.
+Each step is counted in ``hops`` and timed in ``stats``. The streaming :class:`models.pipeline.Transcriber` gives the
+same notes for any block sizes, so live and file transcription agree. Everything that says *when* comes
 from sample counters:
 
 * ``t_note`` of an event: the tracker's frame time (``frame / frame_rate``), moved onto the device clock by the
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from models.errors import KkomaError
+from models.resample import Resampler
 from models.notes import note_name  # noqa: F401  (the display names keys with it)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,54 +44,6 @@ def make_transcriber(settings: "Settings"):
             raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
         raise
     return Transcriber(settings)
-
-
-class LiveResampler:
-    """Streaming soxr resampler (state carried) from the device rate to the model rate, mono float32.
-
-    Like :class:`models.audio.ResampleStream`, but with the quality of ``live.resample_quality``: soxr's HQ filter
-    buffers up to ~37 ms of input before it releases output (measured at 48 kHz in 10 ms blocks), LQ ~20 ms; the
-    figure for the actual rates and block size is measured by :meth:`measure_lag` and reported in the budget.
-    """
-
-    def __init__(self, sr_in: int, sr_out: int, quality: str):
-        self.sr_in, self.sr_out, self.quality = int(sr_in), int(sr_out), quality
-        self.reset()
-
-    @property
-    def passthrough(self) -> bool:
-        return self.sr_in == self.sr_out
-
-    def reset(self) -> None:
-        self._s = None
-        if not self.passthrough:
-            import soxr
-
-            self._s = soxr.ResampleStream(self.sr_in, self.sr_out, 1, dtype="float32", quality=self.quality)
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        if self._s is None:
-            return x
-        return self._s.resample_chunk(np.ascontiguousarray(x, np.float32), last=False)
-
-    def flush(self) -> np.ndarray:
-        if self._s is None:
-            return np.zeros(0, np.float32)
-        return self._s.resample_chunk(np.zeros(0, np.float32), last=True)
-
-    def measure_lag(self, block: int, seconds: float = 1.0) -> float:
-        """Worst lag [ms] between input fed and output released, feeding ``block``-sample blocks of silence."""
-        if self.passthrough:
-            return 0.0
-        r = LiveResampler(self.sr_in, self.sr_out, self.quality)
-        fed = out = 0
-        worst = 0.0
-        z = np.zeros(block, np.float32)
-        for _ in range(max(4, int(seconds * self.sr_in / block))):
-            out += len(r.process(z))
-            fed += block
-            worst = max(worst, fed / self.sr_in - out / self.sr_out)
-        return 1000.0 * worst
 
 
 class HopStats:
@@ -159,7 +114,9 @@ class Engine:
         self.on_event = on_event
         sr_model = settings.audio.sample_rate
         self.hop_dev = max(1, int(round(settings.audio.hop_length * source.sample_rate / sr_model)))
-        self.resampler = LiveResampler(source.sample_rate, sr_model, settings.live.resample_quality)
+        self.step_dev = max(1, min(self.hop_dev, int(source.block_size)))  # device samples per processing step
+        # The file pipeline's resampler: live and offline features are the same at every device rate.
+        self.resampler = Resampler(source.sample_rate, sr_model, settings)
         self.budget = self._latency_budget()
         self.stats = HopStats()
         self.t_emit = 0.0
@@ -179,7 +136,7 @@ class Engine:
         """Latency figures [ms]: what the design costs before any compute, from the settings and the source."""
         s = self.settings
         b = {"audio_block_ms": 1000.0 * self.source.block_size / self.source.sample_rate,
-             "resampler_ms": self.resampler.measure_lag(self.source.block_size)}
+             "resampler_ms": self.resampler.lookahead_ms}
         theirs = None
         fn = getattr(self.transcriber, "latency_budget", None)
         if callable(fn):
@@ -287,7 +244,8 @@ class Engine:
         src = self.source
         ring = src.ring
         ch = src.channels
-        buf = np.zeros((self.hop_dev, ch), np.float32)
+        step = self.step_dev
+        buf = np.zeros((step, ch), np.float32)
         poll = self.settings.live.poll_ms / 1000.0
         stall = self.settings.live.stall_s
         limit = None if self.duration is None else int(round(self.duration * src.sample_rate))
@@ -300,8 +258,8 @@ class Engine:
                 if limit is not None and ring.read_pos >= limit:
                     self._end_of_input()
                     return
-                if n_avail >= self.hop_dev:
-                    n = self.hop_dev if limit is None else min(self.hop_dev, limit - ring.read_pos)
+                if n_avail >= step:
+                    n = step if limit is None else min(step, limit - ring.read_pos)
                 elif finished:
                     if n_avail:
                         n = n_avail

@@ -257,10 +257,10 @@ def test_jack_transcribes_the_example(jack_server, tmp_path):
     from models.notes import notes_to_arrays, read_midi
     from models.pipeline import transcribe_audio
 
-    audio = load_audio(ROOT / "examples" / "example.flac", RATE)
+    audio = load_audio(ROOT / "examples" / "example.flac", settings, RATE)
     ref = read_midi(ROOT / "examples" / "example.mid")
     ref_iv, ref_hz, _ = notes_to_arrays(ref)
-    offline = transcribe_audio(load_audio(ROOT / "examples" / "example.flac", settings.audio.sample_rate), settings)
+    offline = transcribe_audio(load_audio(ROOT / "examples" / "example.flac", settings), settings)
     off_iv, off_hz, _ = notes_to_arrays(offline)
     f1_offline = mir_eval.transcription.precision_recall_f1_overlap(
         ref_iv, ref_hz, off_iv, off_hz, offset_ratio=None)[2] if len(offline) else 0.0

@@ -6,6 +6,7 @@ a second); pieces are a few seconds long.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, ca
     assert [p for p, _ in summary.skipped] == [str(bad)]
 
     m = json.loads((out / "manifest.json").read_text())
-    assert m["settings"]["audio"] == {"sample_rate": 16000, "hop_length": 160}
+    assert m["settings"]["audio"] == dataclasses.asdict(s.audio)
     assert [x["path"] for x in m["skipped"]] == [str(bad)]
     pieces = m["pieces"]
     from offline.prepare import voice_name

@@ -68,7 +68,8 @@ def test_file_through_engine_times_on_the_sample_clock(tone_file):
     for e, t_emit in events[:-1]:
         # sent after its time, and no later than the budget (sample clock, no compute in it)
         assert e.time <= t_emit <= e.time + eng.budget["total_ms"] / 1000 + HOP_S
-    assert eng.hops == int(np.ceil(2.0 * 44100 / eng.hop_dev))
+    assert eng.step_dev == min(eng.hop_dev, S.live.block_size)
+    assert eng.hops == int(np.ceil(2.0 * 44100 / eng.step_dev))
     rep = eng.report()
     assert rep["hop_compute_ms"]["hops"] >= eng.hops and rep["overflows"]["ring_overflows"] == 0
     assert rep["input_seconds"] == pytest.approx(2.0)
@@ -292,3 +293,31 @@ def test_real_pipeline_runs_live(tmp_path, tone_file):
             assert d["pitch"] in sounding
             sounding.discard(d["pitch"])
     assert not sounding
+
+
+@pytest.mark.parametrize("rate", [16000, 48000, 44100])
+def test_live_and_offline_give_identical_notes(tmp_path, rate):
+    """The live engine (hop-sized blocks from a device at ``rate``) and `kkoma transcribe` (big blocks) run the same
+    resampler, CQT, model and tracker: on the bundled piece they give the same notes, to the frame. Real weights."""
+    import soxr
+
+    from models.notes import events_to_notes
+    from offline.transcribe import transcribe_file
+
+    if not S.model.weights_path.exists():
+        pytest.skip("no shipped weights")
+    x, sr = sf.read(E.__file__.rsplit("/realtime/", 1)[0] + "/examples/example.flac", dtype="float32")
+    if rate != sr:
+        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal
+    path = tmp_path / f"example_{rate}.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+    offline = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in transcribe_file(path, S).notes]
+    midi = NullMidiOut(S)
+    events = []
+    eng = E.Engine(S, FileInput(S, path, speed="max"), midi, on_event=lambda e, t, v: events.append(e))
+    eng.start()
+    eng.join(120)
+    assert eng.ended and eng.error is None
+    live = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in events_to_notes(events)]
+    assert len(offline) > 20  # the piece is transcribed at all
+    assert live == offline

@@ -307,7 +307,7 @@ def test_real_pipeline_file_equals_transcribe_audio(random_weights, tmp_path):
     s = load_settings(overrides=[a for a in random_weights if a != "--set"] + ["transcribe.chunk_frames=37"])
     f = tone_file(tmp_path / "x.wav", seconds=2.0, bursts=((0.1, 0.6), (0.9, 1.5)))
     got = T.transcribe_file(f, s).notes
-    want = transcribe_audio(load_audio(f, s.audio.sample_rate), s)
+    want = transcribe_audio(load_audio(f, s), s)
     assert got == want
 
 
