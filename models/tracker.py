@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numba as nb
 import numpy as np
 
 from models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent
@@ -36,6 +37,60 @@ if TYPE_CHECKING:  # pragma: no cover
 def _frames(seconds: float, frame_rate: float) -> int:
     """Seconds -> whole frames, rounded up; the small tolerance keeps 0.03 s * 100 /s at 3 frames, not 4."""
     return max(0, math.ceil(seconds * frame_rate - 1e-9))
+
+
+@nb.njit(cache=True, nogil=True)
+def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_state, min_ioi, min_dur, max_dur,
+           reonset, ev_kind, ev_key, ev_vel, ev_frame):
+    """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
+
+    rising, low : (k, 88) bool; velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index
+    0..87; MIDI velocity; frame), long enough for every event. Returns the number of events written.
+    """
+    k = rising.shape[0]
+    n = 0
+    n_sounding = 0
+    for p in range(N_KEYS):
+        if sounding[p]:
+            n_sounding += 1
+    for i in range(k):
+        t = t0 + i
+        any_rising = False
+        for p in range(N_KEYS):
+            if rising[i, p]:
+                any_rising = True
+                break
+        if not any_rising and n_sounding == 0:  # nothing can change: the common case in silence
+            continue
+        for p in range(N_KEYS):  # offs first, by ascending pitch
+            if sounding[p]:
+                dur = t - onset_frame[p]
+                if (low[i, p] and dur >= min_dur) or dur >= max_dur or (rising[i, p] and dur >= reonset):
+                    ev_kind[n] = 0
+                    ev_key[n] = p
+                    ev_vel[n] = 0
+                    ev_frame[n] = t
+                    n += 1
+                    sounding[p] = False
+                    n_sounding -= 1
+        for p in range(N_KEYS):  # then ons
+            if rising[i, p] and not sounding[p] and t - last_onset[p] >= min_ioi:
+                v = velocity[i, p]
+                if v != v:  # NaN: the quietest note rather than none
+                    v = np.float32(0.0)
+                q = math.floor(v * np.float32(127.0) + np.float32(0.5))
+                vel = 1 if q < 1 else (127 if q > 127 else int(q))
+                ev_kind[n] = 1
+                ev_key[n] = p
+                ev_vel[n] = vel
+                ev_frame[n] = t
+                n += 1
+                sounding[p] = True
+                n_sounding += 1
+                onset_frame[p] = t
+                last_onset[p] = t
+                vel_state[p] = vel
+    return n
 
 
 class NoteTracker:
@@ -106,38 +161,19 @@ class NoteTracker:
         low = frame < self.frame_threshold                       # (k, 88)
         self.onset_above = above[-1].copy()
 
-        events: list[NoteEvent] = []
-        sounding, onset_frame, last_onset = self.sounding, self.onset_frame, self.last_onset_frame
-        # While nothing sounds, only a rising edge can change anything: those frames are skipped cheaply.
-        rising_any = rising.any(axis=1)
+        # Every off closes a note sounding before this call or opened in it: at most 88 + 2 x (rising edges) events.
+        cap = N_KEYS + 2 * int(np.count_nonzero(rising))
+        kind = np.empty(cap, np.int8)
+        key = np.empty(cap, np.int64)
+        vel = np.empty(cap, np.int64)
+        at = np.empty(cap, np.int64)
         t0 = self.frame_index
-        for i in range(k):
-            t = t0 + i
-            if not rising_any[i] and not sounding.any():
-                continue
-            dur = t - onset_frame
-            ioi_ok = (t - last_onset) >= self.min_ioi_frames
-            r = rising[i]
-            close = sounding & (
-                (low[i] & (dur >= self.min_duration_frames))
-                | (dur >= self.max_duration_frames)
-                | (r & (dur >= self._reonset_frames))
-            )
-            if close.any():
-                time = t / self.frame_rate
-                for p in np.flatnonzero(close):
-                    events.append(NoteEvent("off", int(p) + PIANO_MIN_MIDI, 0, t, time))
-                sounding &= ~close
-            open_ = r & ~sounding & ioi_ok
-            if open_.any():
-                time = t / self.frame_rate
-                vel = np.clip(np.floor(np.nan_to_num(velocity[i]) * 127.0 + 0.5), 1, 127).astype(np.int64)
-                for p in np.flatnonzero(open_):
-                    events.append(NoteEvent("on", int(p) + PIANO_MIN_MIDI, int(vel[p]), t, time))
-                sounding |= open_
-                onset_frame[open_] = t
-                last_onset[open_] = t
-                self.velocity[open_] = vel[open_]
+        n = _track(rising, low, np.ascontiguousarray(velocity, np.float32), t0, self.sounding, self.onset_frame,
+                   self.last_onset_frame, self.velocity, self.min_ioi_frames, self.min_duration_frames,
+                   self.max_duration_frames, self._reonset_frames, kind, key, vel, at)
+        fr = self.frame_rate
+        events = [NoteEvent("on" if kind[j] else "off", int(key[j]) + PIANO_MIN_MIDI, int(vel[j]), int(at[j]),
+                            int(at[j]) / fr) for j in range(n)]
         self.frame_index = t0 + k
         return events
 
