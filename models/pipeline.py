@@ -13,7 +13,7 @@ compute time come on top and are the live driver's to report.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
@@ -75,6 +75,60 @@ class Transcriber:
         events += self._track(self.model.flush())
         events += self.tracker.flush()
         return events
+
+    def stream(self, blocks: Iterable[np.ndarray], threaded: bool = True) -> Iterator[tuple[list, int]]:
+        """Transcribe a whole stream of audio blocks: yields ``(events, n_samples)`` for each block, then
+        ``(final events, 0)`` after the flush; the events are exactly those of :meth:`process` + :meth:`flush`.
+
+        ``threaded``: the transform (and the iteration over ``blocks``, e.g. decoding and resampling) runs in a second
+        thread, one block ahead of the model and tracker. The Numba and BLAS kernels release the GIL, so one file
+        keeps two cores busy. An exception in either thread ends the stream and is raised here; closing the generator
+        early stops the thread.
+        """
+        if not threaded:
+            for block in blocks:
+                yield self.process(block), len(block)
+            yield self.flush(), 0
+            return
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for block in blocks:
+                    if not put(("features", self.cqt.process(block), len(block))):
+                        return
+                put(("last", self.cqt.flush(), 0))
+            except BaseException as e:  # handed to the consumer, which raises it
+                put(("error", e, 0))
+
+        worker = threading.Thread(target=produce, name="kkoma-features", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, features, n = q.get()
+                if kind == "error":
+                    raise features
+                events = self._track(self.model.process(features)) if features.shape[0] else []
+                if kind == "last":  # as flush(): the transform's last frames, the model's look-ahead, the tracker
+                    yield events + self._track(self.model.flush()) + self.tracker.flush(), 0
+                    return
+                yield events, n
+        finally:
+            stop.set()
+            worker.join()
 
     def latency_budget(self) -> dict[str, float]:
         """Algorithmic latency figures [ms]: transform look-ahead, model look-ahead, hop, and their sum."""

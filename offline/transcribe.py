@@ -274,10 +274,16 @@ def make_transcriber(settings):
     return Transcriber(settings, model=make_model(settings, settings.transcribe.device))
 
 
+def _plain_stream(transcriber, blocks):
+    for block in blocks:
+        yield transcriber.process(block), len(block)
+    yield transcriber.flush(), 0
+
+
 def transcribe_file(path: str | Path, settings, transcriber=None, *,
                     progress: Callable[[float], None] | None = None,
                     should_stop: Callable[[], bool] | None = None,
-                    envelope: bool = False) -> Transcription:
+                    envelope: bool = False, threaded: bool = True) -> Transcription:
     """Transcribe one audio file in bounded memory.
 
     The file is decoded and resampled in blocks of ``transcribe.chunk_frames`` hops and each block goes through the
@@ -291,6 +297,8 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     progress : called with the seconds of audio [s] each block covered.
     should_stop : polled between blocks; True aborts with :class:`Interrupted`.
     envelope : also return the ``(n_frames, 2)`` min/max waveform envelope (for ``--piano-roll``).
+    threaded : decode and transform in a second thread while the model runs (:meth:`Transcriber.stream`): one file
+        keeps two cores busy. Pool workers, which already run one file per core, pass False.
 
     Raises
     ------
@@ -304,21 +312,32 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     transcriber.reset()
     block_samples = settings.transcribe.chunk_frames * hop
     env = _Envelope(hop) if envelope else None
+
+    def pieces():
+        for block in stream_audio(path, settings, block_seconds=block_samples / sr):
+            # The resampler may hand out a little more than asked; keep every push within chunk_frames.
+            for i in range(0, len(block), block_samples):
+                piece = block[i:i + block_samples]
+                if env is not None:
+                    env.process(piece)
+                yield piece
+
     notes = _NoteCollector()
     n_samples = 0
-    for block in stream_audio(path, settings, block_seconds=block_samples / sr):
-        # The resampler may hand out a little more than asked; keep every push within chunk_frames.
-        for i in range(0, len(block), block_samples):
+    if hasattr(transcriber, "stream"):
+        stream = transcriber.stream(pieces(), threaded=threaded)
+    else:  # any object with process/flush (a custom factory's transcriber): one thread
+        stream = _plain_stream(transcriber, pieces())
+    try:
+        for events, n in stream:
+            notes.add(events)
+            n_samples += n
+            if progress is not None and n:
+                progress(n / sr)
             if should_stop is not None and should_stop():
                 raise Interrupted()
-            piece = block[i:i + block_samples]
-            notes.add(transcriber.process(piece))
-            if env is not None:
-                env.process(piece)
-            n_samples += len(piece)
-            if progress is not None:
-                progress(len(piece) / sr)
-    notes.add(transcriber.flush())
+    finally:
+        stream.close()
     return Transcription(notes=notes.result(), seconds=n_samples / sr, envelope=env.result() if env is not None else None)
 
 
@@ -448,7 +467,8 @@ class RunSummary:
         return sum(o.seconds for o in self.done)
 
 
-def run_job(job: Job, settings, transcriber=None, *, progress=None, should_stop=None) -> FileOutcome:
+def run_job(job: Job, settings, transcriber=None, *, progress=None, should_stop=None,
+            threaded: bool = True) -> FileOutcome:
     """Transcribe one file and write its outputs; any failure becomes a ``failed`` outcome with one-line reason."""
     t0 = time.perf_counter()
     try:
@@ -460,7 +480,7 @@ def run_job(job: Job, settings, transcriber=None, *, progress=None, should_stop=
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             result = transcribe_file(job.audio, settings, transcriber, progress=progress,
-                                     should_stop=should_stop, envelope="png" in job.outputs)
+                                     should_stop=should_stop, envelope="png" in job.outputs, threaded=threaded)
         write_outputs(job, result, settings)
         return FileOutcome(job.display, "done", result.seconds, len(result.notes), time.perf_counter() - t0)
     except (Interrupted, KeyboardInterrupt):
@@ -518,7 +538,7 @@ def _worker_job(job: Job) -> FileOutcome:
             pending[0] = 0.0
 
     try:
-        return run_job(job, s, _W["transcriber"], progress=progress, should_stop=stop.is_set)
+        return run_job(job, s, _W["transcriber"], progress=progress, should_stop=stop.is_set, threaded=False)
     except Interrupted:
         return FileOutcome(job.display, "interrupted")
     finally:

@@ -93,3 +93,32 @@ def test_missing_weights_error(tmp_path):
     s = load_settings(overrides=[f"model.weights={tmp_path / 'none.npz'}"])
     with pytest.raises(KkomaError, match="kkoma train"):
         Transcriber(s)
+
+
+def test_threaded_stream_gives_the_events_of_process_and_flush(setup):
+    """Transcriber.stream with the transform in a second thread == without == process()/flush(), block by block."""
+    import threading
+
+    s, audio = setup
+    blocks = [audio[i:i + 3000] for i in range(0, len(audio), 3000)]
+    tr = Transcriber(s)
+    want = [(tr.process(b), len(b)) for b in blocks] + [(tr.flush(), 0)]
+    assert sum(len(e) for e, _ in want) > 0
+    for threaded in (False, True):
+        tr.reset()
+        assert list(tr.stream(iter(blocks), threaded=threaded)) == want
+
+    # An error while producing blocks (e.g. a decode error) reaches the consumer; the thread is gone after.
+    def failing():
+        yield blocks[0]
+        raise ValueError("corrupt block")
+
+    tr.reset()
+    with pytest.raises(ValueError, match="corrupt block"):
+        list(tr.stream(failing(), threaded=True))
+    # Stopping early (Ctrl-C between blocks) stops the feature thread too.
+    tr.reset()
+    g = tr.stream(iter(blocks * 20), threaded=True)
+    next(g)
+    g.close()
+    assert not any(t.name == "kkoma-features" for t in threading.enumerate())
