@@ -182,7 +182,8 @@ class Engine:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # never started (the source failed to start): nothing to wait for
+            self._thread.join(timeout)
 
     @property
     def running(self) -> bool:

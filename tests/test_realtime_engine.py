@@ -321,3 +321,37 @@ def test_live_and_offline_give_identical_notes(tmp_path, rate):
     live = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in events_to_notes(events)]
     assert len(offline) > 20  # the piece is transcribed at all
     assert live == offline
+
+
+@pytest.mark.parametrize("where", ["open", "start"])
+def test_device_busy_is_one_sentence_exit_1(double, monkeypatch, capsys, tmp_path, where):
+    """PortAudio refusing a device another program holds (at open or at start): one sentence naming the device and
+    the likely cause, exit 1, and the recording file (empty but valid) is kept."""
+    import types
+
+    import realtime.audio_in as A
+
+    class PortAudioError(Exception):
+        pass
+
+    busy = PortAudioError("Device unavailable [PaErrorCode -9985]")
+
+    class Stream:
+        def __init__(self, **kw):
+            if where == "open":
+                raise busy
+            self.active = False
+
+        def start(self):
+            raise busy
+
+    fake = types.SimpleNamespace(check_input_settings=lambda **kw: None, InputStream=Stream, PortAudioError=busy)
+    monkeypatch.setattr(A, "_sd", lambda: fake)
+    monkeypatch.setattr(A, "resolve_device", lambda spec: {"index": 3, "name": "USB Mic", "channels": 2,
+                                                           "default_rate": 48000.0})
+    out = tmp_path / "take.mid"
+    assert main(["record", str(out), "--no-midi", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "USB Mic" in err[0] and "another program" in err[0] and "Device unavailable" in err[0]
+    if out.exists():
+        assert read_midi(out) == []
