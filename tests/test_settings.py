@@ -42,7 +42,7 @@ def test_overrides_parse_toml_values():
     ("midi.api=pulse", "midi.api must be one of 'auto', 'alsa', 'jack', 'coremidi', 'winmm'"),
     ("midi.channel=0", "midi.channel must be an integer from 1 to 16"),
     ("live.display=3", "live.display must be true or false"),
-    ("tracker.frame_threshold=0.9", "tracker.frame_threshold must not exceed tracker.onset_threshold"),
+    ("tracker.frame_threshold=0.95", "tracker.frame_threshold must not exceed tracker.onset_threshold"),
     ("cqt.n_bins=400", "below the Nyquist frequency"),
     ("cqt.decimation_taps=30", "cqt.decimation_taps must be odd"),
     ("nodot=1", "must look like section.key=value"),
