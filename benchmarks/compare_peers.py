@@ -6,8 +6,9 @@
 For each split: both systems transcribe the same files to MIDI, and both are scored by the same code
 (``offline.evaluate``: mir_eval onset F1 at 50 ms, onset+offset F1 with offset_ratio 0.2, onset+offset+velocity F1,
 frame F1 at kkoma's frame rate; references read with sustain-pedal extension). Speed: × real time = audio seconds /
-seconds spent transcribing, in one warm process per system, files one after another (model loading and imports
-excluded); cold start = wall time of a fresh process transcribing one 10-second excerpt to a MIDI file (imports,
+seconds spent transcribing, in one warm process per system, files one after another (model loading, imports and a
+first transcription of a 2-second warm-up excerpt excluded for both: JIT and first-inference costs are start-up,
+measured by the cold start); cold start = wall time of a fresh process transcribing one 10-second excerpt to a MIDI file (imports,
 model loading and JIT included). Figures print as a markdown table.
 
 basic-pitch runs in its own virtual environment, ``/work/peers-venv`` by default (``--peers-venv``), because its
@@ -49,12 +50,16 @@ import warnings; warnings.filterwarnings("ignore")
 from basic_pitch import ICASSP_2022_MODEL_PATH
 from basic_pitch.inference import Model, predict
 model = Model(ICASSP_2022_MODEL_PATH)
+import contextlib, io
+warmup = os.environ.get("KKOMA_PEERS_WARMUP")
+if warmup:
+    with contextlib.redirect_stdout(io.StringIO()):
+        predict(warmup, model)
 print(json.dumps({"event": "ready", "seconds": time.perf_counter() - t_start, "model": str(ICASSP_2022_MODEL_PATH)}),
       flush=True)
 out_dir = sys.argv[1]
 for path in sys.argv[2:]:
     t0 = time.perf_counter()
-    import contextlib, io
     with contextlib.redirect_stdout(io.StringIO()):
         _, midi, notes = predict(path, model)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -100,12 +105,14 @@ def make_excerpt(src: Path, dst: Path, seconds: float = 10.0) -> None:
         sf.write(str(dst), x, f.samplerate)
 
 
-def run_kkoma(files: list[Path], out_dir: Path, s) -> dict:
-    """Transcribe in this process, one file after another; per-file seconds exclude imports and model loading."""
-    from offline.transcribe import Job, make_transcriber, run_job
+def run_kkoma(files: list[Path], out_dir: Path, s, warmup: Path) -> dict:
+    """Transcribe in this process, one file after another; per-file seconds exclude imports, model loading and the
+    warm-up excerpt."""
+    from offline.transcribe import Job, make_transcriber, run_job, transcribe_file
 
     t0 = time.perf_counter()
     tr = make_transcriber(s)
+    transcribe_file(warmup, s, tr)
     ready = time.perf_counter() - t0
     audio_s, busy = 0.0, 0.0
     for f in files:
@@ -117,8 +124,8 @@ def run_kkoma(files: list[Path], out_dir: Path, s) -> dict:
     return {"ready_s": ready, "audio_s": audio_s, "busy_s": busy}
 
 
-def run_basic_pitch(py: Path, files: list[Path], out_dir: Path) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def run_basic_pitch(py: Path, files: list[Path], out_dir: Path, warmup: Path) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KKOMA_PEERS_WARMUP=str(warmup))
     p = subprocess.run([str(py), "-c", BASIC_PITCH_RUNNER, str(out_dir)] + [str(f) for f in files],
                        capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -179,12 +186,15 @@ def main(argv=None) -> int:
             ref_dir.mkdir(parents=True)
             for _, r in pairs:
                 os.symlink(r, ref_dir / r.name)
+            warm = tmp / name / "warmup2s.flac"
+            make_excerpt(files[0], warm, 2.0)
             per = {}
             for system in ("kkoma", "basic-pitch"):
                 out = tmp / name / system
                 out.mkdir()
                 print(f"[{name}] {system}: {len(files)} files...", file=sys.stderr)
-                timing = run_kkoma(files, out, settings) if system == "kkoma" else run_basic_pitch(py, files, out)
+                timing = (run_kkoma(files, out, settings, warm) if system == "kkoma"
+                          else run_basic_pitch(py, files, out, warm))
                 report = evaluate_dirs(out, ref_dir, settings, group=system)
                 print(format_table(report, per_file=False), file=sys.stderr)
                 per[system] = {"timing": timing, "mean": report.means(system)}
