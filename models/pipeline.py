@@ -86,9 +86,7 @@ class Transcriber:
         early stops the thread.
         """
         if not threaded:
-            for block in blocks:
-                yield self.process(block), len(block)
-            yield self.flush(), 0
+            yield from plain_stream(self, blocks)
             return
         import queue
         import threading
@@ -142,6 +140,13 @@ class Transcriber:
         t = float(self.cqt.lookahead_ms)
         m = float(self.model.lookahead_ms)
         return {"transform_lookahead_ms": t, "model_lookahead_ms": m, "hop_ms": hop_ms, "total_ms": t + m + hop_ms}
+
+
+def plain_stream(transcriber, blocks: Iterable[np.ndarray]) -> Iterator[tuple[list, int]]:
+    """:meth:`Transcriber.stream` in one thread, for any object with ``process``/``flush`` (test doubles too)."""
+    for block in blocks:
+        yield transcriber.process(block), len(block)
+    yield transcriber.flush(), 0
 
 
 def transcribe_audio(audio, settings: "Settings", weights_path: str | Path | None = None,

@@ -1,8 +1,9 @@
 """Offline transcription: audio files of any length -> ``.mid`` (and ``.csv`` / ``.json`` / piano-roll ``.png``).
 
 The file driver of the one pipeline (DESIGN.md §1): a file is decoded and resampled a block at a time
-(:func:`models.audio.stream_audio`: ``soundfile.blocks`` + the streaming resampler of :mod:`models.resample`) and pushed through the same
-streaming :class:`models.pipeline.Transcriber` the live path uses, in blocks of ``transcribe.chunk_frames`` frames.
+(:func:`models.audio.stream_audio`: ``soundfile.blocks`` + the streaming :mod:`models.resample`) and pushed through
+the same streaming :class:`models.pipeline.Transcriber` the live path uses, in blocks of ``transcribe.chunk_frames``
+frames.
 Nothing proportional to the file length is held except the notes themselves (and, with ``--piano-roll``, a
 ``(n_frames, 2)`` min/max envelope of the waveform), so a one-hour file runs in the memory of a ten-second one.
 
@@ -274,12 +275,6 @@ def make_transcriber(settings):
     return Transcriber(settings, model=make_model(settings, settings.transcribe.device))
 
 
-def _plain_stream(transcriber, blocks):
-    for block in blocks:
-        yield transcriber.process(block), len(block)
-    yield transcriber.flush(), 0
-
-
 def transcribe_file(path: str | Path, settings, transcriber=None, *,
                     progress: Callable[[float], None] | None = None,
                     should_stop: Callable[[], bool] | None = None,
@@ -327,7 +322,9 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     if hasattr(transcriber, "stream"):
         stream = transcriber.stream(pieces(), threaded=threaded)
     else:  # any object with process/flush (a custom factory's transcriber): one thread
-        stream = _plain_stream(transcriber, pieces())
+        from models.pipeline import plain_stream
+
+        stream = plain_stream(transcriber, pieces())
     try:
         for events, n in stream:
             notes.add(events)

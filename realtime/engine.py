@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from models.errors import KkomaError
-from models.resample import Resampler
 from models.notes import note_name  # noqa: F401  (the display names keys with it)
+from models.resample import Resampler
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.notes import NoteEvent
@@ -47,7 +47,8 @@ def make_transcriber(settings: "Settings"):
 
 
 class HopStats:
-    """Per-hop compute times [s] (resample + transcriber + dispatch) in a fixed log-spaced histogram.
+    """Compute times [s] per processing step (one device block: resample + transcriber + dispatch) in a fixed
+    log-spaced histogram.
 
     Memory stays constant however long the session (a list of every hop grew ~0.8 MB per 10 minutes); percentiles
     are read from the histogram, within one bin (1.2 %) of the exact value. ``last`` is the latest hop's time.
