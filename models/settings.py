@@ -191,6 +191,8 @@ class TrainSettings:
     valid_max_pieces: int = _f(lo=0)
     onset_pos_weight: float = _f(lo=1.0, hi=1000.0)
     onset_target_frames: int = _f(lo=1, hi=10, unit="frames")
+    spectral_eq_db: float = _f(lo=0.0, hi=40.0, unit="dB")
+    spectral_eq_probability: float = _f(lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

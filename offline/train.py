@@ -105,12 +105,44 @@ def feature_stats(dataset: Path, pieces: list[dict], n_pieces: int, seed: int) -
     return mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
 
 
-def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int):
+def spectral_envelope(n_bins: int, bins_per_octave: int, max_db: float, rng: np.random.Generator) -> np.ndarray:
+    """A random smooth gain curve over the CQT bins, ``(n_bins,)`` [dB] within ``[-max_db, max_db]``.
+
+    A tilt across the whole range plus three bumps (Gaussian in log-frequency, 1/6 to 1 octave wide): the
+    spectral envelope by which another piano, microphone or room differs from the training renders.
+    """
+    b = np.arange(n_bins, dtype=np.float64)
+    curve = rng.uniform(-0.5, 0.5) * max_db * (2.0 * b / max(1, n_bins - 1) - 1.0)
+    for _ in range(3):
+        centre = rng.uniform(0, n_bins)
+        width = rng.uniform(bins_per_octave / 6, bins_per_octave)
+        curve += rng.uniform(-0.5, 0.5) * max_db * np.exp(-0.5 * ((b - centre) / width) ** 2)
+    return np.clip(curve, -max_db, max_db)
+
+
+def recolour(features: np.ndarray, gain_db: np.ndarray) -> np.ndarray:
+    """Features ``(n, n_bins)`` as if the audio had passed a filter with magnitude ``gain_db`` ``(n_bins,)`` [dB].
+
+    The features are ``log(1 + |C| / log_offset)`` (models.cqt), so ``|C| / log_offset = expm1(f)`` is scaled
+    exactly and logged again: silence stays 0 and quiet bins are not shifted as if they were loud.
+    """
+    g = (10.0 ** (np.asarray(gain_db, np.float64) / 20.0)).astype(np.float32)
+    return np.log1p(np.expm1(features.astype(np.float32)) * g).astype(features.dtype)
+
+
+def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int,
+                colour: tuple[float, float, int] = (0.0, 0.0, 36)):
     """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity (window, 88)
-    uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes."""
+    uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes.
+
+    colour : (probability, max_db, bins_per_octave): each crop is recoloured by a random
+        :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); max_db 0 = never.
+    """
     from models.network import align
 
     rng = np.random.default_rng(seed)
+    colour_rng = np.random.default_rng([seed, 1])  # a separate stream: crops are the same with colour on or off
+    p_colour, max_db, bpo = colour
     while True:
         order = rng.permutation(len(pieces))
         for p0 in range(0, len(order), pool):
@@ -128,7 +160,10 @@ def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, 
                     crops.append((f[s:s + window], lab["onset"][s:s + window], lab["frame"][s:s + window],
                                   lab["velocity"][s:s + window]))
             for j in rng.permutation(len(crops)):
-                yield crops[int(j)]
+                f, on, fr, vel = crops[int(j)]
+                if max_db > 0 and colour_rng.random() < p_colour:
+                    f = recolour(f, spectral_envelope(f.shape[1], bpo, max_db, colour_rng))
+                yield f, on, fr, vel
 
 
 def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
@@ -140,12 +175,13 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
     velocity targets are MIDI velocity / 127 (0 off the onset frames)."""
     import tensorflow as tf
 
-    m = settings.model
+    m, t = settings.model, settings.train
     nb_, w = settings.cqt.n_bins, m.window_frames
     sig = (tf.TensorSpec((w, nb_), tf.float16), tf.TensorSpec((w, N_KEYS), tf.uint8),
            tf.TensorSpec((w, N_KEYS), tf.uint8), tf.TensorSpec((w, N_KEYS), tf.uint8))
     ds = tf.data.Dataset.from_generator(
-        lambda: crop_stream(dataset, pieces, w, m.lookahead_frames, max(8, 2 * batch_size), seed),
+        lambda: crop_stream(dataset, pieces, w, m.lookahead_frames, max(8, 2 * batch_size), seed,
+                            (t.spectral_eq_probability, t.spectral_eq_db, settings.cqt.bins_per_octave)),
         output_signature=sig)
 
     width = settings.train.onset_target_frames

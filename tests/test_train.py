@@ -159,3 +159,48 @@ def test_init_starts_from_given_weights(trained, tmp_path):
     train(ds, tmp_path / "scratch", s0, log=lambda m: None, verbose=0)
     fresh, _ = load_weights(tmp_path / "scratch" / "kkoma.npz", s)
     assert not np.array_equal(fresh["lstm_kernel"], start["lstm_kernel"])
+
+
+def test_spectral_envelope_is_bounded_and_smooth():
+    from offline.train import spectral_envelope
+
+    rng = np.random.default_rng(3)
+    curves = np.array([spectral_envelope(264, 36, 12.0, rng) for _ in range(200)])
+    assert np.abs(curves).max() <= 12.0 and np.abs(curves).max() > 6.0
+    # smooth: no step between neighbouring bins (a third of a semitone) of a dB or more
+    assert np.abs(np.diff(curves, axis=1)).max() < 1.0
+    assert curves.std(axis=0).min() > 1.0  # every bin is moved, not only some
+    assert not spectral_envelope(264, 36, 0.0, rng).any()
+
+
+def test_recolour_scales_magnitudes_exactly_and_keeps_silence():
+    from offline.train import recolour
+
+    rng = np.random.default_rng(4)
+    f = rng.uniform(0, 8, (50, 264)).astype(np.float32)
+    f[:, :10] = 0.0                           # silent bins
+    gain = rng.uniform(-12, 12, 264)
+    g = recolour(f, gain)
+    assert g.dtype == f.dtype and g.shape == f.shape
+    np.testing.assert_allclose(np.expm1(g), np.expm1(f) * 10 ** (gain / 20), rtol=1e-4, atol=1e-6)
+    assert not g[:, :10].any()
+    np.testing.assert_allclose(recolour(f, np.zeros(264)), f, rtol=1e-6)
+
+
+def test_crop_stream_recolours_features_only(tmp_path):
+    from offline.train import crop_stream
+
+    s = load_settings(overrides=TINY)
+    ds = make_dataset(tmp_path / "ds", s, n_train=3, n_valid=0)
+    pieces = [p for p in json.loads((ds / "manifest.json").read_text())["pieces"] if p["split"] == "train"]
+    plain = crop_stream(ds, pieces, 50, 2, 8, seed=5)
+    off = crop_stream(ds, pieces, 50, 2, 8, seed=5, colour=(0.0, 12.0, 36))
+    on = crop_stream(ds, pieces, 50, 2, 8, seed=5, colour=(1.0, 12.0, 36))
+    changed = 0
+    for _ in range(12):
+        a, b, c = next(plain), next(off), next(on)
+        for x, y, z in zip(a[1:], b[1:], c[1:]):  # labels: the same crops whatever the colour
+            assert np.array_equal(x, y) and np.array_equal(x, z)
+        assert np.array_equal(a[0], b[0])
+        changed += not np.array_equal(a[0], c[0])
+    assert changed == 12
