@@ -206,11 +206,13 @@ def run_live(server_env, player, tmp_path, argv_extra, runner=None, seconds=10.0
 
 def test_jack_plumbing(jack_server, tmp_path):
     name, env, _ = jack_server
-    bursts = [(0.5 + 0.6 * i, 0.8 + 0.6 * i) for i in range(5)]
-    audio = tone(4.0, RATE, bursts)[:, 0]
+    # 1.5 s of silence first: kkoma's input ports appear when PortAudio opens the stream, its sample clock starts
+    # when the stream starts, and on a loaded machine that gap measured 0.6 s (the first burst was caught mid-way)
+    bursts = [(1.5 + 0.6 * i, 1.8 + 0.6 * i) for i in range(5)]
+    audio = tone(5.0, RATE, bursts)[:, 0]
     player = Player(name, audio)
     try:
-        events, stats = run_live(env, player, tmp_path, [], runner=RUNNER, seconds=6.0)
+        events, stats = run_live(env, player, tmp_path, [], runner=RUNNER, seconds=7.0)
     finally:
         player.close()
     assert stats["device_rate"] == RATE and stats["hops_processed"] > 0
