@@ -96,7 +96,8 @@ def events_to_notes(events: Iterable[NoteEvent], close_at: float | None = None) 
 
     Parameters
     ----------
-    events : in the order emitted (times non-decreasing).
+    events : in the order emitted (times non-decreasing per pitch; the tracker can stamp an off before an event of
+        another pitch emitted earlier, see models.tracker).
     close_at : end [s] given to notes still sounding at the end of ``events`` (e.g. a recording saved while keys are
         down); None drops them. The tracker's ``flush()`` closes every note, so after it nothing is left open.
 

@@ -141,6 +141,12 @@ class Transcriber:
         m = float(self.model.lookahead_ms)
         return {"transform_lookahead_ms": t, "model_lookahead_ms": m, "hop_ms": hop_ms, "total_ms": t + m + hop_ms}
 
+    @property
+    def note_off_delay_ms(self) -> float:
+        """How much later than its own time a note-off can be emitted [ms] (``tracker.offset_hold_ms``, in whole
+        frames after the first low one): the note-off counterpart of the note-on budget above."""
+        return 1000.0 * (self.tracker.offset_hold_frames - 1) / self.settings.audio.frame_rate
+
 
 def plain_stream(transcriber, blocks: Iterable[np.ndarray]) -> Iterator[tuple[list, int]]:
     """:meth:`Transcriber.stream` in one thread, for any object with ``process``/``flush`` (test doubles too)."""

@@ -112,6 +112,7 @@ class TrackerSettings:
     min_ioi_ms: float = _f(lo=0.0, unit="ms")
     min_duration_ms: float = _f(lo=0.0, unit="ms")
     max_duration_s: float = _f(lo=0.0, lo_open=True, unit="s")
+    offset_hold_ms: float = _f(lo=0.0, unit="ms")
 
 
 @dataclass(frozen=True)

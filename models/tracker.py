@@ -8,12 +8,16 @@ Rules (DESIGN.md §4), per pitch, with zero look-ahead (an event at frame t depe
   dropped, not postponed.
 * **Re-onset.** A rising edge on a sounding pitch, allowed by the minimum inter-onset interval and the minimum
   duration, closes the note and opens a new one at the same frame (off before on).
-* **Close.** A sounding note closes at the first frame t whose frame probability is < ``tracker.frame_threshold``
-  (hysteresis: that threshold is below the onset threshold), but never before it has lasted
+* **Close.** A sounding note closes at the frame t where its frame probability has been < ``tracker.frame_threshold``
+  for ``tracker.offset_hold_ms`` (frames t - hold + 1 .. t; hold = 1 frame closes at the first low frame), so a
+  dip of the frame output shorter than the hold does not cut a note (hysteresis: the frame threshold is below the
+  onset threshold). The note-off is *decided* at t but stamped at the first frame of the low run (where the note
+  stopped sounding), or at onset + minimum duration if that is later: so an off can be emitted up to hold - 1
+  frames after its own time, live and offline alike. A note never closes before it has lasted
   ``tracker.min_duration_ms`` (and at least one frame); it is closed at ``tracker.max_duration_s`` whatever the
   probabilities say (a stuck key is not held forever; it reopens only on a new rising edge).
-* **Flush.** ``flush()`` ends the stream: every sounding note closes at the next unseen frame, or later if needed
-  to reach the minimum duration.
+* **Flush.** ``flush()`` ends the stream: every sounding note closes at the next unseen frame (or at the start of
+  its current low run, as in Close), or later if needed to reach the minimum duration.
 
 A note spans frames [on_frame, off_frame): its times are ``on_frame / frame_rate`` and ``off_frame / frame_rate``
 [s]. Velocity is the velocity output at the onset frame, ``clip(round(v * 127), 1, 127)``.
@@ -40,8 +44,8 @@ def _frames(seconds: float, frame_rate: float) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_state, min_ioi, min_dur, max_dur,
-           reonset, ev_kind, ev_key, ev_vel, ev_frame):
+def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_state, low_run, min_ioi, min_dur,
+           max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
     """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
 
     rising, low : (k, 88) bool; velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index
@@ -65,11 +69,20 @@ def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_sta
         for p in range(N_KEYS):  # offs first, by ascending pitch
             if sounding[p]:
                 dur = t - onset_frame[p]
-                if (low[i, p] and dur >= min_dur) or dur >= max_dur or (rising[i, p] and dur >= reonset):
+                if low[i, p]:
+                    low_run[p] += 1
+                else:
+                    low_run[p] = 0
+                stamp = t
+                close = dur >= max_dur or (rising[i, p] and dur >= reonset)
+                if low_run[p] >= hold and dur >= min_dur:
+                    close = True
+                    stamp = max(t - low_run[p] + 1, onset_frame[p] + min_dur)
+                if close:
                     ev_kind[n] = 0
                     ev_key[n] = p
                     ev_vel[n] = 0
-                    ev_frame[n] = t
+                    ev_frame[n] = stamp
                     n += 1
                     sounding[p] = False
                     n_sounding -= 1
@@ -90,6 +103,7 @@ def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_sta
                 onset_frame[p] = t
                 last_onset[p] = t
                 vel_state[p] = vel
+                low_run[p] = 0
     return n
 
 
@@ -104,6 +118,8 @@ class NoteTracker:
     velocity : int64, MIDI velocity of the open note.
     last_onset_frame : int64, frame of the pitch's most recent onset, a large negative number before any [frames].
     onset_above : bool, the onset probability of the last frame was >= onset_threshold (for the rising edge).
+    low_run : int64, consecutive frames (up to the last one processed) that the open note's frame probability has
+        been below frame_threshold [frames].
 
     Settings used: ``tracker.*`` and ``audio.frame_rate``.
     """
@@ -117,6 +133,7 @@ class NoteTracker:
         # A note lasts at least one frame, so its offset is always after its onset.
         self.min_duration_frames = max(1, _frames(t.min_duration_ms / 1000.0, self.frame_rate))
         self.max_duration_frames = max(self.min_duration_frames, _frames(t.max_duration_s, self.frame_rate))
+        self.offset_hold_frames = max(1, _frames(t.offset_hold_ms / 1000.0, self.frame_rate))
         # Re-onset closes the open note, so it must respect both the inter-onset interval and the minimum duration.
         self._reonset_frames = max(self.min_ioi_frames, self.min_duration_frames)
         self._never = -(1 << 40)
@@ -130,6 +147,7 @@ class NoteTracker:
         self.velocity = np.zeros(N_KEYS, np.int64)
         self.last_onset_frame = np.full(N_KEYS, self._never, np.int64)
         self.onset_above = np.zeros(N_KEYS, bool)
+        self.low_run = np.zeros(N_KEYS, np.int64)
 
     # -------------------------------------------------------------------------------------------------------------
     def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray) -> list[NoteEvent]:
@@ -142,7 +160,9 @@ class NoteTracker:
 
         Returns
         -------
-        The note events of these frames in time order; at one frame offs come before ons, each by ascending pitch.
+        The note events decided at these frames, in the order decided: frame by frame, offs before ons, each by
+        ascending pitch. An event's time is that of its note boundary; an off's time can be up to ``hold - 1``
+        frames before the frame that decided it (see Close), so times are in order per pitch, not across pitches.
         """
         onset = np.asarray(onset)
         frame = np.asarray(frame)
@@ -169,8 +189,9 @@ class NoteTracker:
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
         n = _track(rising, low, np.ascontiguousarray(velocity, np.float32), t0, self.sounding, self.onset_frame,
-                   self.last_onset_frame, self.velocity, self.min_ioi_frames, self.min_duration_frames,
-                   self.max_duration_frames, self._reonset_frames, kind, key, vel, at)
+                   self.last_onset_frame, self.velocity, self.low_run, self.min_ioi_frames,
+                   self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames, self._reonset_frames,
+                   kind, key, vel, at)
         fr = self.frame_rate
         events = [NoteEvent("on" if kind[j] else "off", int(key[j]) + PIANO_MIN_MIDI, int(vel[j]), int(at[j]),
                             int(at[j]) / fr) for j in range(n)]
@@ -178,13 +199,14 @@ class NoteTracker:
         return events
 
     def flush(self) -> list[NoteEvent]:
-        """End of stream: close every sounding note at ``frame_index``, or at ``onset + min duration`` if later.
+        """End of stream: close every sounding note at ``frame_index`` (or at the start of its low run), or at
+        ``onset + min duration`` if later.
 
         Events are in time order. Call :meth:`reset` before starting another stream.
         """
         events = []
         idx = np.flatnonzero(self.sounding)
-        ends = np.maximum(self.frame_index, self.onset_frame[idx] + self.min_duration_frames)
+        ends = np.maximum(self.frame_index - self.low_run[idx], self.onset_frame[idx] + self.min_duration_frames)
         for p, end in sorted(zip(idx.tolist(), ends.tolist()), key=lambda x: (x[1], x[0])):
             events.append(NoteEvent("off", p + PIANO_MIN_MIDI, 0, int(end), end / self.frame_rate))
         self.sounding[:] = False

@@ -1,9 +1,9 @@
 """Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
-for every (onset_threshold, frame_threshold) pair of a grid and the notes are scored with mir_eval against the
-piece's reference MIDI (sustain-extended). Prints a table and the best pair by onset F1 + onset/offset F1; put it
-in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report the held-out soundfont
+for every (onset_threshold, frame_threshold, offset_hold_ms) of a grid and the notes are scored with mir_eval against the
+piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 + onset/offset F1; put
+it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report the held-out soundfont
 and room conditions with the chosen values, so they stay unseen.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="valid_pieces")
     ap.add_argument("--onset", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     ap.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
+    ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
     ap.add_argument("--max-pieces", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -47,28 +48,27 @@ def main(argv: list[str] | None = None) -> int:
         ref = crop_notes(read_midi(p["midi"], sustain=True), float(p["seconds"]))
         refs.append(notes_to_arrays(ref))
     rows = []
-    for on_t in args.onset:
-        for fr_t in args.frame:
-            if fr_t > on_t:
+    grid = [(o, f, h) for o in args.onset for f in args.frame for h in args.hold if f <= o]
+    for on_t, fr_t, hold in grid:
+        s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t),
+                             tracker__offset_hold_ms=str(hold))
+        f_on, f_onoff = [], []
+        for pr, (ri, rp, _) in zip(probs, refs):
+            tr = NoteTracker(s)
+            ev = tr.process(pr["onset"], pr["frame"], pr["velocity"]) + tr.flush()
+            ei, ep, _ = notes_to_arrays(events_to_notes(ev))
+            if len(ri) == 0 or len(ei) == 0:
+                f_on.append(float(len(ri) == len(ei)))
+                f_onoff.append(float(len(ri) == len(ei)))
                 continue
-            s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t))
-            f_on, f_onoff = [], []
-            for pr, (ri, rp, _) in zip(probs, refs):
-                tr = NoteTracker(s)
-                ev = tr.process(pr["onset"], pr["frame"], pr["velocity"]) + tr.flush()
-                ei, ep, _ = notes_to_arrays(events_to_notes(ev))
-                if len(ri) == 0 or len(ei) == 0:
-                    f_on.append(float(len(ri) == len(ei)))
-                    f_onoff.append(float(len(ri) == len(ei)))
-                    continue
-                f_on.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None)[2])
-                f_onoff.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep)[2])
-            rows.append((on_t, fr_t, float(np.mean(f_on)), float(np.mean(f_onoff))))
-            print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f}: onset F1 {rows[-1][2]:.3f} "
-                  f"onset+offset F1 {rows[-1][3]:.3f}", flush=True)
-    best = max(rows, key=lambda r: r[2] + r[3])
-    print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]} "
-          f"(onset F1 {best[2]:.3f}, onset+offset F1 {best[3]:.3f})")
+            f_on.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None)[2])
+            f_onoff.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep)[2])
+        rows.append((on_t, fr_t, hold, float(np.mean(f_on)), float(np.mean(f_onoff))))
+        print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f} offset_hold_ms {hold:g}: "
+              f"onset F1 {rows[-1][3]:.3f} onset+offset F1 {rows[-1][4]:.3f}", flush=True)
+    best = max(rows, key=lambda r: r[3] + r[4])
+    print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]}, "
+          f"offset_hold_ms = {best[2]} (onset F1 {best[3]:.3f}, onset+offset F1 {best[4]:.3f})")
     return 0
 
 

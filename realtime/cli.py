@@ -116,7 +116,9 @@ class _Display:
 def _budget_line(engine) -> str:
     b = engine.budget
     parts = " + ".join(f"{k[:-3].replace('_', ' ')} {v:.1f}" for k, v in b.items() if k != "total_ms")
-    return (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute); input {engine.source.name} at "
+    off = getattr(engine.transcriber, "note_off_delay_ms", 0.0)
+    offs = f"; note-offs up to {off:.0f} ms later (tracker.offset_hold_ms)" if off else ""
+    return (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute){offs}; input {engine.source.name} at "
             f"{engine.source.sample_rate} Hz, {engine.source.channels} ch; MIDI {engine.midi.port_name} "
             f"({engine.midi.api})")
 

@@ -8,7 +8,8 @@ from models.settings import load_settings
 from models.tracker import NoteTracker
 
 # The hand-made cases below are written for these thresholds; the shipped defaults are tuned per model.
-S = load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3"])
+S = load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",
+                             "tracker.offset_hold_ms=0"])
 FR = S.audio.frame_rate
 
 
@@ -105,8 +106,26 @@ def test_hysteresis_frame_probability_between_thresholds_keeps_the_note():
     assert run(NoteTracker(S), on, fr) == [ev("on", 61, 1, 64), ev("off", 61, 20)]
 
 
+def test_offset_hold_bridges_short_dips_and_stamps_the_off_when_the_hold_ends():
+    s = S.replace(tracker__offset_hold_ms=30.0)
+    tr = NoteTracker(s)
+    assert tr.offset_hold_frames == 3
+    on, fr = zeros(40), zeros(40)
+    on[1, 40] = 0.9
+    fr[1:40, 40] = 0.9
+    fr[10:12, 40] = 0.1        # a two-frame dip: shorter than the hold, the note goes on
+    fr[20:, 40] = 0.1          # low from frame 20: decided at 22, the third low frame, stamped at 20
+    assert tr.process(on[:22], fr[:22], np.full_like(on[:22], 0.5)) == [ev("on", 61, 1, 64)]
+    assert tr.process(on[22:23], fr[22:23], np.full_like(on[22:23], 0.5)) == [ev("off", 61, 20)]
+    tr.reset()
+    assert run(tr, on, fr) == [ev("on", 61, 1, 64), ev("off", 61, 20)]
+    tr.reset()
+    assert run(tr, on[:21], fr[:21]) == [ev("on", 61, 1, 64), ev("off", 61, 20)]  # flush: the low run's start
+    assert run(NoteTracker(S), on, fr)[:2] == [ev("on", 61, 1, 64), ev("off", 61, 10)]  # no hold: cut by the dip
+
+
 def test_max_duration_closes_a_stuck_note_and_it_does_not_reopen_without_a_new_edge():
-    s = load_settings(overrides=["tracker.max_duration_s=0.1"])
+    s = S.replace(tracker__max_duration_s=0.1)
     on, fr = zeros(40), zeros(40)
     on[0:30, 7] = 0.9
     fr[:, 7] = 1.0
@@ -164,7 +183,7 @@ def test_empty_chunk_and_bad_shapes():
 
 def test_durations_in_frames_follow_the_frame_rate():
     s = load_settings(overrides=["audio.hop_length=320", "tracker.min_ioi_ms=40", "tracker.min_duration_ms=30",
-                                 "tracker.max_duration_s=1.0"])
+                                 "tracker.max_duration_s=1.0", "tracker.offset_hold_ms=0"])
     tr = NoteTracker(s)  # 50 frames/s: 20 ms per frame
     assert (tr.min_ioi_frames, tr.min_duration_frames, tr.max_duration_frames) == (2, 2, 50)
     on, fr = zeros(10), zeros(10)
@@ -179,25 +198,32 @@ def reference_events(onset, frame, velocity, tracker):
     """A plain scalar re-statement of the rules, one pitch and one frame at a time."""
     on_thr, fr_thr = tracker.onset_threshold, tracker.frame_threshold
     ioi, dmin, dmax = tracker.min_ioi_frames, tracker.min_duration_frames, tracker.max_duration_frames
+    hold = tracker.offset_hold_frames
     n = len(onset)
     per_frame = [([], []) for _ in range(n)]
     flushed = []
     for p in range(N_KEYS):
-        sounding, start, last = False, 0, None
+        sounding, start, last, low_since = False, 0, None, None
         for t in range(n):
             rising = onset[t, p] >= on_thr and (t == 0 or onset[t - 1, p] < on_thr)
             ioi_ok = last is None or t - last >= ioi
             if sounding:
                 d = t - start
-                if (frame[t, p] < fr_thr and d >= dmin) or d >= dmax or (rising and ioi_ok and d >= dmin):
-                    per_frame[t][0].append(NoteEvent("off", p + 21, 0, t, t / FR))
+                if frame[t, p] >= fr_thr:
+                    low_since = None
+                elif low_since is None:
+                    low_since = t
+                held_low = low_since is not None and t - low_since + 1 >= hold
+                if (held_low and d >= dmin) or d >= dmax or (rising and ioi_ok and d >= dmin):
+                    end = max(low_since, start + dmin) if held_low and d >= dmin else t
+                    per_frame[t][0].append(NoteEvent("off", p + 21, 0, end, end / FR))
                     sounding = False
             if not sounding and rising and ioi_ok:
                 v = int(min(127, max(1, np.floor(velocity[t, p] * 127.0 + 0.5))))
                 per_frame[t][1].append(NoteEvent("on", p + 21, v, t, t / FR))
-                sounding, start, last = True, t, t
+                sounding, start, last, low_since = True, t, t, None
         if sounding:
-            end = max(n, start + dmin)
+            end = max(n if low_since is None else low_since, start + dmin)
             flushed.append(NoteEvent("off", p + 21, 0, end, end / FR))
     out = [e for offs, ons in per_frame for e in offs + ons]
     return out + sorted(flushed, key=lambda e: (e.frame, e.pitch))
@@ -207,6 +233,8 @@ LEVELS = np.array([0.0, 0.1, 0.29, 0.3, 0.31, 0.45, 0.5, 0.55, 0.8, 1.0], np.flo
 
 VARIANTS = [
     [],
+    ["tracker.offset_hold_ms=0"],
+    ["tracker.offset_hold_ms=50", "tracker.min_duration_ms=20"],
     ["tracker.max_duration_s=0.12", "tracker.min_duration_ms=50"],
     ["tracker.min_ioi_ms=0", "tracker.min_duration_ms=0"],
     ["tracker.min_ioi_ms=100", "tracker.onset_threshold=0.3", "tracker.frame_threshold=0.3"],
@@ -251,13 +279,19 @@ def test_random_streams_keep_the_invariants(case):
     assert run(NoteTracker(s), onset, frame, velocity) == events
     assert reference_events(onset, frame, velocity, tracker) == events
 
-    # zero look-ahead: a prefix of the stream gives exactly the events of the full run up to its end
+    # zero look-ahead: a prefix of the stream gives the start of the full run's events, and only offs held back by
+    # the offset hold (stamped at most hold - 1 frames before the cut) are decided after it
     cut = len(onset) // 2
-    prefix = NoteTracker(s)
-    assert prefix.process(onset[:cut], frame[:cut], velocity[:cut]) == [e for e in events if e.frame < cut]
+    prefix = NoteTracker(s).process(onset[:cut], frame[:cut], velocity[:cut])
+    assert events[:len(prefix)] == prefix
+    hold = tracker.offset_hold_frames
+    assert all(e.frame >= (cut if e.kind == "on" else cut - hold + 1) for e in events[len(prefix):])
 
-    # times never go backwards and follow the frame counter
-    assert all(a.frame <= b.frame for a, b in zip(events, events[1:]))
+    # times never go backwards per pitch, and across pitches by less than the hold
+    for p in {e.pitch for e in events}:
+        mine = [e.frame for e in events if e.pitch == p]
+        assert mine == sorted(mine)
+    assert all(b.frame >= a.frame - hold + 1 for a, b in zip(events, events[1:]))
     assert all(e.time == e.frame / s.audio.frame_rate for e in events)
 
     open_at = {}
