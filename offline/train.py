@@ -323,6 +323,24 @@ class _Board:
         self.writer.flush()
 
 
+def _init_arrays(init, settings, log) -> dict[str, np.ndarray]:
+    """The arrays of the weights file ``init`` for a new run. Its look-ahead may differ from ours (the weights'
+    shapes do not depend on it): fine-tuning a model to another look-ahead is how an offline model with more
+    look-ahead is made from the live one."""
+    from models.inference import load_weights
+
+    try:
+        with np.load(init, allow_pickle=False) as z:
+            stored = json.loads(str(z["meta"]))["settings"]["model"]["lookahead_frames"]
+    except Exception:  # unreadable or not ours: load_weights below says so in one sentence
+        stored = settings.model.lookahead_frames
+    if isinstance(stored, int) and stored != settings.model.lookahead_frames:
+        log(f"  {init} was trained with a look-ahead of {stored} frames; fine-tuning it to "
+            f"{settings.model.lookahead_frames}")
+        return load_weights(init, settings.replace(model__lookahead_frames=str(stored)))[0]
+    return load_weights(init, settings)[0]
+
+
 def _setup_tf(settings, log):
     """Seeds, strategy and precision policy. Returns (strategy, mixed_precision: bool, devices: str)."""
     import keras
@@ -412,9 +430,7 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                             "velocity": velocity_loss},
                       loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
         if state is None and init:
-            from models.inference import load_weights
-
-            network.set_model_arrays(model, load_weights(init, settings)[0])
+            network.set_model_arrays(model, _init_arrays(init, settings, log))
             log(f"starting from the weights in {init}")
         elif state is None:
             mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)

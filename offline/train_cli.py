@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its last checkpoint")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="start a new run from this weights file (a kkoma.npz of the same architecture, e.g. the "
-                        "shipped models/weights/kkoma.npz): fine-tune instead of starting from random weights")
+                        "shipped models/weights/kkoma.npz): fine-tune instead of starting from random weights; its "
+                        "look-ahead may differ from model.lookahead_frames (fine-tuning to another look-ahead)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (one line per epoch)")
 
 

@@ -159,6 +159,15 @@ def test_init_starts_from_given_weights(trained, tmp_path):
     train(ds, tmp_path / "scratch", s0, log=lambda m: None, verbose=0)
     fresh, _ = load_weights(tmp_path / "scratch" / "kkoma.npz", s)
     assert not np.array_equal(fresh["lstm_kernel"], start["lstm_kernel"])
+    # to another look-ahead (the offline-model path): the same start, recorded with the new look-ahead
+    s4 = s0.replace(model__lookahead_frames="4")
+    lines = []
+    train(ds, tmp_path / "ahead", s4, init=run / "kkoma.npz", log=lines.append, verbose=0)
+    got, meta = load_weights(tmp_path / "ahead" / "kkoma.npz", s4)
+    assert meta["settings"]["model"]["lookahead_frames"] == 4
+    for k in start:
+        np.testing.assert_array_equal(got[k], start[k], err_msg=k)
+    assert any("fine-tuning it to 4" in line for line in lines)
 
 
 def test_spectral_envelope_is_bounded_and_smooth():
