@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
     ap.add_argument("--max-pieces", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a settings override, as kkoma --set (e.g. model.lookahead_frames=10 for such weights)")
     args = ap.parse_args(argv)
 
     import mir_eval
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.settings import load_settings
     from models.tracker import NoteTracker
 
-    settings = load_settings(overrides=[f"model.weights={json.dumps(str(args.weights))}"])
+    settings = load_settings(overrides=[*args.overrides, f"model.weights={json.dumps(str(args.weights))}"])
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     pieces = [p for p in manifest["pieces"] if p["split"] == args.split]
     if args.max_pieces:
