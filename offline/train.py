@@ -131,18 +131,18 @@ def recolour(features: np.ndarray, gain_db: np.ndarray) -> np.ndarray:
 
 
 def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int,
-                colour: tuple[float, float, int] = (0.0, 0.0, 36)):
+                colour: tuple[float, float, int] | None = None):
     """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity (window, 88)
     uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes.
 
     colour : (probability, max_db, bins_per_octave): each crop is recoloured by a random
-        :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); max_db 0 = never.
+        :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); None or max_db 0 = never.
     """
     from models.network import align
 
     rng = np.random.default_rng(seed)
     colour_rng = np.random.default_rng([seed, 1])  # a separate stream: crops are the same with colour on or off
-    p_colour, max_db, bpo = colour
+    p_colour, max_db, bpo = colour if colour is not None else (0.0, 0.0, 1)
     while True:
         order = rng.permutation(len(pieces))
         for p0 in range(0, len(order), pool):
