@@ -1,10 +1,10 @@
 """Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
-for every (onset_threshold, frame_threshold, offset_hold_ms) of a grid and the notes are scored with mir_eval against the
-piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 + onset/offset F1; put
-it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report the held-out soundfont
-and room conditions with the chosen values, so they stay unseen.
+for every (onset_threshold, frame_threshold, offset_hold_ms) of a grid and the notes are scored with mir_eval
+against the piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 +
+onset/offset F1; put it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report
+the held-out soundfont and room conditions with the chosen values, so they stay unseen.
 """
 from __future__ import annotations
 

@@ -142,8 +142,9 @@ def test_cli_train_small(tmp_path, capsys):
 
 
 def test_init_starts_from_given_weights(trained, tmp_path):
-    """--init: a new run starts from a weights file (statistics included); with a vanishing learning rate (1e-30) nothing moves,
-    so the exported weights are the initial ones exactly, and a run from random weights differs."""
+    """--init: a new run starts from a weights file (statistics included); with a vanishing learning rate (1e-30)
+    nothing moves, so the exported weights are the initial ones exactly, and a run from random weights differs; the
+    same holds when the new run has another look-ahead."""
     from models.inference import load_weights
     from offline.train import train
 
