@@ -157,6 +157,8 @@ class DataSettings:
     soundfonts: tuple = _f()
     programs: tuple = _f(lo=0, hi=127)
     holdout_soundfont: str = _f()
+    sample_sets: tuple = _f()
+    sample_set_fraction: float = _f(lo=0.0, hi=1.0)
     holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
     max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")
     seed: int = _f()

@@ -21,6 +21,11 @@ Splits of a synthesised dataset (``prepare_synth``):
 * ``valid_pieces``: held-out performances, a training soundfont (first program), clean.
 * ``valid_soundfont``: held-out performances, the held-out soundfont, clean.
 * ``valid_room``: held-out performances, the held-out soundfont, synthetic room reverb + noise.
+* With sample sets (``data.sample_sets`` / ``--samples``: folders of recorded piano notes, offline/sampler.py):
+  each training performance is *also* rendered with each set, augmented, as ``train/<id>@<set>``, when
+  ``sha256(f"{data.seed}:samples:{set}:{id}")`` falls below ``data.sample_set_fraction`` (copies, not a place in the
+  rotation, so adding a set to a prepared dataset renders only the copies); ``valid_samples``: held-out
+  performances played by the first set, clean.
 * ``--max-pieces N`` takes performances round-robin over the works (in hash order): every work once before any work
   twice, which gives the most different music for a budget.
 
@@ -170,7 +175,7 @@ def voice_name(soundfont: str, program: int) -> str:
 
 
 def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], holdout_soundfont: str,
-               max_pieces: int = 0) -> list[Task]:
+               max_pieces: int = 0, sample_sets: list[str] = ()) -> list[Task]:
     """The tasks of a synthesised dataset (see the module notes for the splits)."""
     root = Path(midi_dir)
     files = find_midi(root)
@@ -201,11 +206,26 @@ def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], hol
             if holdout_soundfont:
                 tasks.append(Task("valid_soundfont", pid, midi, None, holdout_soundfont, "none", work, programs[0]))
                 tasks.append(Task("valid_room", pid, midi, None, holdout_soundfont, "room", work, programs[0]))
+            if sample_sets:
+                tasks.append(Task("valid_samples", pid, midi, None, sample_sets[0], "none", work))
         else:
             sf, program = voices[n_train % len(voices)]
             tasks.append(Task("train", pid, midi, None, sf, "train", work, program))
             n_train += 1
+            # Sample sets add copies rather than joining the rotation, so adding one to a prepared dataset
+            # renders only the copies and leaves every existing shard valid.
+            for folder in sample_sets:
+                name = sample_set_name(folder)
+                if stable_unit(seed, "samples", name, pid) < settings.data.sample_set_fraction:
+                    tasks.append(Task("train", f"{pid}@{name}", midi, None, folder, "train", work))
     return tasks
+
+
+def sample_set_name(folder: str | os.PathLike) -> str:
+    """Short name of a sample set in piece ids (``<piece>@<name>``): the folder name, or its parent's for a
+    folder called ``audio`` (the npm packages' layout, ``package/audio``)."""
+    p = Path(folder).resolve()
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", (p.parent.name if p.name == "audio" else p.name) or "samples")
 
 
 def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list[Task]:
@@ -271,7 +291,12 @@ def _renderer(soundfont: str, settings, program: int = 0):
 
     r = _CACHE.get(("renderer", soundfont, program))
     if r is None:
-        r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain, program)
+        if Path(soundfont).is_dir():
+            from offline.sampler import SampleRenderer
+
+            r = SampleRenderer(soundfont, settings.audio.sample_rate, settings.data.render_gain)
+        else:
+            r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain, program)
         offset = measure_onset_offset(r, seed=settings.data.seed)
         _CACHE[("renderer", soundfont, program)] = r = (r, offset)
     return r
@@ -568,24 +593,29 @@ def _run_pool(todo, settings, out_dir, max_seconds, export_audio, jobs, record, 
 # ----------------------------------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------------------------------
-def check_soundfonts(paths: list[str]) -> None:
-    """SetupError when FluidSynth or a soundfont is missing."""
+def check_soundfonts(paths: list[str], sample_sets: list[str] = ()) -> None:
+    """SetupError when FluidSynth or a soundfont is missing, or a sample set has no usable file."""
+    from offline.sampler import find_samples
     from offline.synth import INSTALL_HINT, _fluidsynth
 
     _fluidsynth()
     for p in paths:
         if p and not Path(p).is_file():
             raise SetupError(f"soundfont {p} does not exist: {INSTALL_HINT}, or name your own with --soundfont.")
+    for p in sample_sets:
+        find_samples(p)
 
 
 def prepare_synth(midi_dir, out_dir, settings, *, soundfonts: list[str] | None = None,
-                  holdout_soundfont: str | None = None, max_pieces: int = 0, max_seconds: float | None = None,
-                  jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False) -> Summary:
+                  holdout_soundfont: str | None = None, sample_sets: list[str] | None = None, max_pieces: int = 0,
+                  max_seconds: float | None = None, jobs: int | None = None, export_audio: bool | None = None,
+                  quiet: bool = False) -> Summary:
     """Render ``midi_dir``'s performances into a dataset in ``out_dir`` (see the module notes)."""
     soundfonts = list(soundfonts) if soundfonts else list(settings.data.soundfonts)
     holdout = settings.data.holdout_soundfont if holdout_soundfont is None else holdout_soundfont
-    check_soundfonts(soundfonts + [holdout])
-    tasks = plan_synth(midi_dir, settings, soundfonts, holdout, max_pieces)
+    sample_sets = list(settings.data.sample_sets if sample_sets is None else sample_sets)
+    check_soundfonts(soundfonts + [holdout], sample_sets)
+    tasks = plan_synth(midi_dir, settings, soundfonts, holdout, max_pieces, sample_sets)
     return run_tasks(tasks, out_dir, settings, kind="synth", source=str(midi_dir), max_seconds=max_seconds,
                      jobs=jobs, export_audio=export_audio, quiet=quiet)
 

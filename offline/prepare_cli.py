@@ -1,7 +1,7 @@
 """``kkoma prepare``: make a training dataset.
 
-    kkoma prepare synth MIDI_DIR OUT_DIR [--soundfont SF2 ...] [--holdout-soundfont SF2] [--max-pieces N]
-                        [--max-seconds S] [--jobs J] [--no-audio]
+    kkoma prepare synth MIDI_DIR OUT_DIR [--soundfont SF2 ...] [--holdout-soundfont SF2] [--samples DIR ...]
+                        [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
     kkoma prepare maestro MAESTRO_ROOT OUT_DIR [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
 
 Re-running the same command resumes: pieces already made are skipped. Splits and formats: offline/prepare.py.
@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ("synth: render performance MIDI (e.g. ASAP: <Composer>/<Work>/<Performer>.mid) with FluidSynth "
                      "through data.soundfonts; works are held out by folder (data.holdout_piece_fraction) and "
-                     "data.holdout_soundfont is never trained on. Splits: train, valid_pieces, valid_soundfont, "
-                     "valid_room.\nmaestro: a MAESTRO-layout folder (maestro-v*.csv + audio/MIDI pairs); train -> "
+                     "data.holdout_soundfont is never trained on; --samples adds recorded pianos (extra training "
+                     "copies). Splits: train, valid_pieces, valid_soundfont, valid_room (and valid_samples).\n"
+                     "maestro: a MAESTRO-layout folder (maestro-v*.csv + audio/MIDI pairs); train -> "
                      "train, validation -> valid_pieces, test -> test.\nRe-run the same command to resume.")
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="soundfont to render with (repeatable; default data.soundfonts)")
     s.add_argument("--holdout-soundfont", default=None, metavar="SF2",
                    help="soundfont kept for validation only (default data.holdout_soundfont; '' = none)")
+    s.add_argument("--samples", action="append", default=None, metavar="DIR",
+                   help="folder of recorded piano notes (A0v10.ogg, C4.wav ...) rendering extra training copies "
+                        "and valid_samples (repeatable; default data.sample_sets)")
 
     m = sub.add_parser("maestro", help="a MAESTRO-layout folder of recordings + MIDI",
                        description="Featurise a MAESTRO-layout folder (maestro-v*.csv, audio + MIDI pairs).")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace, settings) -> int:
                   export_audio=False if args.no_audio else None, quiet=args.quiet)
     if args.source == "synth":
         summary = prepare_synth(args.midi_dir, args.out_dir, settings, soundfonts=args.soundfont,
-                                holdout_soundfont=args.holdout_soundfont, **common)
+                                holdout_soundfont=args.holdout_soundfont, sample_sets=args.samples, **common)
     else:
         summary = prepare_maestro(args.root, args.out_dir, settings, **common)
     print(summary.text(), file=sys.stderr)
