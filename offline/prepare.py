@@ -186,6 +186,11 @@ def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], hol
         raise KkomaError("there is no training soundfont: data.soundfonts (or --soundfont) must name at least one "
                          "soundfont besides data.holdout_soundfont.")
     programs = piano_programs(settings)
+    names = [sample_set_name(f) for f in sample_sets]
+    if len(set(names)) < len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise KkomaError(f"two sample sets are both named {clash!r} (their folder names make the piece ids): "
+                         "rename one folder.")
     # Pieces take the (soundfont, program) voices in turn: each piece is one piano, the set is many.
     voices = [(sf, p) for p in programs for sf in train_sfs]
     held = holdout_works(sorted({work_key(r) for r in rel.values()}), seed, settings.data.holdout_piece_fraction)

@@ -18,7 +18,8 @@ How a note is played (:class:`SampleRenderer`):
   low-pass whose cutoff falls with velocity, the way a softly struck hammer excites fewer partials;
 * key release (after the sustain pedal, MIDI controller 64, lifts) damps the note exponentially with a time
   constant of ``RELEASE_S`` (shorter on high keys); the top keys (``UNDAMPED_FROM`` and up) have no dampers, as on
-  a real piano, and ring on; a repeated key damps its previous note over ``RESTRIKE_S``;
+  a real piano, and ring on; a repeated damped key fades its previous note over ``RESTRIKE_S`` (on an undamped
+  key the two notes overlap);
 * soft pedal (controller 67) takes ``SOFT_PEDAL_DB`` off and darkens; notes are cut at ``MAX_NOTE_S``.
 
 The rendering is deterministic, mono float32 at the model rate, with the same ``render(events, seconds)``

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from models.errors import KkomaError
 from models.settings import load_settings
 from offline.synth import MidiEvent, SetupError
 
@@ -155,6 +156,8 @@ def test_plan_adds_sample_copies_without_touching_the_rotation(tmp_path):
     held = {t.id for t in plain if t.split == "valid_pieces"}
     assert {t.id for t in copies if t.split == "valid_samples"} == held
     assert all(t.augment == "none" for t in copies if t.split == "valid_samples")
+    with pytest.raises(KkomaError, match="both named 'grand'"):
+        plan_synth(root, s, sfs, "/sf/held.sf2", sample_sets=[folder, str(tmp_path / "other" / "grand")])
 
 
 @pytest.mark.skipif(not Path("/usr/share/sounds/sf2/TimGM6mb.sf2").is_file(), reason="TimGM6mb soundfont missing")
