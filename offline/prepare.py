@@ -292,13 +292,12 @@ def _limit_threads() -> None:
 
 
 def _renderer(soundfont: str, settings, program: int = 0):
+    from offline.sampler import SampleRenderer, is_sample_set
     from offline.synth import Renderer, measure_onset_offset
 
     r = _CACHE.get(("renderer", soundfont, program))
     if r is None:
-        if Path(soundfont).is_dir():
-            from offline.sampler import SampleRenderer
-
+        if is_sample_set(soundfont):
             r = SampleRenderer(soundfont, settings.audio.sample_rate, settings.data.render_gain)
         else:
             r = Renderer(soundfont, settings.audio.sample_rate, settings.data.render_gain, program)

@@ -135,7 +135,7 @@ class SampleRenderer:
         layers = sorted(self._files[source])
         t = (velocity - 1) / 126.0
         if len(layers) == 1:
-            return layers[0], DYNAMIC_RANGE_DB * (t - 1.0) + 0.0
+            return layers[0], DYNAMIC_RANGE_DB * (t - 1.0)
         i = min(len(layers) - 1, int(t * len(layers)))
         within = t * len(layers) - i  # position inside the layer's velocity band, 0..1
         return layers[i], LAYER_RANGE_DB * (within - 1.0) / 2.0

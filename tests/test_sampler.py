@@ -161,9 +161,14 @@ def test_plan_adds_sample_copies_without_touching_the_rotation(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/usr/share/sounds/sf2/TimGM6mb.sf2").is_file(), reason="TimGM6mb soundfont missing")
-def test_prepare_with_a_sample_set_end_to_end(tmp_path):
+def test_prepare_with_a_sample_set_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("fluidsynth", reason="pyfluidsynth / libfluidsynth not installed")
+    from offline import prepare
     from offline.prepare import prepare_synth
+
+    # jobs=1 renders in this process: keep its renderers out of later tests (a FluidSynth renderer's output
+    # was measured to depend on what it rendered before, so a shared one makes results depend on test order).
+    monkeypatch.setattr(prepare, "_CACHE", {})
     from tests.test_prepare import _settings
     from tests.test_prepare import write_midi_file
 
