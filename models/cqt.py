@@ -22,6 +22,15 @@ that much earlier (≤ 60 ms for the lowest bins, whose windows last up to 1.9 s
 the exact amount of future audio any frame reads; the incremental driver emits frame ``i`` as soon as
 ``t_i + lookahead_samples`` samples have arrived.
 
+Window length cap
+-----------------
+A constant-Q window lasts ``Q / f``: 1.9 s at A0, 0.47 s at A2, 0.2 s at C4. A causal window ends at its frame, and
+its Hann taper gives the newest audio almost no weight, so a new note reaches half its level only about half a window
+later: far too late for the model's few frames of look-ahead in the bass. ``cqt.max_window_ms`` shortens every window
+longer than it to that length (same centre frequency, wider band), so the bass answers as fast as the middle of the
+keyboard, at the cost of frequency resolution there (the harmonics, resolved in higher bins, still carry the pitch).
+``inf`` keeps the plain constant-Q transform (and librosa compatibility).
+
 Frames: a signal of ``n`` samples gives ``n // hop + 1`` frames (none for an empty signal), audio outside the signal
 being zeros. Features (the model input) are ``log1p(|C| / cqt.log_offset)``.
 
@@ -184,11 +193,13 @@ class KernelBank:
         return (len(self.fir) - 1) // 2 * (2 ** (self.n_levels - 1) - 1)
 
 
-def _lengths(freqs: np.ndarray, sr: float, filter_scale: float, bins_per_octave: int) -> np.ndarray:
-    """Kernel lengths [samples at rate sr], as librosa.filters.wavelet_lengths for a constant-Q (gamma=0) bank."""
+def _lengths(freqs: np.ndarray, sr: float, filter_scale: float, bins_per_octave: int,
+             max_window_ms: float = math.inf) -> np.ndarray:
+    """``(n_bins,)`` kernel lengths [samples at rate sr]: librosa.filters.wavelet_lengths for a constant-Q (gamma=0)
+    bank, none longer than ``max_window_ms`` [ms]."""
     r = 2.0 ** (2.0 / bins_per_octave)
     alpha = (r - 1.0) / (r + 1.0)
-    return filter_scale / alpha * sr / freqs
+    return np.minimum(filter_scale / alpha * sr / freqs, max_window_ms * 1e-3 * sr)
 
 
 def _lowpass(taps: int, cutoff: float, beta: float) -> np.ndarray:
@@ -216,12 +227,17 @@ def _build(audio: AudioSettings, c: CQTSettings) -> KernelBank:
     # window positions are rounded to their own grid (at most half a sample of their rate, negligible against
     # windows of ~170+ samples), identically in both drivers.
     level = np.floor(np.log2(_MAX_REL_FREQ * sr / freqs)).astype(np.int64)
+    full_len = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave, c.max_window_ms)  # at the input rate
+    # A window cut by max_window_ms is computed at a higher rate, where it is as many samples long as an uncut
+    # window at its own level: that keeps the kernels ~170+ samples and, as important in the causal case, the
+    # decimation delay small (it would otherwise add up to 60 ms to the bass). Uncut bins: the same level as above.
+    uncut = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)
+    level = np.minimum(level, np.floor(np.log2(_MAX_REL_FREQ * sr / freqs * full_len / uncut)).astype(np.int64))
     level = np.maximum(level, 0)
     n_levels = int(level.max()) + 1
     fir = _lowpass(c.decimation_taps, _FIR_CUTOFF, _FIR_BETA).astype(np.float32)
     h = (c.decimation_taps - 1) // 2
 
-    full_len = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)  # at the input rate, for librosa's scale
     # A kernel depends only on f / rate, so bins an octave apart on neighbouring levels share one: ~40 distinct
     # kernels instead of 264, which keeps the whole bank in L2 cache (the per-hop cost is memory-bound).
     kernels, index, bin_kernel, bin_len = [], {}, [], []

@@ -25,7 +25,6 @@ Loading checks the stored audio/cqt/model settings against the current ones; a m
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ import numpy as np
 
 from models.errors import KkomaError
 from models.notes import N_KEYS
+from models.settings import first_mismatch
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.settings import Settings
@@ -98,15 +98,6 @@ def _settings_record(settings: "Settings") -> dict:
     return settings_record(settings)
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return float(a) == float(b) or (math.isinf(float(a)) and math.isinf(float(b)) and a == b)
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
 def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.ndarray], dict]:
     """Read and check a weights file.
 
@@ -134,14 +125,12 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
         raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
                          f"{WEIGHTS_FORMAT}; {_TRAIN_HINT}.")
     want = _settings_record(settings)
-    stored = meta.get("settings", {})
-    for section, keys in want.items():
-        for key, value in keys.items():
-            have = stored.get(section, {}).get(key, "<missing>")
-            if not _same(have, value):
-                raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
-                                 f"settings say {value!r}; use matching settings (--set {section}.{key}={have!r}) "
-                                 f"or retrain the model.")
+    bad = first_mismatch(meta.get("settings", {}), want)
+    if bad:
+        section, key, have, value = bad
+        raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
+                         f"settings say {value!r}; use matching settings (--set {section}.{key}={have!r}) "
+                         f"or retrain the model.")
     _check_shapes(arrays, want["model"], path)
     return arrays, meta
 

@@ -65,6 +65,7 @@ class CQTSettings:
     n_bins: int = _f(lo=1, hi=1024)
     bins_per_octave: int = _f(lo=1, hi=120)
     filter_scale: float = _f(lo=0.0, hi=4.0, lo_open=True)
+    max_window_ms: float = _f(lo=0.0, lo_open=True, unit="ms")
     lookahead_ms: float = _f(lo=0.0, unit="ms")
     decimation_taps: int = _f(lo=7, hi=255)
     log_offset: float = _f(lo=0.0, lo_open=True)
@@ -87,6 +88,36 @@ class CQTSettings:
     def centered(self) -> bool:
         """True when every window is centred on its frame (``lookahead_ms = inf``)."""
         return math.isinf(self.lookahead_ms)
+
+
+#: Keys added after weights files and datasets were first written: a record without one was made with this value.
+ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf}}
+
+
+def recorded(record: Mapping[str, Any], section: str, key: str, missing: Any = "<missing>") -> Any:
+    """``record[section][key]`` of a stored settings record (a weights file's or a dataset manifest's), reading a
+    key the record predates as its :data:`ADDED_KEYS` value and any other absent key as ``missing``."""
+    sec = record.get(section, {})
+    return sec[key] if key in sec else ADDED_KEYS.get(section, {}).get(key, missing)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)  # inf == inf; 1 == 1.0 (JSON does not keep the type)
+    return a == b
+
+
+def first_mismatch(record: Mapping[str, Any], want: Mapping[str, Mapping[str, Any]],
+                   missing_ok: bool = False) -> tuple[str, str, Any, Any] | None:
+    """The first ``(section, key, stored, wanted)`` where a stored settings record differs from ``want``
+    (section -> key -> value), or None. Keys the record predates read as :data:`ADDED_KEYS`; any other key absent
+    from the record is a mismatch unless ``missing_ok``."""
+    for section, keys in want.items():
+        for key, value in keys.items():
+            have = recorded(record, section, key, value if missing_ok else "<missing>")
+            if not _same_value(have, value):
+                return section, key, have, value
+    return None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ import numpy as np
 
 from models.atomic import atomic_write as _atomic_write
 from models.errors import KkomaError
+from models.settings import first_mismatch
 from offline.synth import SetupError
 
 MANIFEST = "manifest.json"
@@ -433,13 +434,11 @@ def read_existing(out_dir: Path, settings) -> dict | None:
     except (OSError, json.JSONDecodeError) as e:
         raise KkomaError(f"{path} cannot be read ({e}); move it away to start the dataset again.") from None
     ours = settings_record(settings)
-    for section in ("audio", "cqt"):
-        for key, value in manifest.get("settings", {}).get(section, {}).items():
-            mine = ours[section].get(key)
-            if mine != value and not (isinstance(mine, float) and isinstance(value, (int, float)) and
-                                      float(value) == mine):
-                raise KkomaError(f"{out_dir} was prepared with {section}.{key} = {value!r}, not {mine!r}; use "
-                                 "another output folder or the same settings.")
+    bad = first_mismatch(manifest.get("settings", {}), {k: ours[k] for k in ("audio", "cqt")}, missing_ok=True)
+    if bad:
+        section, key, value, mine = bad
+        raise KkomaError(f"{out_dir} was prepared with {section}.{key} = {value!r}, not {mine!r}; use "
+                         "another output folder or the same settings.")
     return manifest
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from models.atomic import atomic_write
 from models.errors import KkomaError
 from models.notes import N_KEYS
+from models.settings import first_mismatch
 
 LABELS = ("onset", "frame", "velocity")
 
@@ -57,23 +58,16 @@ def read_manifest(dataset: str | Path, settings) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise KkomaError(f"{path} cannot be read ({e}).") from None
-    stored = manifest.get("settings", {})
-    for section in ("audio", "cqt"):
-        ours = asdict(getattr(settings, section))
-        for key, value in stored.get(section, {}).items():
-            if key in ours and not _same(value, ours[key]):
-                raise KkomaError(f"dataset {dataset} was prepared with {section}.{key} = {value!r} but the settings "
-                                 f"say {ours[key]!r}; train with matching settings (--set {section}.{key}={value!r}) "
-                                 "or prepare the dataset again.")
+    want = {section: asdict(getattr(settings, section)) for section in ("audio", "cqt")}
+    bad = first_mismatch(manifest.get("settings", {}), want, missing_ok=True)
+    if bad:
+        section, key, value, mine = bad
+        raise KkomaError(f"dataset {dataset} was prepared with {section}.{key} = {value!r} but the settings "
+                         f"say {mine!r}; train with matching settings (--set {section}.{key}={value!r}) "
+                         "or prepare the dataset again.")
     if not manifest.get("pieces"):
         raise KkomaError(f"dataset {dataset} has no pieces.")
     return manifest
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
 
 
 def load_piece(dataset: Path, piece: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -323,22 +317,43 @@ class _Board:
         self.writer.flush()
 
 
-def _init_arrays(init, settings, log) -> dict[str, np.ndarray]:
-    """The arrays of the weights file ``init`` for a new run. Its look-ahead may differ from ours (the weights'
-    shapes do not depend on it): fine-tuning a model to another look-ahead is how an offline model with more
-    look-ahead is made from the live one."""
+#: cqt keys an ``--init`` model may have been trained with other values of: they change the features' values, not
+#: their shape, so fine-tuning adapts the model (its feature statistics recomputed on the new dataset).
+_REFEATURE_KEYS = ("filter_scale", "max_window_ms", "lookahead_ms", "decimation_taps", "log_offset")
+
+
+def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
+    """The arrays of the weights file ``init`` for a new run, and whether its features differ from ours.
+
+    Its look-ahead may differ from ours (the weights' shapes do not depend on it): fine-tuning a model to another
+    look-ahead is how an offline model with more look-ahead is made from the live one. So may the transform keys
+    of :data:`_REFEATURE_KEYS` (same number of bins, other values): the caller then recomputes the per-bin
+    feature statistics on this dataset.
+    """
     from models.inference import load_weights
+    from models.settings import recorded
 
     try:
         with np.load(init, allow_pickle=False) as z:
-            stored = json.loads(str(z["meta"]))["settings"]["model"]["lookahead_frames"]
+            stored = json.loads(str(z["meta"]))["settings"]
     except Exception:  # unreadable or not ours: load_weights below says so in one sentence
-        stored = settings.model.lookahead_frames
-    if isinstance(stored, int) and stored != settings.model.lookahead_frames:
-        log(f"  {init} was trained with a look-ahead of {stored} frames; fine-tuning it to "
+        stored = {}
+    changes, refeature = {}, []
+    R = recorded(stored, "model", "lookahead_frames", settings.model.lookahead_frames)
+    if isinstance(R, int) and R != settings.model.lookahead_frames:
+        log(f"  {init} was trained with a look-ahead of {R} frames; fine-tuning it to "
             f"{settings.model.lookahead_frames}")
-        return load_weights(init, settings.replace(model__lookahead_frames=str(stored)))[0]
-    return load_weights(init, settings)[0]
+        changes["model__lookahead_frames"] = str(R)
+    for key in _REFEATURE_KEYS:
+        mine = getattr(settings.cqt, key)
+        have = recorded(stored, "cqt", key, mine)
+        if isinstance(have, (int, float)) and float(have) != float(mine):
+            changes[f"cqt__{key}"] = str(have)
+            refeature.append(f"cqt.{key} {have:g} -> {mine:g}")
+    if refeature:
+        log(f"  {init} was trained on other features ({', '.join(refeature)}); fine-tuning it to these, with the "
+            "feature statistics recomputed on this dataset")
+    return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
 def _setup_tf(settings, log):
@@ -429,13 +444,15 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                       loss={"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy",
                             "velocity": velocity_loss},
                       loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
+        refeature = False
         if state is None and init:
-            network.set_model_arrays(model, _init_arrays(init, settings, log))
+            arrays, refeature = _init_arrays(init, settings, log)
+            network.set_model_arrays(model, arrays)
             log(f"starting from the weights in {init}")
-        elif state is None:
+        if state is None and (refeature or not init):
             mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
             network.set_normalization(model, mean, std)
-        else:
+        if state is not None:
             model.load_weights(ckpt / "last.weights.h5")
             _load_optimizer(model.optimizer, model, ckpt / "last.optimizer.npz", log)
     arrays0 = network.model_arrays(model)

@@ -116,6 +116,15 @@ def test_streaming_equals_batch_with_lookahead(lookahead):
     assert np.abs(streamed - batch).max() <= 1e-5
 
 
+def test_streaming_equals_batch_with_window_cap():
+    cqt = CQT(load_settings(overrides=["cqt.max_window_ms=120"]))
+    x = piano_like(20.0, seed=8)
+    batch = cqt.features(x)
+    streamed = stream(cqt, x, seed=9, max_block=5000)
+    assert streamed.shape == batch.shape
+    assert np.abs(streamed - batch).max() <= 1e-5
+
+
 def test_block_size_one_and_reset(causal):
     x = piano_like(1.0, seed=6, n_notes=5)
     inc = causal.incremental()
@@ -124,6 +133,41 @@ def test_block_size_one_and_reset(causal):
     out = np.concatenate([inc.process(x[i:i + 1]) for i in range(len(x))] + [inc.flush()])
     np.testing.assert_allclose(out, causal.features(x), atol=1e-5)
     assert inc.frames_out == len(x) // HOP + 1 and inc.samples_in == len(x)
+
+
+# ---- window cap -------------------------------------------------------------------------------------------------
+def _frames_to_half(cqt: CQT, midi: int) -> int:
+    """Frames after a tone starts (at 1 s) until its bin's magnitude reaches half its steady level."""
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    t = np.arange(3 * SR) / SR
+    mags = cqt.transform((0.3 * np.sin(2 * np.pi * f0 * t) * (t >= 1.0)).astype(np.float32))
+    col = mags[:, 3 * (midi - 21)]
+    return int(np.argmax(col >= 0.5 * col[250])) - SR // HOP
+
+
+def test_window_cap_makes_the_causal_bass_answer_fast(causal):
+    """Uncapped, a causal E1 window (1.3 s) answers a new tone ~0.7 s late; capped at 120 ms every bass bin answers
+    within ~70 ms, like the middle of the keyboard, and still peaks at its own bin."""
+    capped = CQT(load_settings(overrides=["cqt.max_window_ms=120"]))
+    assert _frames_to_half(causal, 28) > 50
+    for midi in (28, 40, 52, 64):
+        assert _frames_to_half(capped, midi) <= 8, midi
+    f0 = 440.0 * 2 ** ((33 - 69) / 12)
+    x = (0.3 * np.sin(2 * np.pi * f0 * np.arange(2 * SR) / SR)).astype(np.float32)
+    assert int(np.argmax(capped.features(x)[150])) == 3 * (33 - 21)
+
+
+def test_window_cap_leaves_short_windows_alone(causal):
+    """Bins whose constant-Q window is shorter than the cap give exactly the uncapped transform; no window is
+    longer than the cap."""
+    capped = CQT(load_settings(overrides=["cqt.max_window_ms=120"]))
+    x = piano_like(4.0, seed=10)
+    freqs = causal.frequencies
+    uncut = capped.bank.bin_len * 2.0 ** capped.bank.bin_level <= 0.120 * SR + 2 ** capped.bank.bin_level
+    assert uncut.all()
+    short = freqs >= 1.02 * 51.94 / 0.120  # Q / cap [Hz], with margin
+    np.testing.assert_array_equal(capped.features(x)[:, short], causal.features(x)[:, short])
+    assert not np.array_equal(capped.features(x)[:, ~short], causal.features(x)[:, ~short])
 
 
 # ---- look-ahead ------------------------------------------------------------------------------------------------

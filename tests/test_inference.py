@@ -100,6 +100,7 @@ def test_corrupt_weights(tmp_path):
 @pytest.mark.parametrize("override,key", [("cqt.lookahead_ms=10", "cqt.lookahead_ms"),
                                           ("audio.hop_length=320", "audio.hop_length"),
                                           ("cqt.filter_scale=0.5", "cqt.filter_scale"),
+                                          ("cqt.max_window_ms=60", "cqt.max_window_ms"),
                                           ("model.lookahead_frames=4", "model.lookahead_frames"),
                                           ("model.units=13", "model.units")])
 def test_settings_mismatch_names_the_key(tmp_path, override, key):
@@ -108,6 +109,28 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
     load_weights(p, s)
     with pytest.raises(KkomaError, match=key.replace(".", r"\.")):
         StreamingModel(load_settings(overrides=TINY + [override]), weights_path=p)
+
+
+@pytest.mark.parametrize("cap,loads", [("inf", True), ("120", False)])
+def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, cap, loads):
+    """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf)."""
+    import json
+    import zipfile
+
+    s = load_settings(overrides=TINY + [f"cqt.max_window_ms={cap}"])
+    p = export_random_weights(tmp_path / "w.npz", s)
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    del meta["settings"]["cqt"]["max_window_ms"]
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
+    assert zipfile.is_zipfile(old)
+    if loads:
+        load_weights(old, s)
+    else:
+        with pytest.raises(KkomaError, match=r"cqt\.max_window_ms = inf"):
+            load_weights(old, s)
 
 
 def test_default_size_weights_are_small(tmp_path):

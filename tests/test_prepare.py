@@ -374,3 +374,27 @@ def test_cli(midi_dir, tmp_path, capsys):
     assert main(["prepare", "synth", str(tmp_path / "nowhere"), str(out)]) == 1
     assert "is not a folder" in capsys.readouterr().err
     assert main(["prepare", "maestro", str(tmp_path), str(out), "--max-seconds", "0"]) == 1
+
+
+@pytest.mark.parametrize("cap,ok", [("inf", True), ("120", False)])
+def test_a_manifest_older_than_a_key_reads_as_its_old_value(tmp_path, cap, ok):
+    """A dataset prepared before ``cqt.max_window_ms`` existed has uncapped windows: `prepare` (resume) and `train`
+    accept it under inf and refuse it, naming the key, under a cap; another changed key is refused too."""
+    from dataclasses import asdict
+
+    from offline.prepare import read_existing
+    from offline.train import read_manifest
+
+    s = load_settings(overrides=[f"cqt.max_window_ms={cap}"])
+    cqt = asdict(s.cqt)
+    del cqt["max_window_ms"]
+    manifest = {"settings": {"audio": asdict(s.audio), "cqt": cqt}, "pieces": [{"id": "a", "split": "train"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        assert read_existing(tmp_path, s)["pieces"] and read_manifest(tmp_path, s)["pieces"]
+    else:
+        for read in (read_existing, read_manifest):
+            with pytest.raises(KkomaError, match=r"cqt\.max_window_ms = inf"):
+                read(tmp_path, s)
+    with pytest.raises(KkomaError, match=r"audio\.hop_length = 160"):
+        read_existing(tmp_path, s.replace(audio__hop_length="320"))
