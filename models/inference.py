@@ -25,6 +25,7 @@ Loading checks the stored audio/cqt/model settings against the current ones; a m
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
