@@ -1,0 +1,164 @@
+"""Where a model's note errors are: ``python -m offline.diagnose AUDIO_DIR [--max-files N] [--set KEY=VALUE]``.
+
+Transcribes the audio files of a folder that has the reference ``X.mid`` beside each ``X.flac`` (as
+``DATASET/audio/<split>/`` made by ``kkoma prepare``) and prints two tables over all of them:
+
+- per register (12 keys from A0): reference notes, onset recall and precision (mir_eval's one-to-one note matching,
+  50 ms onset tolerance, no offset), and the median onset error of the matched notes [ms];
+- what each false note (a transcribed note with no match) sits beside: a reference note starting within 50 ms an
+  octave above it (so the false note is an octave *below* a played one), an octave below, a twelfth or two octaves
+  above, one or two semitones away, a fourth or fifth away; the same key still sounding (a re-strike of a held
+  note); the same key starting 50-150 ms away (too late or too early); other notes starting; nothing.
+
+The model card's "where the errors are" figures come from this tool.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REGISTER_KEYS = 12
+LOWEST_KEY = 21  # A0
+ONSET_TOLERANCE = 0.05  # [s]
+NEAR_MISS = 0.15  # [s] same key this far away still counts as a timing miss, not a false note
+
+#: False-note kinds, in the order they are tested (the first that applies is counted).
+KINDS = ("octave below a played note", "octave above a played note", "a twelfth or two octaves below a played note",
+         "1-2 semitones from a played note", "a fourth or fifth from a played note",
+         "re-strike of a key still sounding", "same key, 50-150 ms off", "other notes starting", "nothing starting")
+
+
+@dataclass
+class Diagnosis:
+    """Counts over many files. Registers are indexed by ``(pitch - 21) // 12``."""
+    n_ref: Counter = field(default_factory=Counter)
+    n_ref_found: Counter = field(default_factory=Counter)
+    n_est: Counter = field(default_factory=Counter)
+    n_est_right: Counter = field(default_factory=Counter)
+    errors_ms: dict = field(default_factory=dict)       # register -> list of onset errors [ms] (est - ref)
+    false_kinds: dict = field(default_factory=dict)     # "low"/"high" half of the keyboard -> Counter of KINDS
+
+    def add(self, ref, est) -> None:
+        """Add one file: ``ref`` and ``est`` are lists of :class:`models.notes.Note`."""
+        import mir_eval
+
+        from offline.evaluate import notes_to_arrays
+
+        matched = []
+        if ref and est:
+            ri, rp, _ = notes_to_arrays(ref)
+            ei, ep, _ = notes_to_arrays(est)
+            matched = mir_eval.transcription.match_notes(ri, rp, ei, ep, onset_tolerance=ONSET_TOLERANCE,
+                                                         offset_ratio=None)
+        ref_hit = {i for i, _ in matched}
+        est_hit = {j for _, j in matched}
+        for i, n in enumerate(ref):
+            g = register(n.pitch)
+            self.n_ref[g] += 1
+            self.n_ref_found[g] += i in ref_hit
+        for i, j in matched:
+            self.errors_ms.setdefault(register(ref[i].pitch), []).append(1e3 * (est[j].onset - ref[i].onset))
+        for j, e in enumerate(est):
+            g = register(e.pitch)
+            self.n_est[g] += 1
+            if j in est_hit:
+                self.n_est_right[g] += 1
+            else:
+                half = "low" if e.pitch < LOWEST_KEY + 3 * REGISTER_KEYS else "high"
+                self.false_kinds.setdefault(half, Counter())[false_kind(e, ref)] += 1
+
+    def register_rows(self) -> list[tuple[str, int, float, float, float]]:
+        """(keys, reference notes, recall, precision, median onset error [ms]) per register with notes."""
+        from models.notes import note_name
+
+        rows = []
+        for g in sorted(set(self.n_ref) | set(self.n_est)):
+            lo = LOWEST_KEY + g * REGISTER_KEYS
+            recall = self.n_ref_found[g] / self.n_ref[g] if self.n_ref[g] else float("nan")
+            precision = self.n_est_right[g] / self.n_est[g] if self.n_est[g] else float("nan")
+            err = float(np.median(self.errors_ms[g])) if self.errors_ms.get(g) else float("nan")
+            rows.append((f"{note_name(lo)}-{note_name(lo + REGISTER_KEYS - 1)} ({lo}-{lo + REGISTER_KEYS - 1})",
+                         self.n_ref[g], recall, precision, err))
+        return rows
+
+
+def register(pitch: int) -> int:
+    return (int(pitch) - LOWEST_KEY) // REGISTER_KEYS
+
+
+def false_kind(e, ref) -> str:
+    """What the unmatched transcribed note ``e`` sits beside in ``ref`` (one of :data:`KINDS`)."""
+    starting = {r.pitch - e.pitch for r in ref if abs(r.onset - e.onset) <= ONSET_TOLERANCE}
+    if 12 in starting:
+        return KINDS[0]
+    if -12 in starting:
+        return KINDS[1]
+    if starting & {19, 24}:
+        return KINDS[2]
+    if starting & {-2, -1, 1, 2}:
+        return KINDS[3]
+    if starting & {-7, -5, 5, 7}:
+        return KINDS[4]
+    if any(r.pitch == e.pitch and r.onset < e.onset < r.offset for r in ref):
+        return KINDS[5]
+    if any(r.pitch == e.pitch and abs(r.onset - e.onset) <= NEAR_MISS for r in ref):
+        return KINDS[6]
+    return KINDS[7] if starting else KINDS[8]
+
+
+def format_report(d: Diagnosis, title: str) -> str:
+    lines = [f"{title}", "", "| keys | reference notes | onset recall | onset precision | median onset error [ms] |",
+             "|---|---:|---:|---:|---:|"]
+    def pct(x: float) -> str:
+        return "–" if np.isnan(x) else f"{100 * x:.1f} %"
+
+    for keys, n, rec, prec, err in d.register_rows():
+        lines.append(f"| {keys} | {n} | {pct(rec)} | {pct(prec)} | {'–' if np.isnan(err) else f'{err:.1f}'} |")
+    for half, label in (("low", "A0-G#3"), ("high", "A3 and up")):
+        kinds = d.false_kinds.get(half, Counter())
+        total = sum(kinds.values())
+        if not total:
+            continue
+        lines += ["", f"false notes, {label}: {total}"]
+        lines += [f"  {100 * kinds[k] / total:5.1f} %  {k}" for k in KINDS if kinds[k]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("audio_dir", type=Path, help="audio files with reference X.mid beside (DATASET/audio/<split>)")
+    ap.add_argument("--max-files", type=int, default=0, help="the first N files in name order (0 = all)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    from models.errors import KkomaError
+    from models.notes import read_midi
+    from models.settings import load_settings
+    from offline.transcribe import make_transcriber, transcribe_file
+
+    try:
+        settings = load_settings(overrides=args.overrides)
+        files = sorted(p for p in args.audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())
+        if args.max_files:
+            files = files[: args.max_files]
+        if not files:
+            raise KkomaError(f"{args.audio_dir} holds no .flac file with a reference .mid beside it.")
+        transcriber = make_transcriber(settings)
+        d = Diagnosis()
+        for f in files:
+            d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
+    except KkomaError as e:
+        print(f"kkoma: {e}", file=sys.stderr)
+        return 1
+    print(format_report(d, f"{args.audio_dir} ({len(files)} files, {settings.model.weights})"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

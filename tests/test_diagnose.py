@@ -1,0 +1,49 @@
+"""offline.diagnose: per-register recall / precision and the kinds of false notes, on hand-made notes; the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.notes import Note
+from offline.diagnose import KINDS, Diagnosis, main
+
+pytest.importorskip("mir_eval")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registers_and_false_note_kinds():
+    ref = [Note(60, 1.0, 1.5, 80), Note(45, 2.0, 4.0, 80), Note(64, 3.0, 3.5, 80)]
+    est = [Note(60, 1.01, 1.5, 80),   # found, 10 ms late
+           Note(48, 1.0, 1.5, 80),    # an octave below the played C4
+           Note(72, 1.0, 1.5, 80),    # an octave above it
+           Note(45, 2.0, 4.0, 80),    # found
+           Note(45, 2.5, 3.0, 80),    # the held A2 struck again
+           Note(66, 5.0, 5.5, 80)]    # nothing near
+    d = Diagnosis()
+    d.add(ref, est)
+    rows = {keys.split(" ")[0]: (n, rec, prec, err) for keys, n, rec, prec, err in d.register_rows()}
+    assert rows["A2-G#3"][:3] == (1, 1.0, pytest.approx(1 / 3))
+    assert rows["A3-G#4"][:3] == (2, 0.5, 0.5)
+    assert rows["A3-G#4"][3] == pytest.approx(10.0, abs=0.01)
+    assert rows["A4-G#5"][:3] == (0, pytest.approx(float("nan"), nan_ok=True), 0.0)
+    assert d.false_kinds["low"] == {KINDS[0]: 1, KINDS[5]: 1}
+    assert d.false_kinds["high"] == {KINDS[1]: 1, KINDS[8]: 1}
+
+
+def test_empty_transcription_counts_every_reference_as_missed():
+    d = Diagnosis()
+    d.add([Note(60, 1.0, 1.5, 80)], [])
+    (_, n, rec, _, _), = d.register_rows()
+    assert n == 1 and rec == 0.0
+
+
+def test_cli_on_the_bundled_example(capsys):
+    assert main([str(ROOT / "examples")]) == 0
+    out = capsys.readouterr().out
+    assert "| keys | reference notes | onset recall |" in out and "1 files" in out
+
+
+def test_cli_folder_without_references(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 1
+    assert "no .flac file with a reference .mid" in capsys.readouterr().err
