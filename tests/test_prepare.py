@@ -192,6 +192,28 @@ def test_renderer_plays_the_chosen_program():
     assert float(a @ b) < 0.95  # Electric Grand is another instrument, not the same samples (measured 0.83)
 
 
+def test_a_piece_renders_the_same_whatever_came_before():
+    """FluidSynth starts events on its 64-sample block grid; the renderer starts every piece on a block boundary,
+    so rendering another piece of an odd length first does not move this piece's notes. (A remainder of about 1 %
+    of the RMS is left, in the first ~20 ms of each note: a FluidSynth voice-reuse effect.)"""
+    from offline.synth import MidiEvent, Renderer
+
+    piece = [MidiEvent(0.1 + 0.07 * i, "on", 0, 48 + 5 * i, 90) for i in range(8)]
+    piece += [MidiEvent(0.9 + 0.07 * i, "off", 0, 48 + 5 * i, 0) for i in range(8)]
+    piece.sort(key=lambda e: e.time)
+    other = [MidiEvent(0.0, "on", 0, 40, 120), MidiEvent(0.3, "off", 0, 40, 0)]
+    with Renderer(TIM, 16000, 0.8) as r:
+        first = r.render(piece, 1.2)
+        r.render(other, 0.3337)  # 5339 samples: not a whole number of blocks
+        again = r.render(piece, 1.2)
+    def rms(x):
+        return float(np.sqrt(np.mean(np.square(x))))
+
+    assert np.abs(first).max() > 0.05
+    # measured: 0.010 of the piece's RMS aligned, 1.3 without the alignment (the waveform's phase moves)
+    assert rms(again - first) < 0.05 * rms(first)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------------------------
