@@ -226,13 +226,12 @@ def _build(audio: AudioSettings, c: CQTSettings) -> KernelBank:
     # Level of each bin: the lowest rate that still holds it. Decimated levels need not divide the hop: their
     # window positions are rounded to their own grid (at most half a sample of their rate, negligible against
     # windows of ~170+ samples), identically in both drivers.
-    level = np.floor(np.log2(_MAX_REL_FREQ * sr / freqs)).astype(np.int64)
+    # A window cut by max_window_ms is computed at a higher rate, as many times higher as it was cut shorter: it is
+    # then as many samples long as an uncut window at its own level, which keeps the kernels ~170+ samples and, as
+    # important in the causal case, the decimation delay small (it would otherwise add up to 60 ms to the bass).
     full_len = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave, c.max_window_ms)  # at the input rate
-    # A window cut by max_window_ms is computed at a higher rate, where it is as many samples long as an uncut
-    # window at its own level: that keeps the kernels ~170+ samples and, as important in the causal case, the
-    # decimation delay small (it would otherwise add up to 60 ms to the bass). Uncut bins: the same level as above.
-    uncut = _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)
-    level = np.minimum(level, np.floor(np.log2(_MAX_REL_FREQ * sr / freqs * full_len / uncut)).astype(np.int64))
+    cut = full_len / _lengths(freqs, sr, c.filter_scale, c.bins_per_octave)  # 1.0 exactly for uncut bins
+    level = np.floor(np.log2(_MAX_REL_FREQ * sr / freqs * cut)).astype(np.int64)
     level = np.maximum(level, 0)
     n_levels = int(level.max()) + 1
     fir = _lowpass(c.decimation_taps, _FIR_CUTOFF, _FIR_BETA).astype(np.float32)

@@ -31,7 +31,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ import numpy as np
 from models.atomic import atomic_write
 from models.errors import KkomaError
 from models.notes import N_KEYS
-from models.settings import first_mismatch
+from models.settings import CQTSettings, first_mismatch
 
 LABELS = ("onset", "frame", "velocity")
 
@@ -317,9 +317,11 @@ class _Board:
         self.writer.flush()
 
 
-#: cqt keys an ``--init`` model may have been trained with other values of: they change the features' values, not
-#: their shape, so fine-tuning adapts the model (its feature statistics recomputed on the new dataset).
-_REFEATURE_KEYS = ("filter_scale", "max_window_ms", "lookahead_ms", "decimation_taps", "log_offset")
+#: cqt keys an ``--init`` model may have been trained with other values of: every one but those that fix which
+#: pitch each input bin is. They change the features' values, not their shape, so fine-tuning adapts the model
+#: (its feature statistics recomputed on the new dataset).
+_REFEATURE_KEYS = tuple(f.name for f in fields(CQTSettings)
+                        if f.name not in ("fmin_midi", "n_bins", "bins_per_octave"))
 
 
 def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
@@ -444,17 +446,18 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                       loss={"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy",
                             "velocity": velocity_loss},
                       loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
-        refeature = False
-        if state is None and init:
-            arrays, refeature = _init_arrays(init, settings, log)
-            network.set_model_arrays(model, arrays)
-            log(f"starting from the weights in {init}")
-        if state is None and (refeature or not init):
-            mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
-            network.set_normalization(model, mean, std)
         if state is not None:
             model.load_weights(ckpt / "last.weights.h5")
             _load_optimizer(model.optimizer, model, ckpt / "last.optimizer.npz", log)
+        else:
+            refeature = False
+            if init:
+                arrays, refeature = _init_arrays(init, settings, log)
+                network.set_model_arrays(model, arrays)
+                log(f"starting from the weights in {init}")
+            if refeature or not init:
+                mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
+                network.set_normalization(model, mean, std)
     arrays0 = network.model_arrays(model)
     n_params = network.count_params(arrays0)
     log(f"kkoma train: {len(train_pieces)} training pieces, validation "
