@@ -13,11 +13,15 @@ R frames of silence (raw zero features, as in training) to emit the last R.
 Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
 -----------------------------------------------------------------------------
 ``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
-input_units, units, lookahead_frames}}, "summary": {...}}``; arrays (float32)::
+input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics]}}, "summary": {...}}``;
+arrays (float32; :func:`models.network.array_shapes`)::
 
     norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
-    lstm_kernel (input_units, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order)
+    lstm_kernel (n_in, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order); n_in =
+        input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
     onset_kernel (u, 88), frame_kernel (u + 88, 88), velocity_kernel (u, 88), and their biases (88,)
+    harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
+        harmonic_out_bias (hf,)   P = bins per key (models.network.harmonic_index)
 
 Loading checks the stored audio/cqt/model settings against the current ones; a mismatch raises
 :class:`~models.errors.KkomaError` naming the key.
@@ -40,9 +44,6 @@ from models.settings import first_mismatch
 if TYPE_CHECKING:  # pragma: no cover
     from models.settings import Settings
 
-_ARRAYS = ("norm_mean", "norm_inv_std", "context_kernel", "context_bias", "lstm_kernel", "lstm_recurrent",
-           "lstm_bias", "onset_kernel", "onset_bias", "frame_kernel", "frame_bias", "velocity_kernel",
-           "velocity_bias")
 _TRAIN_HINT = ("train weights with `kkoma train DATASET OUT_DIR` and use them with "
                "`--set model.weights=OUT_DIR/kkoma.npz` (or set model.weights in config.toml)")
 
@@ -117,7 +118,7 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            arrays = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in _ARRAYS}
+            arrays = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files if k != "meta"}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise KkomaError(f"model weights {path} cannot be read ({type(e).__name__}: {e}); {_TRAIN_HINT}.") from None
     from models.network import WEIGHTS_FORMAT
@@ -132,18 +133,16 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
         raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
                          f"settings say {value!r}; use matching settings (--set {section}.{key}={have!r}) "
                          f"or retrain the model.")
-    _check_shapes(arrays, want["model"], path)
+    _check_shapes(arrays, settings, path)
     return arrays, meta
 
 
-def _check_shapes(a: dict[str, np.ndarray], m: dict, path) -> None:
-    u, nb_, ctx, hin = m["units"], m["n_bins"], m["context_frames"], m["input_units"]
-    shapes = {"norm_mean": (nb_,), "norm_inv_std": (nb_,), "context_kernel": (ctx, nb_, hin),
-              "context_bias": (hin,), "lstm_kernel": (hin, 4 * u), "lstm_recurrent": (u, 4 * u),
-              "lstm_bias": (4 * u,), "onset_kernel": (u, N_KEYS), "onset_bias": (N_KEYS,),
-              "frame_kernel": (u + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (u, N_KEYS),
-              "velocity_bias": (N_KEYS,)}
-    for k, shape in shapes.items():
+def _check_shapes(a: dict[str, np.ndarray], settings: "Settings", path) -> None:
+    from models.network import array_shapes
+
+    for k, shape in array_shapes(settings).items():
+        if k not in a:
+            raise KkomaError(f"model weights {path} are incomplete: {k} is missing.")
         if a[k].shape != shape:
             raise KkomaError(f"model weights {path} are damaged: {k} has shape {a[k].shape}, expected {shape}.")
 
@@ -153,33 +152,42 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
 
     Not a trained model: its notes are meaningless, but it exercises every path exactly like real weights.
     """
-    from models.network import architecture
+    from models.network import array_shapes
 
-    m = architecture(settings)
+    shapes = array_shapes(settings)
     rng = np.random.default_rng(seed)
-    u, nb_, ctx, hin = m["units"], m["n_bins"], m["context_frames"], m["input_units"]
+    u = shapes["lstm_recurrent"][0]
 
-    def glorot(shape, fan_in, fan_out):
+    def glorot(name, scale=1.0):
+        shape = shapes[name]
+        fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
         lim = math.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-lim, lim, shape).astype(np.float32)
+        return (scale * rng.uniform(-lim, lim, shape)).astype(np.float32)
+
+    def normal(name, sd):
+        return rng.normal(0, sd, shapes[name]).astype(np.float32)
 
     lstm_bias = np.zeros(4 * u, np.float32)
     lstm_bias[u:2 * u] = 1.0
     a = {
-        "norm_mean": rng.uniform(0.0, 2.0, nb_).astype(np.float32),
-        "norm_inv_std": rng.uniform(0.5, 1.5, nb_).astype(np.float32),
-        "context_kernel": glorot((ctx, nb_, hin), ctx * nb_, hin),
-        "context_bias": rng.normal(0, 0.1, hin).astype(np.float32),
-        "lstm_kernel": glorot((hin, 4 * u), hin, 4 * u),
-        "lstm_recurrent": glorot((u, 4 * u), u, 4 * u),
+        "norm_mean": rng.uniform(0.0, 2.0, shapes["norm_mean"]).astype(np.float32),
+        "norm_inv_std": rng.uniform(0.5, 1.5, shapes["norm_inv_std"]).astype(np.float32),
+        "context_kernel": glorot("context_kernel"),
+        "context_bias": normal("context_bias", 0.1),
+        "lstm_kernel": glorot("lstm_kernel"),
+        "lstm_recurrent": glorot("lstm_recurrent"),
         "lstm_bias": lstm_bias,
-        "onset_kernel": glorot((u, N_KEYS), u, N_KEYS) * 4,
-        "onset_bias": np.full(N_KEYS, -1.0, np.float32),
-        "frame_kernel": glorot((u + N_KEYS, N_KEYS), u + N_KEYS, N_KEYS) * 4,
-        "frame_bias": np.zeros(N_KEYS, np.float32),
-        "velocity_kernel": glorot((u, N_KEYS), u, N_KEYS),
-        "velocity_bias": np.zeros(N_KEYS, np.float32),
+        "onset_kernel": glorot("onset_kernel", 4.0),
+        "onset_bias": np.full(shapes["onset_bias"], -1.0, np.float32),
+        "frame_kernel": glorot("frame_kernel", 4.0),
+        "frame_bias": np.zeros(shapes["frame_bias"], np.float32),
+        "velocity_kernel": glorot("velocity_kernel"),
+        "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
+    if "harmonic_kernel" in shapes:
+        a.update(harmonic_kernel=glorot("harmonic_kernel"), harmonic_bias=normal("harmonic_bias", 0.1),
+                 harmonic_out_kernel=glorot("harmonic_out_kernel"),
+                 harmonic_out_bias=normal("harmonic_out_bias", 0.1))
     return a
 
 
@@ -217,7 +225,7 @@ class StreamingModel:
             arrays, self.meta = load_weights(self.weights_path, settings)
         else:
             self.weights_path, self.meta = None, {}
-            _check_shapes(arrays, architecture(settings), "in memory")
+            _check_shapes(arrays, settings, "in memory")
         a = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
         self._a = a
         m = architecture(settings)
@@ -233,6 +241,17 @@ class StreamingModel:
         self._ov_k = np.ascontiguousarray(np.concatenate([a["onset_kernel"], a["velocity_kernel"]], axis=1))
         self._ov_b = np.concatenate([a["onset_bias"], a["velocity_bias"]])
         self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
+        hin = m["input_units"]
+        self._lk_ctx = np.ascontiguousarray(a["lstm_kernel"][:hin])
+        self.harmonic = bool(m["harmonic_units"])
+        if self.harmonic:
+            from models.network import harmonic_index
+
+            # -1 (off the transform) reads a zero column appended to the frames.
+            idx = harmonic_index(settings)
+            self._h_idx = np.where(idx < 0, self.n_bins, idx)
+            self._hk = np.ascontiguousarray(a["harmonic_kernel"].reshape(-1, a["harmonic_kernel"].shape[2]))
+            self._lk_h = np.ascontiguousarray(a["lstm_kernel"][hin:])
         self.reset()
 
     @property
@@ -272,8 +291,10 @@ class StreamingModel:
         z = win @ self._ck
         z += a["context_bias"]
         np.maximum(z, 0.0, out=z)
-        xw = z @ a["lstm_kernel"]
+        xw = z @ self._lk_ctx
         xw += a["lstm_bias"]
+        if self.harmonic:
+            xw += self._harmonic(xx, k) @ self._lk_h
         hs = np.empty((k, self.units), np.float32)
         _lstm_run(xw, a["lstm_recurrent"], self.h, self.c, hs)
         ov = hs @ self._ov_k
@@ -285,6 +306,21 @@ class StreamingModel:
         frame += a["frame_bias"]
         _sigmoid(frame)
         return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
+
+    def _harmonic(self, xx: np.ndarray, k: int) -> np.ndarray:
+        """The harmonic branch: ``xx`` (context - 1 + k, n_bins) standardised frames -> (k, 88 * hf)."""
+        a, ctx = self._a, self.context
+        ext = np.concatenate([xx, np.zeros((xx.shape[0], 1), np.float32)], axis=1)
+        g = ext[:, self._h_idx]  # (ctx - 1 + k, 88, P)
+        # rows: frame s's patches from frames s-ctx+1 .. s, oldest first (the Conv2D kernel's time order)
+        win = np.concatenate([g[i:i + k] for i in range(ctx)], axis=-1) if ctx > 1 else g
+        hid = win @ self._hk
+        hid += a["harmonic_bias"]
+        np.maximum(hid, 0.0, out=hid)
+        out = hid @ a["harmonic_out_kernel"]
+        out += a["harmonic_out_bias"]
+        np.maximum(out, 0.0, out=out)
+        return out.reshape(k, -1)
 
     def process(self, features) -> dict[str, np.ndarray]:
         """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``.

@@ -7,6 +7,10 @@ Architecture (one model for onsets, frames and velocities; live == offline exact
     features (T, n_bins)                       log-compressed CQT frames (models.cqt), raw
       -> standardise per bin                   (x - mean) * inv_std, statistics of the training shards, frozen
       -> causal Conv1D(input_units, context_frames, relu)   frame s sees frames s-context+1 .. s
+      (+ harmonic branch, when model.harmonic_units > 0, joined to the conv's output:)
+         for each key, the bins within half a semitone of each of model.harmonics x its frequency, over the same
+         context_frames frames: (88, context * H * bins_per_semitone) -> a small network shared by all keys,
+         Dense(harmonic_units, relu) -> Dense(harmonic_features, relu) -> (88 * harmonic_features,)
       -> LSTM(units), forward only             the only state carried between chunks
       -> onset    = sigmoid(Dense(88)(h))
       -> frame    = sigmoid(Dense(88)([h, stop_gradient(onset)]))   Onsets-and-Frames style: onsets gate lengths
@@ -16,6 +20,11 @@ Look-ahead: the network is causal, and its outputs are *delayed* by ``R = model.
 step ``s`` describes frame ``s - R``. Training shifts the labels by ``R`` (:func:`align`), so the LSTM sees R frames
 after the frame it labels, and the streaming path (``models.inference``) emits frame ``t`` once frame ``t + R`` has
 arrived. The end of a stream is ``R`` frames of raw-zero features (silence), in training and inference alike.
+
+Why the harmonic branch: a dense input layer sees every bin, but it learns each key on its own, and bass keys are
+rare in piano music; their recall was 20 % (A1-G#2) where the treble's was 85-93 %, and most false notes were an
+octave from a played note. A detector shared by all keys is trained by every note, and it reads a key's partials
+and the octave below it side by side, which is what tells a note from its octave neighbour.
 
 Why not a BiLSTM: only a forward direction can carry state across chunks (DESIGN.md §3); this model has one regime
 for training, offline and live, and its latency is ``R * hop`` plus the transform's.
@@ -41,10 +50,52 @@ OUTPUTS = ("onset", "frame", "velocity")
 
 
 def architecture(settings: "Settings") -> dict:
-    """The settings that fix the network's shape and regime (stored in the weights file)."""
+    """The settings that fix the network's shape and regime (stored in the weights file). The harmonic branch's
+    other keys are recorded only when it is on (``harmonic_units > 0``)."""
     m = settings.model
-    return {"n_bins": settings.cqt.n_bins, "context_frames": m.context_frames, "input_units": m.input_units,
-            "units": m.units, "lookahead_frames": m.lookahead_frames}
+    a = {"n_bins": settings.cqt.n_bins, "context_frames": m.context_frames, "input_units": m.input_units,
+         "units": m.units, "lookahead_frames": m.lookahead_frames, "harmonic_units": m.harmonic_units}
+    if m.harmonic_units:
+        a["harmonic_features"] = m.harmonic_features
+        a["harmonics"] = [float(h) for h in m.harmonics]
+    return a
+
+
+def lstm_input_size(arch: dict) -> int:
+    """Width of the LSTM's input: the conv's units, plus 88 x harmonic_features with the harmonic branch."""
+    return arch["input_units"] + (N_KEYS * arch["harmonic_features"] if arch["harmonic_units"] else 0)
+
+
+def harmonic_index(settings: "Settings") -> np.ndarray:
+    """Which feature bins the harmonic branch reads for each key: ``(88, H * w)`` int, ``w`` = bins per semitone
+    (the bins within half a semitone of each harmonic, harmonic-major); ``-1`` marks a bin off either end of the
+    transform, read as a standardised 0."""
+    c, m = settings.cqt, settings.model
+    bps = c.bins_per_octave / 12.0
+    w = max(1, int(round(bps)))
+    offsets = np.arange(w) - w // 2
+    centres = np.round((np.arange(N_KEYS) + 21 - c.fmin_midi) * bps).astype(np.int64)  # keys A0 (21) .. C8
+    shifts = np.round(c.bins_per_octave * np.log2(np.asarray(m.harmonics, np.float64))).astype(np.int64)
+    idx = centres[:, None, None] + shifts[None, :, None] + offsets[None, None, :]
+    idx[(idx < 0) | (idx >= c.n_bins)] = -1
+    return idx.reshape(N_KEYS, -1)
+
+
+def array_shapes(settings: "Settings") -> dict[str, tuple]:
+    """Name -> shape of every array of the ``.npz`` weights format for these settings."""
+    a = architecture(settings)
+    u, nb_, ctx, hin = a["units"], a["n_bins"], a["context_frames"], a["input_units"]
+    shapes = {"norm_mean": (nb_,), "norm_inv_std": (nb_,), "context_kernel": (ctx, nb_, hin),
+              "context_bias": (hin,), "lstm_kernel": (lstm_input_size(a), 4 * u), "lstm_recurrent": (u, 4 * u),
+              "lstm_bias": (4 * u,), "onset_kernel": (u, N_KEYS), "onset_bias": (N_KEYS,),
+              "frame_kernel": (u + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (u, N_KEYS),
+              "velocity_bias": (N_KEYS,)}
+    if a["harmonic_units"]:
+        patch = harmonic_index(settings).shape[1]
+        hu, hf = a["harmonic_units"], a["harmonic_features"]
+        shapes.update(harmonic_kernel=(ctx, patch, hu), harmonic_bias=(hu,), harmonic_out_kernel=(hu, hf),
+                      harmonic_out_bias=(hf,))
+    return shapes
 
 
 def align(features: np.ndarray, labels: dict[str, np.ndarray], lookahead: int) -> tuple[np.ndarray, dict]:
@@ -97,7 +148,21 @@ def _layers():
         def call(self, x):
             return keras.ops.stop_gradient(keras.ops.cast(x, self.compute_dtype))
 
-    _LAYERS = {"Standardize": Standardize, "StopGradient": StopGradient}
+    class HarmonicPatches(keras.layers.Layer):
+        """``(B, T, n_bins)`` standardised -> ``(B, T, 88 * P)``: each key's bins (:func:`harmonic_index`; -1 is a
+        zero bin appended at the end)."""
+
+        def __init__(self, index, **kw):
+            super().__init__(**kw)
+            self.index = np.asarray(index, np.int64)
+
+        def call(self, x):
+            zero = keras.ops.zeros_like(x[..., :1])
+            x = keras.ops.concatenate([x, zero], axis=-1)
+            idx = np.where(self.index < 0, x.shape[-1] - 1, self.index).reshape(-1)
+            return keras.ops.take(x, idx, axis=-1)
+
+    _LAYERS = {"Standardize": Standardize, "StopGradient": StopGradient, "HarmonicPatches": HarmonicPatches}
     return _LAYERS
 
 
@@ -122,8 +187,7 @@ def build_model(settings: "Settings", stateful_batch: int | None = None):
     else:
         inp = keras.Input(shape=(None, a["n_bins"]), name="features")
     x = L["Standardize"](a["n_bins"], name="standardize")(inp)
-    x = keras.layers.Conv1D(a["input_units"], a["context_frames"], padding="causal", activation="relu",
-                            name="context")(x)
+    x = encode(encoder_layers(settings), x)
     h = keras.layers.LSTM(a["units"], return_sequences=True, stateful=stateful, name="lstm")(x)
     onset = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="onset")(h)
     gate = L["StopGradient"](name="onset_stop")(onset)
@@ -131,6 +195,54 @@ def build_model(settings: "Settings", stateful_batch: int | None = None):
     frame = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="frame")(hf)
     velocity = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")(h)
     return keras.Model(inp, {"onset": onset, "frame": frame, "velocity": velocity}, name="kkoma")
+
+
+#: Layers between the standardised features and the LSTM, in order (the harmonic ones only with the branch).
+ENCODER_LAYERS = ("context", "harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense",
+                  "harmonic_flat", "lstm_in")
+
+
+def encoder_layers(settings: "Settings") -> dict:
+    """New layers of :data:`ENCODER_LAYERS` for these settings (name -> layer; see :func:`encode`)."""
+    import keras
+
+    L = _layers()
+    a = architecture(settings)
+    ctx = a["context_frames"]
+    layers = {"context": keras.layers.Conv1D(a["input_units"], ctx, padding="causal", activation="relu",
+                                             name="context")}
+    if a["harmonic_units"]:
+        index = harmonic_index(settings)
+        patch = index.shape[1]
+        layers.update(
+            harmonic_patches=L["HarmonicPatches"](index, name="harmonic_patches"),
+            harmonic_grid=keras.layers.Reshape((-1, N_KEYS, patch), name="harmonic_grid"),
+            # causal in time, as the conv: frame s sees frames s-context+1 .. s, zeros before the stream
+            harmonic_pad=keras.layers.ZeroPadding2D(((ctx - 1, 0), (0, 0)), name="harmonic_pad"),
+            harmonic_conv=keras.layers.Conv2D(a["harmonic_units"], (ctx, 1), activation="relu",
+                                              name="harmonic_conv"),
+            harmonic_dense=keras.layers.Dense(a["harmonic_features"], activation="relu", name="harmonic_dense"),
+            harmonic_flat=keras.layers.Reshape((-1, N_KEYS * a["harmonic_features"]), name="harmonic_flat"),
+            lstm_in=keras.layers.Concatenate(name="lstm_in"))
+    return layers
+
+
+def encode(layers: dict, z):
+    """Standardised features ``(B, T, n_bins)`` -> the LSTM's input ``(B, T, lstm_input_size)`` through
+    ``layers`` (:func:`encoder_layers`, or a built model's own: ``{n: model.get_layer(n)}``)."""
+    c = layers["context"](z)
+    if "harmonic_conv" not in layers:
+        return c
+    g = z
+    for name in ENCODER_LAYERS[1:-1]:
+        g = layers[name](g)
+    return layers["lstm_in"]([c, g])
+
+
+def model_encoder_layers(model) -> dict:
+    """A built model's own :data:`ENCODER_LAYERS` (those it has)."""
+    names = {layer.name for layer in model.layers}
+    return {n: model.get_layer(n) for n in ENCODER_LAYERS if n in names}
 
 
 def set_normalization(model, mean: np.ndarray, std: np.ndarray) -> None:
@@ -152,6 +264,10 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     arrays = dict(norm_mean=mean, norm_inv_std=inv_std, context_kernel=ck, context_bias=cb, lstm_kernel=lk,
                   lstm_recurrent=lr, lstm_bias=lb, onset_kernel=ok, onset_bias=ob, frame_kernel=fk,
                   frame_bias=fb, velocity_kernel=vk, velocity_bias=vb)
+    if "harmonic_conv" in model_encoder_layers(model):
+        hk, hb = g("harmonic_conv").get_weights()  # (ctx, 1, P, hu)
+        arrays.update(harmonic_kernel=hk[:, 0], harmonic_bias=hb)
+        arrays["harmonic_out_kernel"], arrays["harmonic_out_bias"] = g("harmonic_dense").get_weights()
     return {k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
@@ -166,6 +282,26 @@ def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
     g("onset").set_weights([a["onset_kernel"], a["onset_bias"]])
     g("frame").set_weights([a["frame_kernel"], a["frame_bias"]])
     g("velocity").set_weights([a["velocity_kernel"], a["velocity_bias"]])
+    if "harmonic_conv" in model_encoder_layers(model):
+        g("harmonic_conv").set_weights([a["harmonic_kernel"][:, None], a["harmonic_bias"]])
+        g("harmonic_dense").set_weights([a["harmonic_out_kernel"], a["harmonic_out_bias"]])
+
+
+def grow_arrays(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights for a model with the harmonic branch, made from ``old`` weights without it: every array of ``old``
+    as it is, the branch's from ``fresh`` (a new model's initialisation), and the LSTM's input rows for the branch
+    set to zero, so the grown model computes exactly what ``old`` did until training moves those rows.
+
+    fresh : :func:`model_arrays` of the new model; old : arrays of the same model without the branch.
+    """
+    out = dict(fresh)
+    for k, v in old.items():
+        if k != "lstm_kernel":
+            out[k] = v
+    lk = np.zeros_like(fresh["lstm_kernel"])
+    lk[:old["lstm_kernel"].shape[0]] = old["lstm_kernel"]
+    out["lstm_kernel"] = lk
+    return out
 
 
 def settings_record(settings: "Settings") -> dict:

@@ -91,7 +91,7 @@ class CQTSettings:
 
 
 #: Keys added after weights files and datasets were first written: a record without one was made with this value.
-ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf}}
+ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf}, "model": {"harmonic_units": 0}}
 
 
 def recorded(record: Mapping[str, Any], section: str, key: str, missing: Any = "<missing>") -> Any:
@@ -128,6 +128,9 @@ class ModelSettings:
     lookahead_frames: int = _f(lo=0, hi=1000, unit="frames")
     context_frames: int = _f(lo=1, hi=100, unit="frames")
     input_units: int = _f(lo=1, hi=4096)
+    harmonic_units: int = _f(lo=0, hi=1024)
+    harmonic_features: int = _f(lo=1, hi=64)
+    harmonics: tuple = _f(lo=0.0, lo_open=True)
 
     @property
     def weights_path(self) -> Path:

@@ -7,8 +7,8 @@ weights checks, the look-ahead delay (the first ``lookahead_frames`` outputs dro
 of raw-zero features) and the carried state, which is the same three things held as NumPy arrays between calls:
 
 - the last ``context_frames - 1`` *standardised* input frames, prepended to the next chunk before the causal conv
-  (zeros at the start of a stream, which is the conv's own causal zero padding), whose first ``context - 1`` outputs
-  are then dropped;
+  and the harmonic branch (zeros at the start of a stream, which is their own causal zero padding), whose first
+  ``context - 1`` outputs are then dropped;
 - the LSTM's ``h`` and ``c``, passed as its initial state and read back after the chunk.
 
 A chunk is one call of a traced ``tf.function`` (time length free, so no retracing per chunk size). A stream is
@@ -134,13 +134,13 @@ class TFStreamingModel(StreamingModel):
             model = network.build_model(settings)
             # A twin of the model's LSTM that takes and returns its state (the model's own returns neither).
             lstm = keras.layers.LSTM(self.units, return_sequences=True, return_state=True, name="lstm_stream")
-            lstm.build((None, None, model.get_layer("context").filters))
+            lstm.build((None, None, network.lstm_input_size(network.architecture(settings))))
         finally:
             keras.config.set_dtype_policy(policy)
         network.set_model_arrays(model, self._a)
         lstm.set_weights(model.get_layer("lstm").get_weights())
         self.keras_model = model
-        std, conv = model.get_layer("standardize"), model.get_layer("context")
+        std, encoder = model.get_layer("standardize"), network.model_encoder_layers(model)
         onset_l, frame_l, vel_l = model.get_layer("onset"), model.get_layer("frame"), model.get_layer("velocity")
         keep = self.context - 1
         nb_, u = self.n_bins, self.units
@@ -152,7 +152,7 @@ class TFStreamingModel(StreamingModel):
         def step(x, hist, h, c):
             """x (B, k, n_bins) raw features; hist (B, context-1, n_bins) standardised; h, c (B, units)."""
             xx = tf.concat([hist, std(x)], axis=1)
-            z = conv(xx)[:, keep:]
+            z = network.encode(encoder, xx)[:, keep:]
             hs, h2, c2 = lstm(z, initial_state=[h, c])
             onset = onset_l(hs)
             frame = frame_l(tf.concat([hs, onset], axis=-1))

@@ -330,7 +330,8 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
     Its look-ahead may differ from ours (the weights' shapes do not depend on it): fine-tuning a model to another
     look-ahead is how an offline model with more look-ahead is made from the live one. So may the transform keys
     of :data:`_REFEATURE_KEYS` (same number of bins, other values): the caller then recomputes the per-bin
-    feature statistics on this dataset.
+    feature statistics on this dataset. A model without the harmonic branch may start one with it: its arrays
+    come back without the branch's, for :func:`models.network.grow_arrays`.
     """
     from models.inference import load_weights
     from models.settings import recorded
@@ -355,6 +356,10 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
     if refeature:
         log(f"  {init} was trained on other features ({', '.join(refeature)}); fine-tuning it to these, with the "
             "feature statistics recomputed on this dataset")
+    if settings.model.harmonic_units and recorded(stored, "model", "harmonic_units", None) == 0:
+        log(f"  {init} has no harmonic branch; adding one (model.harmonic_units = {settings.model.harmonic_units})"
+            " whose LSTM inputs start at zero, so training starts from exactly that model")
+        changes["model__harmonic_units"] = "0"
     return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
@@ -453,6 +458,8 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
             refeature = False
             if init:
                 arrays, refeature = _init_arrays(init, settings, log)
+                if "harmonic_kernel" not in arrays and settings.model.harmonic_units:
+                    arrays = network.grow_arrays(network.model_arrays(model), arrays)
                 network.set_model_arrays(model, arrays)
                 log(f"starting from the weights in {init}")
             if refeature or not init:

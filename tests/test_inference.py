@@ -8,7 +8,8 @@ from models.errors import KkomaError
 from models.inference import StreamingModel, export_random_weights, load_weights, random_arrays
 from models.settings import load_settings
 
-TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2"]
+TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2",
+        "model.harmonic_units=5", "model.harmonic_features=2"]
 KEYS = ("onset", "frame", "velocity")
 
 
@@ -27,12 +28,13 @@ def _stream(model, f, rng, max_chunk=17):
     return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
 
 
-@pytest.mark.parametrize("lookahead,context", [(2, 3), (0, 1), (5, 2)])
-def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context):
+@pytest.mark.parametrize("lookahead,context,harmonic", [(2, 3, 5), (0, 1, 5), (5, 2, 5), (2, 3, 0)])
+def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic):
     pytest.importorskip("tensorflow")
     from models import network
 
-    s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}"])
+    s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}",
+                                        f"model.harmonic_units={harmonic}", "model.harmonic_features=2"])
     m = network.build_model(s)
     rng = np.random.default_rng(lookahead)
     network.set_normalization(m, rng.uniform(0, 2, 264), rng.uniform(0.5, 2, 264))
@@ -102,7 +104,9 @@ def test_corrupt_weights(tmp_path):
                                           ("cqt.filter_scale=0.5", "cqt.filter_scale"),
                                           ("cqt.max_window_ms=60", "cqt.max_window_ms"),
                                           ("model.lookahead_frames=4", "model.lookahead_frames"),
-                                          ("model.units=13", "model.units")])
+                                          ("model.units=13", "model.units"),
+                                          ("model.harmonic_units=7", "model.harmonic_units"),
+                                          ("model.harmonics=[1, 2]", "model.harmonics")])
 def test_settings_mismatch_names_the_key(tmp_path, override, key):
     s = load_settings(overrides=TINY)
     p = export_random_weights(tmp_path / "w.npz", s)
@@ -111,26 +115,59 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
         StreamingModel(load_settings(overrides=TINY + [override]), weights_path=p)
 
 
-@pytest.mark.parametrize("cap,loads", [("inf", True), ("120", False)])
-def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, cap, loads):
-    """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf)."""
+@pytest.mark.parametrize("section,key,value,loads", [("cqt", "max_window_ms", "inf", True),
+                                                      ("cqt", "max_window_ms", "120", False),
+                                                      ("model", "harmonic_units", "0", True),
+                                                      ("model", "harmonic_units", "5", False)])
+def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, value, loads):
+    """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf), one
+    written before ``model.harmonic_units`` without the harmonic branch (0)."""
     import json
     import zipfile
 
-    s = load_settings(overrides=TINY + [f"cqt.max_window_ms={cap}"])
-    p = export_random_weights(tmp_path / "w.npz", s)
+    old_value = "inf" if key == "max_window_ms" else "0"
+    s_old = load_settings(overrides=TINY + [f"{section}.{key}={old_value}"])
+    p = export_random_weights(tmp_path / "w.npz", s_old)
     with np.load(p) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays.pop("meta")))
-    del meta["settings"]["cqt"]["max_window_ms"]
+    del meta["settings"][section][key]
     old = tmp_path / "old.npz"
     np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
     assert zipfile.is_zipfile(old)
+    s = load_settings(overrides=TINY + [f"{section}.{key}={value}"])
     if loads:
         load_weights(old, s)
     else:
-        with pytest.raises(KkomaError, match=r"cqt\.max_window_ms = inf"):
+        with pytest.raises(KkomaError, match=rf"{section}\.{key} = {old_value}"):
             load_weights(old, s)
+
+
+def test_grown_weights_compute_the_old_model_exactly():
+    """:func:`models.network.grow_arrays`: a model given the harmonic branch by ``train --init`` starts as the
+    model it grew from (the branch's LSTM rows are zero), while the branch itself is live (its arrays random)."""
+    from models.network import grow_arrays
+
+    s0 = load_settings(overrides=TINY + ["model.harmonic_units=0"])
+    s1 = load_settings(overrides=TINY + ["model.harmonic_units=5", "model.harmonic_features=2"])
+    old, fresh = random_arrays(s0, seed=1), random_arrays(s1, seed=2)
+    grown = grow_arrays(fresh, old)
+    assert set(grown) == set(fresh) and grown["lstm_kernel"].shape == fresh["lstm_kernel"].shape
+    f = _features(120, 3)
+    a = StreamingModel(s0, arrays=old).predict(f)
+    b = StreamingModel(s1, arrays=grown).predict(f)
+    c = StreamingModel(s1, arrays={**grown, "lstm_kernel": fresh["lstm_kernel"]}).predict(f)
+    for k in KEYS:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert np.abs(c[k] - a[k]).max() > 1e-3  # the branch's rows do change the outputs once non-zero
+
+
+def test_incomplete_weights_are_named(tmp_path):
+    s = load_settings(overrides=TINY + ["model.harmonic_units=5"])
+    arrays = random_arrays(s)
+    del arrays["harmonic_bias"]
+    with pytest.raises(KkomaError, match="harmonic_bias is missing"):
+        StreamingModel(s, arrays=arrays)
 
 
 def test_default_size_weights_are_small(tmp_path):

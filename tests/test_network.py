@@ -8,7 +8,8 @@ from models.settings import load_settings
 
 pytest.importorskip("tensorflow")
 
-TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2"]
+TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2",
+        "model.harmonic_units=5", "model.harmonic_features=2"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,33 @@ def test_model_is_causal(tiny):
     for k in y0:
         np.testing.assert_allclose(y0[k][0, :25], y1[k][0, :25], atol=1e-6)
         assert np.abs(y0[k][0, 25:] - y1[k][0, 25:]).max() > 1e-4
+
+
+def test_harmonic_index_points_at_each_partial():
+    """Each key's patch: one semitone of bins (3) around every harmonic h, centred within half a bin of h x the
+    key's frequency; bins off either end of the transform are -1 (read as zero), and only those."""
+    from models.cqt import CQT
+    from models.network import harmonic_index
+
+    s = load_settings()
+    idx = harmonic_index(s)
+    hs = np.asarray(s.model.harmonics)
+    w = 3
+    assert idx.shape == (88, len(hs) * w)
+    freqs = CQT(s).bank.freqs
+    half_bin = 0.5 / s.cqt.bins_per_octave  # [octaves]
+    for key in range(88):
+        f_key = 440.0 * 2 ** ((key + 21 - 69) / 12)
+        for j, h in enumerate(hs):
+            patch = idx[key, j * w:(j + 1) * w]
+            want = np.log2(h * f_key / s.cqt.fmin) * s.cqt.bins_per_octave  # fractional bin of the partial
+            for b, step in zip(patch, (-1, 0, 1)):
+                target = int(round(want)) + step
+                if 0 <= target < 264:
+                    assert b == target and abs(np.log2(freqs[b] / (h * f_key)) - step / 36) <= half_bin + 1e-9
+                else:
+                    assert b == -1
+    assert (idx[0, :3] == [-1, -1, -1]).all() and (idx[87, -3:] == -1).all()
 
 
 def test_align_delays_labels_and_pads_features():

@@ -14,7 +14,10 @@ from models.settings import load_settings
 pytest.importorskip("tensorflow")
 
 TINY = ["model.units=24", "model.input_units=32", "model.window_frames=50", "model.lookahead_frames=2",
-        "train.batch_size=4", "train.norm_pieces=4", "train.learning_rate=0.01", "train.patience=5"]
+        "train.batch_size=4", "train.norm_pieces=4", "train.learning_rate=0.01", "train.patience=5",
+        "model.harmonic_units=0"]
+#: The harmonic branch, small: on the toy task (no partials) it slows learning, so it is tested on its own.
+BRANCH = ["model.harmonic_units=4", "model.harmonic_features=1"]
 
 
 def make_dataset(root: Path, settings, n_train: int = 6, n_valid: int = 2, n_frames: int = 160, seed: int = 0) -> Path:
@@ -169,6 +172,50 @@ def test_init_starts_from_given_weights(trained, tmp_path):
     for k in start:
         np.testing.assert_array_equal(got[k], start[k], err_msg=k)
     assert any("fine-tuning it to 4" in line for line in lines)
+
+
+def test_harmonic_branch_trains(trained, tmp_path):
+    """The model with the harmonic branch trains end to end: the loss falls and the
+    exported weights load with the branch."""
+    from models.inference import load_weights
+    from offline.train import train
+
+    _, ds, _, _, _ = trained
+    s = load_settings(overrides=TINY + BRANCH + ["train.epochs=2", "train.steps_per_epoch=30"])
+    summary = train(ds, tmp_path / "branch", s, log=lambda m: None, verbose=0)
+    hist = summary["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    got, meta = load_weights(tmp_path / "branch" / "kkoma.npz", s)
+    assert meta["settings"]["model"]["harmonics"] == list(s.model.harmonics)
+    assert got["harmonic_kernel"].shape == (s.model.context_frames, 3 * len(s.model.harmonics), 4)
+
+
+def test_init_without_the_harmonic_branch_grows_one(trained, tmp_path):
+    """--init from weights without the harmonic branch: every array carries over, the branch's LSTM input rows start
+    at zero (so the run starts from exactly that model), the branch's own weights are trained from there."""
+    from models.inference import export_random_weights, load_weights
+    from offline.train import train
+
+    s_old, ds, _, _, _ = trained
+    assert s_old.model.harmonic_units == 0
+    s = load_settings(overrides=TINY + BRANCH)
+    old_path = export_random_weights(tmp_path / "old.npz", s_old, seed=3)
+    start, _ = load_weights(old_path, s_old)
+    s0 = s.replace(train__epochs="1", train__steps_per_epoch="2", train__learning_rate="1e-30")
+    lines = []
+    train(ds, tmp_path / "grown", s0, init=old_path, log=lines.append, verbose=0)
+    got, meta = load_weights(tmp_path / "grown" / "kkoma.npz", s0)
+    assert meta["settings"]["model"]["harmonic_units"] == s.model.harmonic_units
+    n_old = start["lstm_kernel"].shape[0]
+    # Adam moves a weight by about the learning rate per step whatever its gradient: 1e-30 here, so "equal" and
+    # "zero" are to 1e-20 (a zero the init did not set would be ~0.1).
+    for k in start:
+        if k != "lstm_kernel":
+            np.testing.assert_allclose(got[k], start[k], rtol=1e-6, atol=1e-20, err_msg=k)
+    np.testing.assert_allclose(got["lstm_kernel"][:n_old], start["lstm_kernel"], rtol=1e-6, atol=1e-20)
+    assert np.abs(got["lstm_kernel"][n_old:]).max() < 1e-20 and got["lstm_kernel"].shape[0] > n_old
+    assert {"harmonic_kernel", "harmonic_out_kernel"} <= set(got)
+    assert any("has no harmonic branch; adding one" in line for line in lines)
 
 
 def test_init_from_other_features_recomputes_statistics(trained, tmp_path):
