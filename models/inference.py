@@ -81,6 +81,54 @@ def _lstm_run(xw, recurrent, h, c, out):
             out[s, m] = hm
 
 
+@nb.njit(cache=True, nogil=True, fastmath=False)
+def _harmonic_run(xx, idx_t, hk, hb, ok, ob, out):
+    """The harmonic branch over k frames, in place.
+
+    xx : (ctx - 1 + k, n_bins + 1) standardised frames (the ctx - 1 before the first output frame included) and a
+    last column of zeros; idx_t : (P, 88) int64 bins of each key's patch (``n_bins`` = the zero column);
+    hk : (ctx, P, hu), hb : (hu,) the shared first layer (ReLU); ok : (hu, hf), ob : (hf,) the second (ReLU);
+    out : (k, 88 * hf), key-major.
+    Loops, not gather + matmul: the patches overlap, so gathering them would copy each frame ~80 times. The keys are
+    the innermost loop, so it runs on contiguous rows of 88 (SIMD).
+    """
+    ctx, n_p, hu = hk.shape
+    hf = ok.shape[1]
+    n_keys = idx_t.shape[1]
+    acc = np.empty((hu, n_keys), np.float32)
+    v = np.empty(n_keys, np.float32)
+    z = np.empty(n_keys, np.float32)
+    for s in range(out.shape[0]):
+        for u in range(hu):
+            acc[u, :] = hb[u]
+        for i in range(ctx):
+            row = xx[s + i]
+            for p in range(n_p):
+                ix = idx_t[p]
+                for key in range(n_keys):
+                    v[key] = row[ix[key]]
+                w = hk[i, p]
+                for u in range(hu):
+                    wu = w[u]
+                    a = acc[u]
+                    for key in range(n_keys):
+                        a[key] += wu * v[key]
+        for u in range(hu):
+            a = acc[u]
+            for key in range(n_keys):
+                if a[key] < 0.0:
+                    a[key] = 0.0
+        for f in range(hf):
+            z[:] = ob[f]
+            for u in range(hu):
+                wf = ok[u, f]
+                a = acc[u]
+                for key in range(n_keys):
+                    z[key] += wf * a[key]
+            for key in range(n_keys):
+                out[s, key * hf + f] = z[key] if z[key] > 0.0 else 0.0
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """In place: sigmoid(x) = (1 + tanh(x / 2)) / 2, which cannot overflow (and needs no np.errstate, which costs
     microseconds per call)."""
@@ -247,10 +295,8 @@ class StreamingModel:
         if self.harmonic:
             from models.network import harmonic_index
 
-            # -1 (off the transform) reads a zero column appended to the frames.
             idx = harmonic_index(settings)
-            self._h_idx = np.where(idx < 0, self.n_bins, idx)
-            self._hk = np.ascontiguousarray(a["harmonic_kernel"].reshape(-1, a["harmonic_kernel"].shape[2]))
+            self._h_idx_t = np.ascontiguousarray(np.where(idx < 0, self.n_bins, idx).T, dtype=np.int64)
             self._lk_h = np.ascontiguousarray(a["lstm_kernel"][hin:])
         self.reset()
 
@@ -309,18 +355,13 @@ class StreamingModel:
 
     def _harmonic(self, xx: np.ndarray, k: int) -> np.ndarray:
         """The harmonic branch: ``xx`` (context - 1 + k, n_bins) standardised frames -> (k, 88 * hf)."""
-        a, ctx = self._a, self.context
-        ext = np.concatenate([xx, np.zeros((xx.shape[0], 1), np.float32)], axis=1)
-        g = ext[:, self._h_idx]  # (ctx - 1 + k, 88, P)
-        # rows: frame s's patches from frames s-ctx+1 .. s, oldest first (the Conv2D kernel's time order)
-        win = np.concatenate([g[i:i + k] for i in range(ctx)], axis=-1) if ctx > 1 else g
-        hid = win @ self._hk
-        hid += a["harmonic_bias"]
-        np.maximum(hid, 0.0, out=hid)
-        out = hid @ a["harmonic_out_kernel"]
-        out += a["harmonic_out_bias"]
-        np.maximum(out, 0.0, out=out)
-        return out.reshape(k, -1)
+        a = self._a
+        out = np.empty((k, N_KEYS * a["harmonic_out_kernel"].shape[1]), np.float32)
+        ext = np.zeros((xx.shape[0], self.n_bins + 1), np.float32)
+        ext[:, :self.n_bins] = xx
+        _harmonic_run(ext, self._h_idx_t, a["harmonic_kernel"], a["harmonic_bias"], a["harmonic_out_kernel"],
+                      a["harmonic_out_bias"], out)
+        return out
 
     def process(self, features) -> dict[str, np.ndarray]:
         """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``.
