@@ -21,7 +21,8 @@ arrays (float32; :func:`models.network.array_shapes`)::
         input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
     onset_kernel (u, 88), frame_kernel (u + 88, 88), velocity_kernel (u, 88), and their biases (88,)
     harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
-        harmonic_out_bias (hf,)   P = bins per key (models.network.harmonic_index)
+        harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
+        (models.network.harmonic_index)
 
 Loading checks the stored audio/cqt/model settings against the current ones; a mismatch raises
 :class:`~models.errors.KkomaError` naming the key.
@@ -235,7 +236,9 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
     if "harmonic_kernel" in shapes:
         a.update(harmonic_kernel=glorot("harmonic_kernel"), harmonic_bias=normal("harmonic_bias", 0.1),
                  harmonic_out_kernel=glorot("harmonic_out_kernel"),
-                 harmonic_out_bias=normal("harmonic_out_bias", 0.1))
+                 harmonic_out_bias=normal("harmonic_out_bias", 0.1),
+                 harmonic_onset_kernel=normal("harmonic_onset_kernel", 0.5),
+                 harmonic_frame_kernel=normal("harmonic_frame_kernel", 0.5))
     return a
 
 
@@ -340,16 +343,22 @@ class StreamingModel:
         xw = z @ self._lk_ctx
         xw += a["lstm_bias"]
         if self.harmonic:
-            xw += self._harmonic(xx, k) @ self._lk_h
+            g = self._harmonic(xx, k)
+            xw += g @ self._lk_h
         hs = np.empty((k, self.units), np.float32)
         _lstm_run(xw, a["lstm_recurrent"], self.h, self.c, hs)
         ov = hs @ self._ov_k
         ov += self._ov_b
+        if self.harmonic:  # the branch's per-key term in the onset and frame logits
+            g3 = g.reshape(k, N_KEYS, -1)
+            ov[:, :N_KEYS] += g3 @ a["harmonic_onset_kernel"]
         _sigmoid(ov)
         onset = ov[:, :N_KEYS]
         frame = hs @ self._fk_h
         frame += onset @ self._fk_o
         frame += a["frame_bias"]
+        if self.harmonic:
+            frame += g3 @ a["harmonic_frame_kernel"]
         _sigmoid(frame)
         return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
 

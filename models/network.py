@@ -10,7 +10,8 @@ Architecture (one model for onsets, frames and velocities; live == offline exact
       (+ harmonic branch, when model.harmonic_units > 0, joined to the conv's output:)
          for each key, the bins within half a semitone of each of model.harmonics x its frequency, over the same
          context_frames frames: (88, context * H * bins_per_semitone) -> a small network shared by all keys,
-         Dense(harmonic_units, relu) -> Dense(harmonic_features, relu) -> (88 * harmonic_features,)
+         Dense(harmonic_units, relu) -> Dense(harmonic_features, relu) -> g (88, harmonic_features)
+         (its features also reach the onset and frame heads per key: + g @ w, w shared by all keys)
       -> LSTM(units), forward only             the only state carried between chunks
       -> onset    = sigmoid(Dense(88)(h))
       -> frame    = sigmoid(Dense(88)([h, stop_gradient(onset)]))   Onsets-and-Frames style: onsets gate lengths
@@ -24,7 +25,9 @@ arrived. The end of a stream is ``R`` frames of raw-zero features (silence), in 
 Why the harmonic branch: a dense input layer sees every bin, but it learns each key on its own, and bass keys are
 rare in piano music; their recall was 20 % (A1-G#2) where the treble's was 85-93 %, and most false notes were an
 octave from a played note. A detector shared by all keys is trained by every note, and it reads a key's partials
-and the octave below it side by side, which is what tells a note from its octave neighbour.
+and the octave below it side by side, which is what tells a note from its octave neighbour. Its features reach the
+onset and frame heads directly as well as through the LSTM, whose 128 units must otherwise carry every key's
+evidence.
 
 Why not a BiLSTM: only a forward direction can carry state across chunks (DESIGN.md §3); this model has one regime
 for training, offline and live, and its latency is ``R * hop`` plus the transform's.
@@ -94,7 +97,7 @@ def array_shapes(settings: "Settings") -> dict[str, tuple]:
         patch = harmonic_index(settings).shape[1]
         hu, hf = a["harmonic_units"], a["harmonic_features"]
         shapes.update(harmonic_kernel=(ctx, patch, hu), harmonic_bias=(hu,), harmonic_out_kernel=(hu, hf),
-                      harmonic_out_bias=(hf,))
+                      harmonic_out_bias=(hf,), harmonic_onset_kernel=(hf,), harmonic_frame_kernel=(hf,))
     return shapes
 
 
@@ -187,31 +190,37 @@ def build_model(settings: "Settings", stateful_batch: int | None = None):
     else:
         inp = keras.Input(shape=(None, a["n_bins"]), name="features")
     x = L["Standardize"](a["n_bins"], name="standardize")(inp)
-    x = encode(encoder_layers(settings), x)
+    layers = make_layers(settings)
+    x, g = encode(layers, x)
     h = keras.layers.LSTM(a["units"], return_sequences=True, stateful=stateful, name="lstm")(x)
-    onset = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="onset")(h)
-    gate = L["StopGradient"](name="onset_stop")(onset)
-    hf = keras.layers.Concatenate(name="frame_in")([h, gate])
-    frame = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="frame")(hf)
-    velocity = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")(h)
-    return keras.Model(inp, {"onset": onset, "frame": frame, "velocity": velocity}, name="kkoma")
+    return keras.Model(inp, heads(layers, h, g), name="kkoma")
 
 
-#: Layers between the standardised features and the LSTM, in order (the harmonic ones only with the branch).
-ENCODER_LAYERS = ("context", "harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense",
-                  "harmonic_flat", "lstm_in")
+#: The layers :func:`encode` and :func:`heads` apply, in order (the harmonic ones only with the branch).
+LAYER_NAMES = ("context", "harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense",
+               "harmonic_flat", "lstm_in",
+               "onset", "harmonic_onset", "harmonic_onset_flat", "onset_sum", "onset_prob", "onset_stop",
+               "frame_in", "frame", "harmonic_frame", "harmonic_frame_flat", "frame_sum", "frame_prob", "velocity")
 
 
-def encoder_layers(settings: "Settings") -> dict:
-    """New layers of :data:`ENCODER_LAYERS` for these settings (name -> layer; see :func:`encode`)."""
+def make_layers(settings: "Settings") -> dict:
+    """New layers of :data:`LAYER_NAMES` for these settings (name -> layer; see :func:`encode`, :func:`heads`)."""
     import keras
 
     L = _layers()
     a = architecture(settings)
     ctx = a["context_frames"]
+    branch = bool(a["harmonic_units"])
+    # With the branch, the onset and frame heads add its per-key term to their logits before the sigmoid.
+    head_act = None if branch else "sigmoid"
     layers = {"context": keras.layers.Conv1D(a["input_units"], ctx, padding="causal", activation="relu",
-                                             name="context")}
-    if a["harmonic_units"]:
+                                             name="context"),
+              "onset": keras.layers.Dense(N_KEYS, activation=head_act, dtype="float32", name="onset"),
+              "onset_stop": L["StopGradient"](name="onset_stop"),
+              "frame_in": keras.layers.Concatenate(name="frame_in"),
+              "frame": keras.layers.Dense(N_KEYS, activation=head_act, dtype="float32", name="frame"),
+              "velocity": keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")}
+    if branch:
         index = harmonic_index(settings)
         patch = index.shape[1]
         layers.update(
@@ -224,25 +233,49 @@ def encoder_layers(settings: "Settings") -> dict:
             harmonic_dense=keras.layers.Dense(a["harmonic_features"], activation="relu", name="harmonic_dense"),
             harmonic_flat=keras.layers.Reshape((-1, N_KEYS * a["harmonic_features"]), name="harmonic_flat"),
             lstm_in=keras.layers.Concatenate(name="lstm_in"))
+        for head in ("onset", "frame"):
+            # One weight per branch feature, shared by all keys; zero at first, so the heads start as the LSTM's.
+            layers[f"harmonic_{head}"] = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros",
+                                                            dtype="float32", name=f"harmonic_{head}")
+            layers[f"harmonic_{head}_flat"] = keras.layers.Reshape((-1, N_KEYS), name=f"harmonic_{head}_flat")
+            layers[f"{head}_sum"] = keras.layers.Add(name=f"{head}_sum")
+            layers[f"{head}_prob"] = keras.layers.Activation("sigmoid", dtype="float32", name=f"{head}_prob")
     return layers
 
 
 def encode(layers: dict, z):
-    """Standardised features ``(B, T, n_bins)`` -> the LSTM's input ``(B, T, lstm_input_size)`` through
-    ``layers`` (:func:`encoder_layers`, or a built model's own: ``{n: model.get_layer(n)}``)."""
+    """Standardised features ``(B, T, n_bins)`` -> (the LSTM's input ``(B, T, lstm_input_size)``, the harmonic
+    branch's per-key features ``(B, T, 88, harmonic_features)`` or None) through ``layers`` (:func:`make_layers`,
+    or a built model's own: :func:`model_layers`)."""
     c = layers["context"](z)
     if "harmonic_conv" not in layers:
-        return c
+        return c, None
     g = z
-    for name in ENCODER_LAYERS[1:-1]:
+    for name in ("harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense"):
         g = layers[name](g)
-    return layers["lstm_in"]([c, g])
+    return layers["lstm_in"]([c, layers["harmonic_flat"](g)]), g
 
 
-def model_encoder_layers(model) -> dict:
-    """A built model's own :data:`ENCODER_LAYERS` (those it has)."""
+def heads(layers: dict, h, g) -> dict:
+    """LSTM outputs ``(B, T, units)`` and the branch's features (or None) -> dict onset/frame/velocity
+    ``(B, T, 88)`` in [0, 1]. The frame head also reads the onset output, with its gradient stopped."""
+
+    def head(name, logits):
+        if g is None:
+            return logits
+        per_key = layers[f"harmonic_{name}_flat"](layers[f"harmonic_{name}"](g))
+        return layers[f"{name}_prob"](layers[f"{name}_sum"]([logits, per_key]))
+
+    onset = head("onset", layers["onset"](h))
+    frame_in = layers["frame_in"]([h, layers["onset_stop"](onset)])
+    frame = head("frame", layers["frame"](frame_in))
+    return {"onset": onset, "frame": frame, "velocity": layers["velocity"](h)}
+
+
+def model_layers(model) -> dict:
+    """A built model's own layers of :data:`LAYER_NAMES` (those it has)."""
     names = {layer.name for layer in model.layers}
-    return {n: model.get_layer(n) for n in ENCODER_LAYERS if n in names}
+    return {n: model.get_layer(n) for n in LAYER_NAMES if n in names}
 
 
 def set_normalization(model, mean: np.ndarray, std: np.ndarray) -> None:
@@ -264,10 +297,12 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     arrays = dict(norm_mean=mean, norm_inv_std=inv_std, context_kernel=ck, context_bias=cb, lstm_kernel=lk,
                   lstm_recurrent=lr, lstm_bias=lb, onset_kernel=ok, onset_bias=ob, frame_kernel=fk,
                   frame_bias=fb, velocity_kernel=vk, velocity_bias=vb)
-    if "harmonic_conv" in model_encoder_layers(model):
+    if "harmonic_conv" in model_layers(model):
         hk, hb = g("harmonic_conv").get_weights()  # (ctx, 1, P, hu)
         arrays.update(harmonic_kernel=hk[:, 0], harmonic_bias=hb)
         arrays["harmonic_out_kernel"], arrays["harmonic_out_bias"] = g("harmonic_dense").get_weights()
+        arrays["harmonic_onset_kernel"] = g("harmonic_onset").get_weights()[0][:, 0]
+        arrays["harmonic_frame_kernel"] = g("harmonic_frame").get_weights()[0][:, 0]
     return {k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
@@ -282,15 +317,18 @@ def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
     g("onset").set_weights([a["onset_kernel"], a["onset_bias"]])
     g("frame").set_weights([a["frame_kernel"], a["frame_bias"]])
     g("velocity").set_weights([a["velocity_kernel"], a["velocity_bias"]])
-    if "harmonic_conv" in model_encoder_layers(model):
+    if "harmonic_conv" in model_layers(model):
         g("harmonic_conv").set_weights([a["harmonic_kernel"][:, None], a["harmonic_bias"]])
         g("harmonic_dense").set_weights([a["harmonic_out_kernel"], a["harmonic_out_bias"]])
+        g("harmonic_onset").set_weights([a["harmonic_onset_kernel"][:, None]])
+        g("harmonic_frame").set_weights([a["harmonic_frame_kernel"][:, None]])
 
 
 def grow_arrays(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Weights for a model with the harmonic branch, made from ``old`` weights without it: every array of ``old``
     as it is, the branch's from ``fresh`` (a new model's initialisation), and the LSTM's input rows for the branch
-    set to zero, so the grown model computes exactly what ``old`` did until training moves those rows.
+    and its per-key head weights set to zero, so the grown model computes exactly what ``old`` did until training
+    moves them.
 
     fresh : :func:`model_arrays` of the new model; old : arrays of the same model without the branch.
     """
@@ -301,6 +339,8 @@ def grow_arrays(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dic
     lk = np.zeros_like(fresh["lstm_kernel"])
     lk[:old["lstm_kernel"].shape[0]] = old["lstm_kernel"]
     out["lstm_kernel"] = lk
+    for k in ("harmonic_onset_kernel", "harmonic_frame_kernel"):
+        out[k] = np.zeros_like(fresh[k])
     return out
 
 

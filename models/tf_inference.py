@@ -140,8 +140,7 @@ class TFStreamingModel(StreamingModel):
         network.set_model_arrays(model, self._a)
         lstm.set_weights(model.get_layer("lstm").get_weights())
         self.keras_model = model
-        std, encoder = model.get_layer("standardize"), network.model_encoder_layers(model)
-        onset_l, frame_l, vel_l = model.get_layer("onset"), model.get_layer("frame"), model.get_layer("velocity")
+        std, layers = model.get_layer("standardize"), network.model_layers(model)
         keep = self.context - 1
         nb_, u = self.n_bins, self.units
 
@@ -152,13 +151,10 @@ class TFStreamingModel(StreamingModel):
         def step(x, hist, h, c):
             """x (B, k, n_bins) raw features; hist (B, context-1, n_bins) standardised; h, c (B, units)."""
             xx = tf.concat([hist, std(x)], axis=1)
-            z = network.encode(encoder, xx)[:, keep:]
-            hs, h2, c2 = lstm(z, initial_state=[h, c])
-            onset = onset_l(hs)
-            frame = frame_l(tf.concat([hs, onset], axis=-1))
-            velocity = vel_l(hs)
-            return {"onset": onset, "frame": frame, "velocity": velocity, "hist": xx[:, tf.shape(xx)[1] - keep:],
-                    "h": h2, "c": c2}
+            z, g = network.encode(layers, xx)
+            hs, h2, c2 = lstm(z[:, keep:], initial_state=[h, c])
+            out = network.heads(layers, hs, None if g is None else g[:, keep:])
+            return {**out, "hist": xx[:, tf.shape(xx)[1] - keep:], "h": h2, "c": c2}
 
         self._step = step
 

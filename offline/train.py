@@ -358,7 +358,7 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
             "feature statistics recomputed on this dataset")
     if settings.model.harmonic_units and recorded(stored, "model", "harmonic_units", None) == 0:
         log(f"  {init} has no harmonic branch; adding one (model.harmonic_units = {settings.model.harmonic_units})"
-            " whose LSTM inputs start at zero, so training starts from exactly that model")
+            " whose LSTM inputs and per-key head weights start at zero, so training starts from exactly that model")
         changes["model__harmonic_units"] = "0"
     return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
