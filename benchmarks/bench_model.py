@@ -1,7 +1,8 @@
 """Streaming model cost: parameters, weights size, per-frame (hop-by-hop) and batch time of the NumPy path.
 
-Usage: python benchmarks/bench_model.py [--frames N] [--weights PATH]   (random weights of the configured size if
-no weights file is given; the cost does not depend on the values). Prints figures; asserts nothing.
+Usage: python benchmarks/bench_model.py [--frames N] [--weights PATH] [--set KEY=VALUE ...]   (random weights of the
+configured size if no weights file is given; the cost does not depend on the values; e.g. ``--set
+model.harmonic_units=16`` for the harmonic branch). Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
     from models.inference import StreamingModel, export_random_weights
     from models.settings import load_settings
 
-    s = load_settings()
+    s = load_settings(overrides=args.overrides)
     path = Path(args.weights) if args.weights else export_random_weights(Path(tempfile.mkdtemp()) / "w.npz", s)
     sm = StreamingModel(s, weights_path=path)
     x = np.random.default_rng(0).uniform(0, 5, (args.frames, s.cqt.n_bins)).astype(np.float32)

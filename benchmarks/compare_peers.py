@@ -155,12 +155,14 @@ def main(argv=None) -> int:
     ap.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     ap.add_argument("--weights", type=Path, help="kkoma weights (default: model.weights of config.toml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a kkoma settings override (e.g. model.harmonic_units=16 for kkoma_harmonic.npz)")
     args = ap.parse_args(argv)
 
     from models.settings import load_settings
     from offline.evaluate import evaluate_dirs, format_table
 
-    overrides = [f"model.weights={args.weights.resolve()}"] if args.weights else []
+    overrides = list(args.overrides) + ([f"model.weights={args.weights.resolve()}"] if args.weights else [])
     settings = load_settings(overrides=overrides)
     if not settings.model.weights_path.exists():
         raise SystemExit(f"no kkoma weights at {settings.model.weights_path}: train a model (`kkoma train`) or "
