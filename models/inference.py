@@ -298,8 +298,7 @@ class StreamingModel:
         if self.harmonic:
             from models.network import harmonic_index
 
-            idx = harmonic_index(settings)
-            self._h_idx_t = np.ascontiguousarray(np.where(idx < 0, self.n_bins, idx).T, dtype=np.int64)
+            self._h_idx_t = np.ascontiguousarray(harmonic_index(settings, off=self.n_bins).T, dtype=np.int64)
             self._lk_h = np.ascontiguousarray(a["lstm_kernel"][hin:])
         self.reset()
 

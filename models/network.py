@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.notes import N_KEYS
+from models.notes import N_KEYS, PIANO_MIN_MIDI
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.settings import Settings
@@ -69,18 +69,19 @@ def lstm_input_size(arch: dict) -> int:
     return arch["input_units"] + (N_KEYS * arch["harmonic_features"] if arch["harmonic_units"] else 0)
 
 
-def harmonic_index(settings: "Settings") -> np.ndarray:
+def harmonic_index(settings: "Settings", off: int = -1) -> np.ndarray:
     """Which feature bins the harmonic branch reads for each key: ``(88, H * w)`` int, ``w`` = bins per semitone
-    (the bins within half a semitone of each harmonic, harmonic-major); ``-1`` marks a bin off either end of the
-    transform, read as a standardised 0."""
+    (the bins within half a semitone of each harmonic, harmonic-major); ``off`` (default -1) marks a bin off either
+    end of the transform, read as a standardised 0 (the Keras and NumPy paths pass ``n_bins``: a zero column they
+    append)."""
     c, m = settings.cqt, settings.model
     bps = c.bins_per_octave / 12.0
     w = max(1, int(round(bps)))
     offsets = np.arange(w) - w // 2
-    centres = np.round((np.arange(N_KEYS) + 21 - c.fmin_midi) * bps).astype(np.int64)  # keys A0 (21) .. C8
+    centres = np.round((np.arange(N_KEYS) + PIANO_MIN_MIDI - c.fmin_midi) * bps).astype(np.int64)  # A0 .. C8
     shifts = np.round(c.bins_per_octave * np.log2(np.asarray(m.harmonics, np.float64))).astype(np.int64)
     idx = centres[:, None, None] + shifts[None, :, None] + offsets[None, None, :]
-    idx[(idx < 0) | (idx >= c.n_bins)] = -1
+    idx[(idx < 0) | (idx >= c.n_bins)] = off
     return idx.reshape(N_KEYS, -1)
 
 
@@ -152,18 +153,16 @@ def _layers():
             return keras.ops.stop_gradient(keras.ops.cast(x, self.compute_dtype))
 
     class HarmonicPatches(keras.layers.Layer):
-        """``(B, T, n_bins)`` standardised -> ``(B, T, 88 * P)``: each key's bins (:func:`harmonic_index`; -1 is a
-        zero bin appended at the end)."""
+        """``(B, T, n_bins)`` standardised -> ``(B, T, 88 * P)``: each key's bins (:func:`harmonic_index` with
+        ``off = n_bins``, a zero bin appended at the end)."""
 
         def __init__(self, index, **kw):
             super().__init__(**kw)
-            self.index = np.asarray(index, np.int64)
+            self.index = np.asarray(index, np.int64).reshape(-1)
 
         def call(self, x):
-            zero = keras.ops.zeros_like(x[..., :1])
-            x = keras.ops.concatenate([x, zero], axis=-1)
-            idx = np.where(self.index < 0, x.shape[-1] - 1, self.index).reshape(-1)
-            return keras.ops.take(x, idx, axis=-1)
+            x = keras.ops.concatenate([x, keras.ops.zeros_like(x[..., :1])], axis=-1)
+            return keras.ops.take(x, self.index, axis=-1)
 
     _LAYERS = {"Standardize": Standardize, "StopGradient": StopGradient, "HarmonicPatches": HarmonicPatches}
     return _LAYERS
@@ -221,7 +220,7 @@ def make_layers(settings: "Settings") -> dict:
               "frame": keras.layers.Dense(N_KEYS, activation=head_act, dtype="float32", name="frame"),
               "velocity": keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")}
     if branch:
-        index = harmonic_index(settings)
+        index = harmonic_index(settings, off=a["n_bins"])
         patch = index.shape[1]
         layers.update(
             harmonic_patches=L["HarmonicPatches"](index, name="harmonic_patches"),

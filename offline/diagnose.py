@@ -23,8 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
+from models.notes import PIANO_MIN_MIDI
+
 REGISTER_KEYS = 12
-LOWEST_KEY = 21  # A0
 ONSET_TOLERANCE = 0.05  # [s]
 NEAR_MISS = 0.15  # [s] same key this far away still counts as a timing miss, not a false note
 
@@ -36,7 +37,7 @@ KINDS = ("octave below a played note", "octave above a played note", "a twelfth 
 
 @dataclass
 class Diagnosis:
-    """Counts over many files. Registers are indexed by ``(pitch - 21) // 12``."""
+    """Counts over many files. Registers are indexed by ``(pitch - PIANO_MIN_MIDI) // 12``."""
     n_ref: Counter = field(default_factory=Counter)
     n_ref_found: Counter = field(default_factory=Counter)
     n_est: Counter = field(default_factory=Counter)
@@ -70,7 +71,7 @@ class Diagnosis:
             if j in est_hit:
                 self.n_est_right[g] += 1
             else:
-                half = "low" if e.pitch < LOWEST_KEY + 3 * REGISTER_KEYS else "high"
+                half = "low" if e.pitch < PIANO_MIN_MIDI + 3 * REGISTER_KEYS else "high"
                 self.false_kinds.setdefault(half, Counter())[false_kind(e, ref)] += 1
 
     def register_rows(self) -> list[tuple[str, int, float, float, float]]:
@@ -79,7 +80,7 @@ class Diagnosis:
 
         rows = []
         for g in sorted(set(self.n_ref) | set(self.n_est)):
-            lo = LOWEST_KEY + g * REGISTER_KEYS
+            lo = PIANO_MIN_MIDI + g * REGISTER_KEYS
             recall = self.n_ref_found[g] / self.n_ref[g] if self.n_ref[g] else float("nan")
             precision = self.n_est_right[g] / self.n_est[g] if self.n_est[g] else float("nan")
             err = float(np.median(self.errors_ms[g])) if self.errors_ms.get(g) else float("nan")
@@ -89,7 +90,7 @@ class Diagnosis:
 
 
 def register(pitch: int) -> int:
-    return (int(pitch) - LOWEST_KEY) // REGISTER_KEYS
+    return (int(pitch) - PIANO_MIN_MIDI) // REGISTER_KEYS
 
 
 def false_kind(e, ref) -> str:
