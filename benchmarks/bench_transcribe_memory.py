@@ -78,12 +78,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from models.settings import load_settings
 
-    weights = args.weights or load_settings().model.weights_path
+    weights = args.weights or load_settings(offline=True).model.weights_path
     note = ""
     if not Path(weights).exists():
         from models.inference import export_random_weights
 
-        weights = export_random_weights(folder / "random_weights.npz", load_settings())
+        weights = export_random_weights(folder / "random_weights.npz", load_settings(offline=True))
         note = " (random weights of the shipped shape)"
     rows = []
     for minutes in (1.0, args.minutes):

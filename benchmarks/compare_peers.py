@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most N files per split (0 = all)")
     ap.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    ap.add_argument("--weights", type=Path, help="kkoma weights (default: model.weights of config.toml)")
+    ap.add_argument("--weights", type=Path,
+                    help="kkoma weights (default: the offline model, as kkoma transcribe: transcribe.overrides)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a kkoma settings override (e.g. model.harmonic_units=16 for kkoma_harmonic.npz)")
     args = ap.parse_args(argv)
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     from offline.evaluate import evaluate_dirs, format_table
 
     overrides = list(args.overrides) + ([f"model.weights={args.weights.resolve()}"] if args.weights else [])
-    settings = load_settings(overrides=overrides)
+    settings = load_settings(overrides=overrides, offline=True)
     if not settings.model.weights_path.exists():
         raise SystemExit(f"no kkoma weights at {settings.model.weights_path}: train a model (`kkoma train`) or "
                          "pass --weights FILE")

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Commands that work on files: their settings take ``transcribe.overrides`` (the offline model and its features);
+#: ``prepare`` and ``train`` take them with ``--offline`` (to make that model).
+OFFLINE_COMMANDS = ("transcribe", "evaluate")
+
+
 def _load(name: str):
     module_name, _ = COMMANDS[name]
     try:
@@ -69,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        settings = load_settings(args.config, args.overrides)
+        offline = args.command in OFFLINE_COMMANDS or bool(getattr(args, "offline", False))
+        settings = load_settings(args.config, args.overrides, offline=offline)
         module = args._module
         run = getattr(module, f"run_{args.command}", None) or module.run
         return int(run(args, settings) or 0)

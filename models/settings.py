@@ -184,6 +184,7 @@ class TranscribeSettings:
     chunk_frames: int = _f(lo=1, hi=10_000_000, unit="frames")
     jobs: int = _f(lo=0, hi=1024)
     device: str = _f(choices=("auto", "cpu", "gpu"))
+    overrides: tuple = _f(doc="section.key=value settings for offline work (load_settings(offline=True))")
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,14 @@ def _cross_check(s: Settings) -> None:
         raise ConfigError(f"cqt: the top bin ({s.cqt.fmax:.0f} Hz) must lie below the Nyquist frequency "
                           f"({s.audio.sample_rate / 2:.0f} Hz of audio.sample_rate); lower cqt.n_bins or raise "
                           "audio.sample_rate.")
+    for text in s.transcribe.overrides:
+        try:
+            section, key, _ = parse_override(str(text))
+        except ConfigError as e:
+            raise ConfigError(f"transcribe.overrides: {e}") from None
+        cls = _SECTION_TYPES.get(section)
+        if cls is None or key not in {f.name for f in dataclasses.fields(cls)} or section == "transcribe":
+            raise ConfigError(f"transcribe.overrides: {text!r} does not name a setting outside [transcribe].")
     for name in ("reverb_rt60_s", "reverb_wet", "snr_db", "gain_db"):
         v = getattr(s.augment, name)
         if len(v) != 2 or v[0] > v[1]:
@@ -428,13 +437,17 @@ def _apply(s: Settings, overrides: Iterable[str]) -> Settings:
 _DEFAULTS: Settings | None = None
 
 
-def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Settings:
+def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False) -> Settings:
     """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
 
     Parameters
     ----------
     path : a TOML file holding only the keys it changes (sections as in ``config.toml``), or None.
     overrides : ``"section.key=value"`` strings (value in TOML syntax; a bare word is a string).
+    offline : settings for work on files (``kkoma transcribe``, ``kkoma evaluate``): ``transcribe.overrides``
+        (as they stand after ``path`` and ``overrides``) replace ``config.toml``'s values first, and the user's file
+        and ``overrides`` still win over them. This is how files get the offline model and its features while
+        ``kkoma live`` keeps the live ones.
 
     Raises
     ------
@@ -443,9 +456,18 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ())
     global _DEFAULTS
     if _DEFAULTS is None:
         _DEFAULTS = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG.name)
-    s = _DEFAULTS
-    if path is not None:
-        path = Path(path)
-        s = _build(_merge(_as_raw(s), _read_toml(path)), str(path))
     overrides = list(overrides)
-    return _apply(s, overrides) if overrides else s
+    user = _read_toml(Path(path)) if path is not None else None
+
+    def layered(base: Settings) -> Settings:
+        s = base if user is None else _build(_merge(_as_raw(base), user), str(path))
+        return _apply(s, overrides) if overrides else s
+
+    s = layered(_DEFAULTS)
+    if offline and s.transcribe.overrides:
+        try:
+            base = _apply(_DEFAULTS, s.transcribe.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"transcribe.overrides: {e}") from None
+        s = layered(base)
+    return s

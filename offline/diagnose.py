@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from offline.transcribe import make_transcriber, transcribe_file
 
     try:
-        settings = load_settings(overrides=args.overrides)
+        settings = load_settings(overrides=args.overrides, offline=True)
         files = sorted(p for p in args.audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())
         if args.max_files:
             files = files[: args.max_files]

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-audio", action="store_true",
                        help="do not write validation audio + reference MIDI under OUT_DIR/audio/")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        p.add_argument("--offline", action="store_true",
+                       help="features for the offline model: apply transcribe.overrides (its transform settings)")
 
     s = sub.add_parser("synth", help="render a folder of performance MIDI with FluidSynth",
                        description="Render a folder of performance MIDI files with FluidSynth into a dataset.")

@@ -63,8 +63,8 @@ def read_manifest(dataset: str | Path, settings) -> dict:
     if bad:
         section, key, value, mine = bad
         raise KkomaError(f"dataset {dataset} was prepared with {section}.{key} = {value!r} but the settings "
-                         f"say {mine!r}; train with matching settings (--set {section}.{key}={value!r}) "
-                         "or prepare the dataset again.")
+                         f"say {mine!r}; train with matching settings (--set {section}.{key}={value!r}, or "
+                         "--offline for a dataset prepared with --offline) or prepare the dataset again.")
     if not manifest.get("pieces"):
         raise KkomaError(f"dataset {dataset} has no pieces.")
     return manifest

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "shipped models/weights/kkoma.npz): fine-tune instead of starting from random weights; its "
                         "look-ahead may differ from model.lookahead_frames (fine-tuning to another look-ahead)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (one line per epoch)")
+    p.add_argument("--offline", action="store_true",
+                   help="train the offline model: apply transcribe.overrides (its transform settings), as `kkoma "
+                        "transcribe` will; the dataset must have been prepared with --offline")
 
 
 def run(args: argparse.Namespace, settings) -> int:

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
     ap.add_argument("--max-pieces", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="a settings override, as kkoma --set (e.g. model.lookahead_frames=10 for such weights)")
+                    help="a settings override, as kkoma --set. The settings are the offline ones, as kkoma "
+                         "transcribe uses (transcribe.overrides); tune the live model with "
+                         "--set 'transcribe.overrides=[]' on a dataset prepared without --offline")
     args = ap.parse_args(argv)
 
     import mir_eval
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.settings import load_settings
     from models.tracker import NoteTracker
 
-    settings = load_settings(overrides=[*args.overrides, f"model.weights={json.dumps(str(args.weights))}"])
+    settings = load_settings(overrides=[*args.overrides, f"model.weights={json.dumps(str(args.weights))}"],
+                             offline=True)
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     pieces = [p for p in manifest["pieces"] if p["split"] == args.split]
     if args.max_pieces:

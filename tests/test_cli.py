@@ -1,4 +1,6 @@
-"""The kkoma command: --help, --version, settings errors, and the cqt subcommand, through main()."""
+"""The kkoma command: --help, --version, settings errors, which settings each command gets, and the cqt
+subcommand, through main()."""
+import importlib
 import subprocess
 import sys
 
@@ -60,3 +62,28 @@ def test_cqt_command_missing_file(tmp_path, capsys):
     assert main(["cqt", str(tmp_path / "missing.wav")]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, offline", [
+    (["transcribe", "x.wav"], True),
+    (["evaluate", "--pred", "p", "--ref", "r"], True),
+    (["train", "data", "run"], False),
+    (["train", "data", "run", "--offline"], True),
+    (["prepare", "synth", "midi", "out", "--offline"], True),
+    (["prepare", "synth", "midi", "out"], False),
+    (["live", "--no-midi"], False),
+    (["record", "take.mid"], False),
+])
+def test_which_commands_get_the_offline_settings(monkeypatch, argv, offline):
+    """Files get the offline model and transform (transcribe.overrides); live, record and (without --offline)
+    prepare and train get config.toml's own, so the live model is trained and played as it was."""
+    from kkoma import cli
+    from models.settings import load_settings
+
+    seen = []
+    module = importlib.import_module(cli.COMMANDS[argv[0]][0])
+    for name in ("run", f"run_{argv[0]}"):
+        monkeypatch.setattr(module, name, lambda args, settings: seen.append(settings) or 0, raising=False)
+    assert cli.main(argv) == 0
+    assert seen == [load_settings(offline=offline)]
+    assert (seen[0] == load_settings()) is not offline

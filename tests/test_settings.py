@@ -64,3 +64,51 @@ def test_bad_files(tmp_path):
     typo.write_text("[audio]\nsamplerate = 44100\n")
     with pytest.raises(ConfigError, match="unknown key audio.samplerate"):
         load_settings(typo)
+
+
+# ---- the offline profile (transcribe.overrides) -------------------------------------------------------------------
+def _profile(s):
+    from models.settings import parse_override
+
+    return [parse_override(o) for o in s.transcribe.overrides]
+
+
+def test_offline_settings_take_the_profile_and_live_ones_do_not():
+    live, off = load_settings(), load_settings(offline=True)
+    assert _profile(live), "config.toml names no offline settings"
+    for section, key, value in _profile(live):
+        got = getattr(getattr(off, section), key)
+        assert got == (float(value) if isinstance(got, float) else value), f"{section}.{key}"
+    assert any(getattr(getattr(live, sec), k) != getattr(getattr(off, sec), k) for sec, k, _ in _profile(live)), \
+        "the profile changes nothing"
+    # Everything the profile does not name is the live value.
+    named = {(sec, k) for sec, k, _ in _profile(live)}
+    for sec in ("audio", "cqt", "model", "tracker"):
+        for f in dataclasses.fields(getattr(live, sec)):
+            if (sec, f.name) not in named:
+                assert getattr(getattr(off, sec), f.name) == getattr(getattr(live, sec), f.name)
+
+
+def test_users_file_and_set_win_over_the_profile(tmp_path):
+    section, key, _ = _profile(load_settings())[0]
+    f = tmp_path / "mine.toml"
+    f.write_text('[model]\nweights = "mine.npz"\n[cqt]\nlookahead_ms = 7.0\n')
+    s = load_settings(f, ["cqt.max_window_ms=99"], offline=True)
+    assert s.model.weights == "mine.npz" and s.cqt.lookahead_ms == 7.0 and s.cqt.max_window_ms == 99.0
+    # An empty profile: files get exactly the live settings.
+    assert load_settings(overrides=["transcribe.overrides=[]"], offline=True) == load_settings(
+        overrides=["transcribe.overrides=[]"])
+    # A profile of the user's own.
+    s = load_settings(overrides=['transcribe.overrides=["tracker.onset_threshold=0.6"]'], offline=True)
+    assert s.tracker.onset_threshold == 0.6 and s.cqt == load_settings().cqt
+
+
+@pytest.mark.parametrize("profile, message", [
+    ('["nodot"]', "transcribe.overrides: override 'nodot' must look like section.key=value"),
+    ('["cqt.nbins=3"]', "transcribe.overrides: 'cqt.nbins=3' does not name a setting"),
+    ('["transcribe.jobs=1"]', "does not name a setting outside \\[transcribe\\]"),
+    ('["tracker.onset_threshold=2"]', "transcribe.overrides: tracker.onset_threshold must be a number"),
+])
+def test_bad_profile_names_the_key(profile, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides=[f"transcribe.overrides={profile}"], offline=True)
