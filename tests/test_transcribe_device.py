@@ -81,6 +81,7 @@ def test_cli_device_gpu_path_writes_the_cpu_notes(tmp_path, monkeypatch, capsys)
     wav = tmp_path / "in.wav"
     sf.write(str(wav), _audio(s.audio.sample_rate), s.audio.sample_rate)
     common = [a for o in TINY for a in ("--set", o)] + [
+        "--set", "transcribe.overrides=[]",  # the tiny weights' settings, not the offline model's
         "--set", f"model.weights={s.model.weights_path}", "--set", "transcribe.jobs=1",
         "transcribe", str(wav), "-f", "json", "-q"]
     assert main(common + ["-o", str(tmp_path / "cpu"), "--device", "cpu"]) == 0
