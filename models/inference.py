@@ -179,9 +179,14 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
     bad = first_mismatch(meta.get("settings", {}), want)
     if bad:
         section, key, have, value = bad
+        if any(o.split("=", 1)[0].strip() == f"{section}.{key}" for o in settings.transcribe.overrides):
+            # The live and offline models read different transforms: name the switch, not one key of it.
+            fix = ("weights for the live transform go with --set 'transcribe.overrides=[]' on files, weights for "
+                   "the offline one (transcribe.overrides in config.toml) are for files only")
+        else:
+            fix = f"use matching settings (--set {section}.{key}={have!r}) or retrain the model"
         raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
-                         f"settings say {value!r}; use matching settings (--set {section}.{key}={have!r}) "
-                         f"or retrain the model.")
+                         f"settings say {value!r}; {fix}.")
     _check_shapes(arrays, settings, path)
     return arrays, meta
 

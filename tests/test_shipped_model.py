@@ -52,3 +52,21 @@ def test_bundled_example_onset_f1_does_not_regress(name):
     _, _, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(ri, rhz, ei, ehz, onset_tolerance=0.05,
                                                                       offset_ratio=None)
     assert f1 >= shipped_f1 - TOLERANCE, f"onset F1 {f1:.3f}, shipped {shipped_f1:.3f}"
+
+
+def test_live_weights_with_offline_settings_name_the_switch(tmp_path, capsys):
+    """The live model given to files under the offline transform (or the reverse, live): one sentence that names
+    transcribe.overrides, not just the first key of the transform that differs."""
+    from kkoma.cli import main
+    from models.errors import KkomaError
+    from models.inference import load_weights
+
+    live, offline = load_settings(), load_settings(offline=True)
+    with pytest.raises(KkomaError, match="transcribe.overrides=\\[\\]"):
+        load_weights(live.model.weights_path, offline)
+    with pytest.raises(KkomaError, match="are for files only"):
+        load_weights(offline.model.weights_path, live)
+    assert main(["--set", f"model.weights={live.model.weights_path}", "transcribe",
+                 str(ROOT / "examples" / "example.flac"), "-o", str(tmp_path), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "transcribe.overrides=[]" in err and len(err.splitlines()) == 1
