@@ -40,7 +40,7 @@ import numpy as np
 
 from models.errors import KkomaError
 from models.notes import N_KEYS
-from models.settings import first_mismatch
+from models.settings import first_mismatch, parse_override
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.settings import Settings
@@ -179,7 +179,7 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
     bad = first_mismatch(meta.get("settings", {}), want)
     if bad:
         section, key, have, value = bad
-        if any(o.split("=", 1)[0].strip() == f"{section}.{key}" for o in settings.transcribe.overrides):
+        if any(parse_override(o)[:2] == (section, key) for o in settings.transcribe.overrides):
             # The live and offline models read different transforms: name the switch, not one key of it.
             fix = ("weights for the live transform go with --set 'transcribe.overrides=[]' on files, weights for "
                    "the offline one (transcribe.overrides in config.toml) are for files only")
@@ -349,12 +349,12 @@ class StreamingModel:
         if self.harmonic:
             g = self._harmonic(xx, k)
             xw += g @ self._lk_h
+            g3 = g.reshape(k, N_KEYS, -1)  # per key, for its term in the onset and frame logits
         hs = np.empty((k, self.units), np.float32)
         _lstm_run(xw, a["lstm_recurrent"], self.h, self.c, hs)
         ov = hs @ self._ov_k
         ov += self._ov_b
-        if self.harmonic:  # the branch's per-key term in the onset and frame logits
-            g3 = g.reshape(k, N_KEYS, -1)
+        if self.harmonic:
             ov[:, :N_KEYS] += g3 @ a["harmonic_onset_kernel"]
         _sigmoid(ov)
         onset = ov[:, :N_KEYS]

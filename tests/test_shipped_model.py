@@ -1,6 +1,7 @@
 """The shipped weights (models/weights/kkoma.npz, the live model; kkoma_offline.npz, the offline model files get by
-default; kkoma_harmonic.npz, with its harmonic branch): they load with the shipped settings, stay small, and transcribe the bundled example (our own piece, not in any training set) at least as well as when they were shipped (golden figure
-with a tolerance: a regression in the weights, features, resampler or tracker shows up here)."""
+default; kkoma_harmonic.npz, with its harmonic branch): they load with the shipped settings, stay small, and
+transcribe the bundled example (our own piece, not in any training set) at least as well as when they were shipped
+(golden figure with a tolerance: a regression in the weights, features, resampler or tracker shows up here)."""
 from __future__ import annotations
 
 from pathlib import Path
