@@ -231,6 +231,7 @@ class TrainSettings:
     onset_target_frames: int = _f(lo=1, hi=10, unit="frames")
     spectral_eq_db: float = _f(lo=0.0, hi=40.0, unit="dB")
     spectral_eq_probability: float = _f(lo=0.0, hi=1.0)
+    average_decay: float = _f(lo=0.0, hi=0.99999)
 
 
 @dataclass(frozen=True)

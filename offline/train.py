@@ -16,13 +16,15 @@ Validation runs the exported NumPy streaming model (the very code that ships) ov
 zero state, per ``valid_*`` split, and reports frame-level onset F1 (onset probability ≥ ``tracker.onset_threshold``
 on the labelled onset frame), frame F1 (frame probability ≥ ``tracker.frame_threshold``), velocity MAE on onset
 frames, and the mean BCE losses. The score used for checkpoints and early stopping is the mean over splits of
-(onset F1 + frame F1) / 2. Note-level metrics (mir_eval) are ``kkoma evaluate``'s job.
+(onset F1 + frame F1) / 2. Note-level metrics (mir_eval) are ``kkoma evaluate``'s job. With
+``train.average_decay`` > 0, the weights validated, kept as best and exported are a moving average of the weights
+over the steps (:class:`_WeightAverage`); the step's own weights are scored beside them (``raw_score`` in the log).
 
 OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
     summary.json           the training summary (also printed)
-    checkpoints/           last.weights.h5, last.optimizer.npz, best.weights.h5, state.json (resume)
+    checkpoints/           last.weights.h5, last.optimizer.npz, [last.average.npz,] best.weights.h5, state.json
     logs/                  TensorBoard scalars per epoch (losses, validation metrics)
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -291,6 +294,50 @@ def _load_optimizer(opt, model, path: Path, log) -> None:
         v.assign(a)
 
 
+class _WeightAverage:
+    """Exponential moving average of a model's trainable weights (Polyak averaging), held in NumPy.
+
+    After every training step, ``update()``: avg = d * avg + (1 - d) * w with d = min(decay, (1 + n) / (10 + n)),
+    n = updates so far: the first steps follow the weights, so a short run is not pinned to where it started.
+    Inside ``swapped()`` the model holds the averaged weights, and its own again after.
+    """
+
+    def __init__(self, variables: list, decay: float):
+        self.variables = variables
+        self.decay = decay
+        self.values = [np.array(v.numpy(), dtype=np.float32) for v in variables]
+        self.updates = 0
+
+    def update(self) -> None:
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for a, v in zip(self.values, self.variables):
+            a *= d
+            a += (1.0 - d) * v.numpy()
+        self.updates += 1
+
+    @contextmanager
+    def swapped(self):
+        own = [v.numpy() for v in self.variables]
+        for v, a in zip(self.variables, self.values):
+            v.assign(a)
+        try:
+            yield
+        finally:
+            for v, w in zip(self.variables, own):
+                v.assign(w)
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda tmp: np.savez(tmp, np.array(self.updates), *self.values))
+
+    def load(self, path: Path, log) -> None:
+        with np.load(path) as z:
+            updates, values = int(z["arr_0"]), [z[f"arr_{i + 1}"] for i in range(len(z.files) - 1)]
+        if len(values) != len(self.values) or any(v.shape != a.shape for v, a in zip(values, self.values)):
+            log("  weight average does not match this model; averaging again from the resumed weights")
+            return
+        self.values, self.updates = [v.astype(np.float32) for v in values], updates
+
+
 class _Board:
     """Per-epoch scalars as TensorBoard event files, written with core ``tf.summary.write`` (which, unlike
     ``tf.summary.scalar`` and Keras' TensorBoard callback, does not need the ``tensorboard`` package installed;
@@ -465,6 +512,9 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
             if refeature or not init:
                 mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
                 network.set_normalization(model, mean, std)
+    average = _WeightAverage(model.trainable_variables, t.average_decay) if t.average_decay else None
+    if average is not None and state is not None and (ckpt / "last.average.npz").exists():
+        average.load(ckpt / "last.average.npz", log)
     arrays0 = network.model_arrays(model)
     n_params = network.count_params(arrays0)
     log(f"kkoma train: {len(train_pieces)} training pieces, validation "
@@ -498,30 +548,42 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     class Epochs(keras.callbacks.Callback):
         """Validate, checkpoint (last + best), early-stop, and keep the resumable state (in that order)."""
 
+        def on_train_batch_end(self, batch, logs=None):
+            if average is not None:
+                average.update()
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             t0 = time.time()
-            arrays = network.model_arrays(self.model)
-            metrics = validate(arrays, settings, dataset, valid) if valid else {}
-            score = metrics.get("score")
-            if score is None or not np.isfinite(score):  # no validation data: lower training loss is better
-                score = -float(logs.get("loss", np.inf))
-            for k, v in metrics.items():
-                logs[f"val_{k}"] = v
-            logs["val_score"] = score
-            entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
-                     "valid_seconds": round(time.time() - t0, 1)}
-            st["history"].append(entry)
-            st["epoch"] = epoch
-            improved = st["best_score"] is None or score > st["best_score"]
-            if improved:
-                st["best_score"], st["best_epoch"], st["wait"] = float(score), epoch, 0
-                _save_weights(self.model, ckpt / "best.weights.h5")
-                network.save_weights_npz(out_dir / "kkoma.npz", arrays, settings, summary(False))
-            else:
-                st["wait"] += 1
+            if average is not None and valid:
+                # The step's own weights are scored too, so the run's log shows what the average adds.
+                raw = validate(network.model_arrays(self.model), settings, dataset, valid)
+                logs["val_raw_score"] = raw["score"]
+            with average.swapped() if average is not None else nullcontext():
+                arrays = network.model_arrays(self.model)
+                metrics = validate(arrays, settings, dataset, valid) if valid else {}
+                score = metrics.get("score")
+                if score is None or not np.isfinite(score):  # no validation data: lower training loss is better
+                    score = -float(logs.get("loss", np.inf))
+                for k, v in metrics.items():
+                    logs[f"val_{k}"] = v
+                logs["val_score"] = score
+                entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                         "valid_seconds": round(time.time() - t0, 1)}
+                st["history"].append(entry)
+                st["epoch"] = epoch
+                improved = st["best_score"] is None or score > st["best_score"]
+                if improved:
+                    st["best_score"], st["best_epoch"], st["wait"] = float(score), epoch, 0
+                    _save_weights(self.model, ckpt / "best.weights.h5")
+                    network.save_weights_npz(out_dir / "kkoma.npz", arrays, settings, summary(False))
+                else:
+                    st["wait"] += 1
+            # Resume continues from the step's own weights (and the average beside them), not from the average.
             _save_weights(self.model, ckpt / "last.weights.h5")
             _save_optimizer(self.model.optimizer, ckpt / "last.optimizer.npz")
+            if average is not None:
+                average.save(ckpt / "last.average.npz")
             if st["wait"] > t.patience:
                 st["stopped_early"] = True
                 self.model.stop_training = True
@@ -531,6 +593,8 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
             for split in valid:
                 parts.append(f"{split} onset F1 {metrics[f'{split}_onset_f1']:.3f} frame F1 "
                              f"{metrics[f'{split}_frame_f1']:.3f} vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
+            if "val_raw_score" in logs:
+                parts.append(f"score without averaging {logs['val_raw_score']:.4f}")
             parts.append(f"score {score:.4f}" + (" (best)" if improved else f" (best {st['best_score']:.4f} "
                                                                               f"at epoch {st['best_epoch'] + 1})"))
             log("; ".join(parts))

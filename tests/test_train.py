@@ -288,3 +288,55 @@ def test_crop_stream_recolours_features_only(tmp_path):
         assert np.array_equal(a[0], b[0])
         changed += not np.array_equal(a[0], c[0])
     assert changed == 12
+
+
+def test_weight_average_follows_its_formula_and_swaps_back():
+    """avg = d * avg + (1 - d) * w with d = min(decay, (1 + n) / (10 + n)); swapped() lends the model the average
+    and gives its own weights back after, even when the block raises."""
+    import keras
+
+    from offline.train import _WeightAverage
+
+    v = keras.Variable(np.zeros(3, np.float32))
+    avg = _WeightAverage([v], decay=0.5)
+    expect = np.zeros(3)
+    for n, w in enumerate([1.0, 2.0, 4.0, 8.0]):
+        v.assign(np.full(3, w, np.float32))
+        avg.update()
+        d = min(0.5, (1 + n) / (10 + n))
+        expect = d * expect + (1 - d) * w
+    np.testing.assert_allclose(avg.values[0], expect, rtol=1e-6)
+    assert avg.updates == 4
+    with pytest.raises(RuntimeError):
+        with avg.swapped():
+            np.testing.assert_allclose(v.numpy(), expect, rtol=1e-6)
+            raise RuntimeError
+    np.testing.assert_array_equal(v.numpy(), np.full(3, 8.0, np.float32))
+
+
+def test_averaged_run_exports_the_average_and_resumes_it(trained, tmp_path):
+    """With train.average_decay: the step's own weights are scored beside the average; the best checkpoint and the
+    exported weights are the average (not the last step's weights); resume carries the average on."""
+    from models import network
+    from models.inference import load_weights
+    from offline.train import train
+
+    s, ds, _, _, _ = trained
+    sa = s.replace(train__epochs="2", train__steps_per_epoch="10", train__average_decay="0.9")
+    lines = []
+    out = train(ds, tmp_path / "avg", sa, log=lines.append, verbose=0)
+    assert all("val_raw_score" in h and np.isfinite(h["val_raw_score"]) for h in out["history"])
+    assert any("score without averaging" in line for line in lines)
+    with np.load(tmp_path / "avg" / "checkpoints" / "last.average.npz") as z:
+        assert int(z["arr_0"]) == 20
+    model = network.build_model(sa)
+    model.load_weights(tmp_path / "avg" / "checkpoints" / "last.weights.h5")
+    last = network.model_arrays(model)
+    got, _ = load_weights(tmp_path / "avg" / "kkoma.npz", sa)
+    if out["best_epoch"] == 2:
+        assert not np.array_equal(got["lstm_kernel"], last["lstm_kernel"])
+        model.load_weights(tmp_path / "avg" / "checkpoints" / "best.weights.h5")
+        np.testing.assert_array_equal(network.model_arrays(model)["lstm_kernel"], got["lstm_kernel"])
+    train(ds, tmp_path / "avg", sa.replace(train__epochs="3"), resume=True, log=lambda m: None, verbose=0)
+    with np.load(tmp_path / "avg" / "checkpoints" / "last.average.npz") as z:
+        assert int(z["arr_0"]) == 30
