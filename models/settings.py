@@ -134,9 +134,13 @@ class ModelSettings:
 
     @property
     def weights_path(self) -> Path:
-        """Weights file; a relative path is taken from the repository root."""
+        """Weights file. A relative path is looked up in the current folder, then in the repository root (where
+        config.toml's own paths point)."""
         p = Path(self.weights).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+        if p.is_absolute():
+            return p
+        here = Path.cwd() / p
+        return here if here.is_file() else REPO_ROOT / p
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,9 @@ def voice_name(soundfont: str, program: int) -> str:
 def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], holdout_soundfont: str,
                max_pieces: int = 0, sample_sets: list[str] = ()) -> list[Task]:
     """The tasks of a synthesised dataset (see the module notes for the splits)."""
-    root = Path(midi_dir)
+    # Absolute paths in the manifest: its readers (tune, diagnose, evaluate) may run from any folder.
+    root = Path(midi_dir).absolute()
+    sample_sets = [str(Path(f).absolute()) for f in sample_sets]
     files = find_midi(root)
     seed = settings.data.seed
     rel = {f: f.relative_to(root) for f in files}
@@ -236,7 +238,7 @@ def sample_set_name(folder: str | os.PathLike) -> str:
 
 def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list[Task]:
     """The tasks of a MAESTRO-layout folder (``maestro-v*.csv`` + audio/MIDI pairs)."""
-    root = Path(root)
+    root = Path(root).absolute()  # as in plan_synth: the manifest is read from any folder
     if not root.is_dir():
         raise KkomaError(f"{root} is not a folder.")
     csvs = sorted(root.glob("maestro-v*.csv")) or sorted(root.glob("*.csv"))

@@ -162,6 +162,19 @@ def test_plan_keeps_held_out_works_and_soundfont_out_of_train(midi_dir):
         plan_synth(midi_dir, s, [FLUID], FLUID)
 
 
+def test_plan_records_absolute_paths(midi_dir, monkeypatch):
+    """A folder given relative to the current one is recorded absolute, so the manifest can be read from anywhere;
+    the plan itself does not depend on how the folder was named."""
+    from offline.prepare import plan_synth
+
+    s = _settings()
+    monkeypatch.chdir(midi_dir.parent)
+    rel = plan_synth(Path(midi_dir.name), s, [TIM, FLUID], FLUID)
+    absolute = plan_synth(midi_dir, s, [TIM, FLUID], FLUID)
+    assert [(t.key, t.soundfont) for t in rel] == [(t.key, t.soundfont) for t in absolute]
+    assert all(Path(t.midi).is_absolute() and Path(t.midi).is_file() for t in rel)
+
+
 def test_plan_cycles_training_voices_over_programs(midi_dir):
     from offline.prepare import plan_synth
 

@@ -112,3 +112,16 @@ def test_users_file_and_set_win_over_the_profile(tmp_path):
 def test_bad_profile_names_the_key(profile, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=[f"transcribe.overrides={profile}"], offline=True)
+
+
+def test_relative_weights_path_is_looked_up_here_then_in_the_repository(tmp_path, monkeypatch):
+    """`--set model.weights=run/kkoma.npz` means the file in the current folder when it is there; config.toml's own
+    relative paths (models/weights/...) still find the shipped files from any folder."""
+    from models.settings import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.model.weights_path == REPO_ROOT / s.model.weights
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "kkoma.npz").write_bytes(b"x")
+    assert load_settings(overrides=["model.weights=run/kkoma.npz"]).model.weights_path == tmp_path / "run" / "kkoma.npz"
