@@ -236,6 +236,7 @@ class TrainSettings:
     spectral_eq_db: float = _f(lo=0.0, hi=40.0, unit="dB")
     spectral_eq_probability: float = _f(lo=0.0, hi=1.0)
     average_decay: float = _f(lo=0.0, hi=0.99999)
+    room_probability: float = _f(lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

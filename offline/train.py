@@ -127,19 +127,51 @@ def recolour(features: np.ndarray, gain_db: np.ndarray) -> np.ndarray:
     return np.log1p(np.expm1(features.astype(np.float32)) * g).astype(features.dtype)
 
 
+def add_room(features: np.ndarray, bin_hz: np.ndarray, frame_rate: float, rt60_s: float, wet: float,
+             snr_db: float, noise_tilt_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Features ``(n, n_bins)`` as if the piece had been played in a room with a noisy microphone.
+
+    In the power domain of the transform (``P = expm1(f) ** 2``, as :func:`recolour`), frame by frame:
+
+    * late reverberation: every bin's power feeds a tail that decays by 60 dB in ``rt60_s`` [s] (longer in the bass,
+      ``(f / 1 kHz) ** -0.15``: rooms damp treble faster), added ``wet`` times its steady-state level
+      (a held tone gains ``wet`` of its power; a released one rings on). Sums of powers: a late tail is incoherent.
+    * noise: exponentially distributed power per cell (the power of complex Gaussian noise), its mean ``snr_db``
+      [dB] below the crop's mean signal power, tilted ``noise_tilt_db`` [dB per octave] around 1 kHz.
+
+    bin_hz : ``(n_bins,)`` bin centre frequencies [Hz]. A silent crop stays silent (its noise is relative to it).
+    """
+    m = np.expm1(features.astype(np.float32))
+    power = m.astype(np.float64) ** 2
+    decay = 10.0 ** (-6.0 / (rt60_s * (bin_hz / 1000.0) ** -0.15 * frame_rate))  # per frame, in power
+    out = power.copy()
+    tail = np.zeros(power.shape[1])
+    for t in range(power.shape[0]):
+        out[t] += wet * tail
+        tail = decay * tail + (1.0 - decay) * power[t]
+    level = power.mean() * 10.0 ** (-snr_db / 10.0)
+    shape = 10.0 ** (noise_tilt_db * np.log2(bin_hz / 1000.0) / 10.0)
+    out += rng.exponential(1.0, out.shape) * (level * shape / shape.mean())
+    return np.log1p(np.sqrt(out)).astype(features.dtype)
+
+
 def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int,
-                colour: tuple[float, float, int] | None = None):
+                colour: tuple[float, float, int] | None = None, room: dict | None = None):
     """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity (window, 88)
     uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes.
 
     colour : (probability, max_db, bins_per_octave): each crop is recoloured by a random
         :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); None or max_db 0 = never.
+    room : each crop is put in a random room (:func:`add_room`, before the recolouring: the microphone hears the
+        room) with probability ``room["probability"]``; ranges ``rt60_s``, ``wet``, ``snr_db`` (pairs),
+        ``bin_hz``, ``frame_rate``. None = never.
     """
     from models.network import align
 
     rng = np.random.default_rng(seed)
     colour_rng = np.random.default_rng([seed, 1])  # a separate stream: crops are the same with colour on or off
     p_colour, max_db, bpo = colour if colour is not None else (0.0, 0.0, 1)
+    room_rng = np.random.default_rng([seed, 2])  # likewise for the room
     while True:
         order = rng.permutation(len(pieces))
         for p0 in range(0, len(order), pool):
@@ -158,6 +190,10 @@ def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, 
                                   lab["velocity"][s:s + window]))
             for j in rng.permutation(len(crops)):
                 f, on, fr, vel = crops[int(j)]
+                if room is not None and room_rng.random() < room["probability"]:
+                    f = add_room(f, room["bin_hz"], room["frame_rate"], room_rng.uniform(*room["rt60_s"]),
+                                 room_rng.uniform(*room["wet"]), room_rng.uniform(*room["snr_db"]),
+                                 room_rng.uniform(-3.0, 3.0), room_rng)
                 if max_db > 0 and colour_rng.random() < p_colour:
                     f = recolour(f, spectral_envelope(f.shape[1], bpo, max_db, colour_rng))
                 yield f, on, fr, vel
@@ -176,9 +212,15 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
     nb_, w = settings.cqt.n_bins, m.window_frames
     sig = (tf.TensorSpec((w, nb_), tf.float16), tf.TensorSpec((w, N_KEYS), tf.uint8),
            tf.TensorSpec((w, N_KEYS), tf.uint8), tf.TensorSpec((w, N_KEYS), tf.uint8))
+    a, c = settings.augment, settings.cqt
+    room = None
+    if t.room_probability > 0:
+        room = {"probability": t.room_probability, "rt60_s": a.reverb_rt60_s, "wet": a.reverb_wet,
+                "snr_db": a.snr_db, "frame_rate": settings.audio.frame_rate,
+                "bin_hz": c.fmin * 2.0 ** (np.arange(c.n_bins) / c.bins_per_octave)}
     ds = tf.data.Dataset.from_generator(
         lambda: crop_stream(dataset, pieces, w, m.lookahead_frames, max(8, 2 * batch_size), seed,
-                            (t.spectral_eq_probability, t.spectral_eq_db, settings.cqt.bins_per_octave)),
+                            (t.spectral_eq_probability, t.spectral_eq_db, c.bins_per_octave), room),
         output_signature=sig)
 
     width = settings.train.onset_target_frames

@@ -271,7 +271,7 @@ def test_recolour_scales_magnitudes_exactly_and_keeps_silence():
     np.testing.assert_allclose(recolour(f, np.zeros(264)), f, rtol=1e-6)
 
 
-def test_crop_stream_recolours_features_only(tmp_path):
+def test_crop_stream_recolours_and_rooms_features_only(tmp_path):
     from offline.train import crop_stream
 
     s = load_settings(overrides=TINY)
@@ -288,6 +288,36 @@ def test_crop_stream_recolours_features_only(tmp_path):
         assert np.array_equal(a[0], b[0])
         changed += not np.array_equal(a[0], c[0])
     assert changed == 12
+    room = {"probability": 1.0, "rt60_s": (0.3, 1.0), "wet": (0.2, 0.5), "snr_db": (15.0, 30.0), "frame_rate": 100.0,
+            "bin_hz": 27.5 * 2.0 ** (np.arange(264) / 36)}
+    plain, roomy = crop_stream(ds, pieces, 50, 2, 8, seed=5), crop_stream(ds, pieces, 50, 2, 8, seed=5, room=room)
+    for _ in range(12):
+        a, r = next(plain), next(roomy)
+        for x, y in zip(a[1:], r[1:]):
+            assert np.array_equal(x, y)
+        assert (r[0].astype(np.float32) >= a[0].astype(np.float32) - 1e-2).all()  # a room only adds power
+
+
+def test_room_tail_decays_at_its_rt60_and_noise_sits_at_its_snr():
+    """add_room on a tone held in one 1 kHz bin (no noise: SNR 300 dB): while held, the bin's power rises to
+    (1 + wet) times the tone's; after, it falls by 60 dB in RT60; other bins stay silent. With noise, the silent
+    bins' mean power is SNR below the crop's mean power."""
+    from offline.train import add_room
+
+    hz = 1000.0 * 2.0 ** ((np.arange(72) - 36) / 36)
+    m = np.zeros((300, 72))
+    m[:100, 36] = 1000.0
+    f = np.log1p(m).astype(np.float32)
+    rng = np.random.default_rng(0)
+    g = add_room(f, hz, 100.0, rt60_s=0.5, wet=0.3, snr_db=300.0, noise_tilt_db=0.0, rng=rng)
+    p = np.expm1(g.astype(np.float64)) ** 2
+    assert p[99, 36] == pytest.approx(1.3e6, rel=1e-3)
+    assert 10 * np.log10(p[100, 36] / p[150, 36]) == pytest.approx(60.0, abs=0.5)  # 50 frames = 0.5 s
+    assert p[:, np.arange(72) != 36].max() < 1e-20
+    g = add_room(f, hz, 100.0, rt60_s=0.5, wet=0.0, snr_db=10.0, noise_tilt_db=0.0, rng=rng)
+    noise = np.expm1(g[:, :30].astype(np.float64)) ** 2
+    assert 10 * np.log10((m ** 2).mean() / noise.mean()) == pytest.approx(10.0, abs=0.3)
+    assert not add_room(np.zeros_like(f), hz, 100.0, 0.5, 0.3, 10.0, 0.0, rng).any()
 
 
 def test_weight_average_follows_its_formula_and_swaps_back():
@@ -316,13 +346,15 @@ def test_weight_average_follows_its_formula_and_swaps_back():
 
 def test_averaged_run_exports_the_average_and_resumes_it(trained, tmp_path):
     """With train.average_decay: the step's own weights are scored beside the average; the best checkpoint and the
-    exported weights are the average (not the last step's weights); resume carries the average on."""
+    exported weights are the average (not the last step's weights); resume carries the average on. (Rooms on the fly
+    are on too, to run them through the tf.data pipeline.)"""
     from models import network
     from models.inference import load_weights
     from offline.train import train
 
     s, ds, _, _, _ = trained
-    sa = s.replace(train__epochs="2", train__steps_per_epoch="10", train__average_decay="0.9")
+    sa = s.replace(train__epochs="2", train__steps_per_epoch="10", train__average_decay="0.9",
+                   train__room_probability="0.5")
     lines = []
     out = train(ds, tmp_path / "avg", sa, log=lines.append, verbose=0)
     assert all("val_raw_score" in h and np.isfinite(h["val_raw_score"]) for h in out["history"])
