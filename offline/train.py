@@ -353,8 +353,7 @@ class _WeightAverage:
     def update(self) -> None:
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         for a, v in zip(self.values, self.variables):
-            a *= d
-            a += (1.0 - d) * v.numpy()
+            a += (1.0 - d) * (v.numpy() - a)  # = d * a + (1 - d) * w, and exactly a where w == a
         self.updates += 1
 
     @contextmanager
