@@ -562,6 +562,10 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
         + (", ".join(f"{k} ({len(v)})" for k, v in valid.items()) or "none")
         + f"; {n_params:,} parameters; {devices}{', mixed precision' if mixed else ''}; batch {batch} x {window} "
         f"frames, {steps} steps/epoch; look-ahead {R} frames ({settings.model_lookahead_ms:g} ms)")
+    envelope = (f"on {t.spectral_eq_probability:.0%} of crops (±{t.spectral_eq_db:g} dB)" if t.spectral_eq_db
+                else "off")
+    log(f"on the fly: spectral envelope {envelope}, rooms on {t.room_probability:.0%}; weight average "
+        + (f"decay {t.average_decay:g}" if t.average_decay else "off"))
     if state is not None:
         log(f"resuming after epoch {initial_epoch} (best score {state['best_score']:.4f} at epoch "
             f"{state['best_epoch'] + 1})")

@@ -359,6 +359,7 @@ def test_averaged_run_exports_the_average_and_resumes_it(trained, tmp_path):
     out = train(ds, tmp_path / "avg", sa, log=lines.append, verbose=0)
     assert all("val_raw_score" in h and np.isfinite(h["val_raw_score"]) for h in out["history"])
     assert any("score without averaging" in line for line in lines)
+    assert any("rooms on 50%; weight average decay 0.9" in line for line in lines)
     with np.load(tmp_path / "avg" / "checkpoints" / "last.average.npz") as z:
         assert int(z["arr_0"]) == 20
     model = network.build_model(sa)
