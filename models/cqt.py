@@ -222,7 +222,7 @@ def _hann(n: int) -> np.ndarray:
 def _build(audio: AudioSettings, c: CQTSettings) -> KernelBank:
     """The kernel bank for these (frozen, hashable) settings; cached, so every CQT of the same settings shares it."""
     sr, hop = audio.sample_rate, audio.hop_length
-    freqs = c.fmin * 2.0 ** (np.arange(c.n_bins) / c.bins_per_octave)
+    freqs = c.frequencies
     # Level of each bin: the lowest rate that still holds it. Decimated levels need not divide the hop: their
     # window positions are rounded to their own grid (at most half a sample of their rate, negligible against
     # windows of ~170+ samples), identically in both drivers.

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -83,6 +85,11 @@ class CQTSettings:
     def fmax(self) -> float:
         """Centre frequency of the highest bin [Hz]."""
         return self.fmin * 2.0 ** ((self.n_bins - 1) / self.bins_per_octave)
+
+    @property
+    def frequencies(self) -> np.ndarray:
+        """``(n_bins,)`` bin centre frequencies [Hz]."""
+        return self.fmin * 2.0 ** (np.arange(self.n_bins) / self.bins_per_octave)
 
     @property
     def centered(self) -> bool:

@@ -217,7 +217,7 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
     if t.room_probability > 0:
         room = {"probability": t.room_probability, "rt60_s": a.reverb_rt60_s, "wet": a.reverb_wet,
                 "snr_db": a.snr_db, "frame_rate": settings.audio.frame_rate,
-                "bin_hz": c.fmin * 2.0 ** (np.arange(c.n_bins) / c.bins_per_octave)}
+                "bin_hz": c.frequencies}
     ds = tf.data.Dataset.from_generator(
         lambda: crop_stream(dataset, pieces, w, m.lookahead_frames, max(8, 2 * batch_size), seed,
                             (t.spectral_eq_probability, t.spectral_eq_db, c.bins_per_octave), room),
