@@ -1,25 +1,36 @@
 """Streaming inference in NumPy (+ one Numba kernel) from the exported ``.npz`` weights; no TensorFlow.
 
 The network is the one of :mod:`models.network` (read its notes): per-bin standardisation, a causal conv over the
-last ``context_frames`` frames, one forward LSTM, three sigmoid heads. Everything but the LSTM recurrence is
-vectorised over the frames of a chunk; the recurrence runs in a Numba loop. State carried between calls: the last
-``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, and the step counter, so feeding a piece in
-chunks of any size gives the same outputs as feeding it whole (tests/test_inference.py, and equal to TF there).
+last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads.
+Everything but the LSTM recurrence is vectorised over the frames of a chunk; the recurrence runs in a Numba loop.
+State carried between calls: the last ``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, the
+step counters, and with a backward LSTM the forward results of the steps still waiting for their block's backward
+run, so feeding a piece in chunks of any size gives the same outputs as feeding it whole (tests/test_inference.py,
+and equal to TF there).
 
 Look-ahead: outputs are delayed by ``R = model.lookahead_frames``. After ``n`` input frames, ``max(0, n - R)``
 output frames have been emitted (frame ``t`` once frame ``t + R`` has arrived); :meth:`StreamingModel.flush` feeds
 R frames of silence (raw zero features, as in training) to emit the last R.
 
+Backward direction (``model.backward_units > 0``, files only): steps wait in a buffer until a block of
+``B = backward_block_frames`` steps and the ``C = backward_context_frames`` after it have arrived; the backward LSTM
+then runs over those B + C steps from a zero state after the last, and the B steps' outputs are emitted. The flush
+runs it over whatever is left, from the end of the stream (as training does at a piece's end). So outputs come up
+to B + C + R frames after their input; ``frames_out`` counts them.
+
 Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
 -----------------------------------------------------------------------------
 ``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
-input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics]}}, "summary": {...}}``;
+input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics], backward_units[,
+backward_block_frames, backward_context_frames]}}, "summary": {...}}``;
 arrays (float32; :func:`models.network.array_shapes`)::
 
     norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
     lstm_kernel (n_in, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order); n_in =
         input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
-    onset_kernel (u, 88), frame_kernel (u + 88, 88), velocity_kernel (u, 88), and their biases (88,)
+    onset_kernel (u', 88), frame_kernel (u' + 88, 88), velocity_kernel (u', 88), and their biases (88,); u' = u
+        (+ ub with the backward LSTM: its rows after the forward one's)
+    backward LSTM only: backward_kernel (n_in, 4ub), backward_recurrent (ub, 4ub), backward_bias (4ub,)
     harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
         (models.network.harmonic_index)
@@ -238,6 +249,12 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "velocity_kernel": glorot("velocity_kernel"),
         "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
+    if "backward_kernel" in shapes:
+        ub = shapes["backward_recurrent"][0]
+        b_bias = np.zeros(4 * ub, np.float32)
+        b_bias[ub:2 * ub] = 1.0
+        a.update(backward_kernel=glorot("backward_kernel"), backward_recurrent=glorot("backward_recurrent"),
+                 backward_bias=b_bias)
     if "harmonic_kernel" in shapes:
         a.update(harmonic_kernel=glorot("harmonic_kernel"), harmonic_bias=normal("harmonic_bias", 0.1),
                  harmonic_out_kernel=glorot("harmonic_out_kernel"),
@@ -268,7 +285,9 @@ class StreamingModel:
     arrays : weights already in memory (as :func:`load_weights` returns them; used by training's validation).
 
     State (restored by :meth:`reset`): ``frames_in`` input frames consumed, ``frames_out`` output frames emitted,
-    ``h``/``c`` the LSTM state, the last ``context_frames - 1`` standardised input frames.
+    ``steps_out`` model steps emitted (frames_out + the look-ahead's skipped first steps), ``h``/``c`` the LSTM
+    state, the last ``context_frames - 1`` standardised input frames; with a backward LSTM, ``pending``: the
+    forward results of the steps not yet emitted (see the module notes).
     """
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
@@ -289,9 +308,12 @@ class StreamingModel:
         self.units = m["units"]
         self.context = m["context_frames"]
         self.lookahead_frames = m["lookahead_frames"]
-        u = self.units
-        self._fk_h = np.ascontiguousarray(a["frame_kernel"][:u])
-        self._fk_o = np.ascontiguousarray(a["frame_kernel"][u:])
+        self.backward_units = m["backward_units"]
+        self.backward_block = m.get("backward_block_frames", 0)
+        self.backward_context = m.get("backward_context_frames", 0)
+        hh = self.units + self.backward_units
+        self._fk_h = np.ascontiguousarray(a["frame_kernel"][:hh])
+        self._fk_o = np.ascontiguousarray(a["frame_kernel"][hh:])
         # Onset and velocity heads read the same input: one matmul for both. The causal conv as one matmul over
         # the flattened window of context_frames frames.
         self._ov_k = np.ascontiguousarray(np.concatenate([a["onset_kernel"], a["velocity_kernel"]], axis=1))
@@ -299,6 +321,9 @@ class StreamingModel:
         self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
         hin = m["input_units"]
         self._lk_ctx = np.ascontiguousarray(a["lstm_kernel"][:hin])
+        if self.backward_units:
+            self._bk_ctx = np.ascontiguousarray(a["backward_kernel"][:hin])
+            self._bk_h = np.ascontiguousarray(a["backward_kernel"][hin:])
         self.harmonic = bool(m["harmonic_units"])
         if self.harmonic:
             from models.network import harmonic_index
@@ -309,8 +334,10 @@ class StreamingModel:
 
     @property
     def lookahead_ms(self) -> float:
-        """Output delay [ms]: frame t comes out once frame t + lookahead_frames has been fed."""
-        return 1000.0 * self.lookahead_frames * self.settings.audio.hop_seconds
+        """Longest output delay [ms]: frame t comes out once frame t + lookahead_frames has been fed; with a
+        backward LSTM, up to backward_block_frames + backward_context_frames frames later still."""
+        wait = self.backward_block + self.backward_context if self.backward_units else 0
+        return 1000.0 * (self.lookahead_frames + wait) * self.settings.audio.hop_seconds
 
     @property
     def n_params(self) -> int:
@@ -323,13 +350,19 @@ class StreamingModel:
         self._hist = np.zeros((self.context - 1, self.n_bins), np.float32)
         self.frames_in = 0
         self.frames_out = 0
+        self.steps_out = 0
+        self.pending: list[tuple] = []  # backward LSTM only: per chunk, the rows of _forward's results not emitted
         self._flushed = False
 
     def _empty(self) -> dict[str, np.ndarray]:
         z = np.zeros((0, N_KEYS), np.float32)
         return {"onset": z, "frame": z.copy(), "velocity": z.copy()}
 
-    def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    def _forward(self, features: np.ndarray) -> tuple:
+        """Everything up to the heads for ``(k, n_bins)`` raw features, carrying the state: a tuple of per-step
+        arrays (k rows each) for :meth:`_finish`: the forward LSTM's outputs ``(k, units)``, the backward LSTM's
+        input projection ``(k, 4 backward_units)`` (none without it), the harmonic branch's ``(k, 88, hf)``
+        (none without it)."""
         a = self._a
         k = features.shape[0]
         x = (features - a["norm_mean"]) * a["norm_inv_std"]
@@ -346,25 +379,81 @@ class StreamingModel:
         np.maximum(z, 0.0, out=z)
         xw = z @ self._lk_ctx
         xw += a["lstm_bias"]
+        xb = g3 = None
+        if self.backward_units:
+            xb = z @ self._bk_ctx
+            xb += a["backward_bias"]
         if self.harmonic:
             g = self._harmonic(xx, k)
             xw += g @ self._lk_h
+            if xb is not None:
+                xb += g @ self._bk_h
             g3 = g.reshape(k, N_KEYS, -1)  # per key, for its term in the onset and frame logits
         hs = np.empty((k, self.units), np.float32)
         _lstm_run(xw, a["lstm_recurrent"], self.h, self.c, hs)
+        return hs, xb, g3
+
+    def _backward(self, xb: np.ndarray) -> np.ndarray:
+        """The backward LSTM over ``xb`` (k, 4 backward_units) input projections, from a zero state after the last
+        step -> ``(k, backward_units)`` in time order."""
+        ub = self.backward_units
+        out = np.empty((xb.shape[0], ub), np.float32)
+        _lstm_run(np.ascontiguousarray(xb[::-1]), self._a["backward_recurrent"], np.zeros(ub, np.float32),
+                  np.zeros(ub, np.float32), out)
+        return out[::-1]
+
+    def _finish(self, rows: tuple, n: int) -> dict[str, np.ndarray]:
+        """:meth:`_forward`'s rows of k steps -> the heads' outputs for the first ``n`` of them; with a backward
+        LSTM, run over all k first (the steps after the n are its context)."""
+        a = self._a
+        hs, xb, g3 = rows
+        if self.backward_units:
+            hs = np.concatenate([hs[:n], self._backward(xb)[:n]], axis=1)
+        else:
+            hs = hs[:n]
+        if g3 is not None:
+            g3 = g3[:n]
         ov = hs @ self._ov_k
         ov += self._ov_b
-        if self.harmonic:
+        if g3 is not None:
             ov[:, :N_KEYS] += g3 @ a["harmonic_onset_kernel"]
         _sigmoid(ov)
         onset = ov[:, :N_KEYS]
         frame = hs @ self._fk_h
         frame += onset @ self._fk_o
         frame += a["frame_bias"]
-        if self.harmonic:
+        if g3 is not None:
             frame += g3 @ a["harmonic_frame_kernel"]
         _sigmoid(frame)
         return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
+
+    def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """``(k, n_bins)`` raw features -> the outputs of the steps now complete (k of them without a backward
+        LSTM; with one, every complete block's)."""
+        rows = self._forward(features)
+        if not self.backward_units:
+            return self._finish(rows, features.shape[0])
+        self.pending.append(rows)
+        return self._emit_blocks(final=False)
+
+    def _emit_blocks(self, final: bool) -> dict[str, np.ndarray]:
+        """With a backward LSTM: the outputs of the pending steps whose block and context have arrived (all of them
+        when ``final``: the stream has ended)."""
+        n = sum(r[0].shape[0] for r in self.pending)
+        block, span = self.backward_block, self.backward_block + self.backward_context
+        if n == 0 or (n < span and not final):
+            return self._empty()
+        rows = tuple(None if r0 is None else np.concatenate([r[i] for r in self.pending])
+                     for i, r0 in enumerate(self.pending[0]))
+        parts, s = [], 0
+        while n - s >= span:
+            parts.append(self._finish(tuple(None if r is None else r[s:s + span] for r in rows), block))
+            s += block
+        if final and s < n:
+            parts.append(self._finish(tuple(None if r is None else r[s:] for r in rows), n - s))
+            s = n
+        self.pending = [tuple(None if r is None else r[s:] for r in rows)] if s < n else []
+        return {k: np.concatenate([p[k] for p in parts]) for k in ("onset", "frame", "velocity")}
 
     def _harmonic(self, xx: np.ndarray, k: int) -> np.ndarray:
         """The harmonic branch: ``xx`` (context - 1 + k, n_bins) standardised frames -> (k, 88 * hf)."""
@@ -391,8 +480,14 @@ class StreamingModel:
         if k == 0:
             return self._empty()
         out = self._run(np.ascontiguousarray(f))
-        skip = max(0, self.lookahead_frames - self.frames_in)  # steps before the first output frame
         self.frames_in += k
+        return self._count(out)
+
+    def _count(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Emitted steps -> output frames: the first ``lookahead_frames`` steps of a stream come before its first
+        frame and are dropped."""
+        skip = min(out["onset"].shape[0], max(0, self.lookahead_frames - self.steps_out))
+        self.steps_out += out["onset"].shape[0]
         if skip:
             out = {n: v[skip:] for n, v in out.items()}
         self.frames_out += out["onset"].shape[0]
@@ -405,10 +500,12 @@ class StreamingModel:
         """
         if self._flushed:
             return self._empty()
-        n_real = self.frames_in
+        n_real, owed = self.frames_in, self.frames_in - self.frames_out  # frames of the real signal still owed
         out = self.process(np.zeros((self.lookahead_frames, self.n_bins), np.float32))
-        keep = n_real - (self.frames_out - out["onset"].shape[0])  # frames of the real signal still owed
-        out = {n: v[:keep] for n, v in out.items()}
+        if self.backward_units:
+            rest = self._count(self._emit_blocks(final=True))
+            out = {n: np.concatenate([out[n], rest[n]]) for n in out}
+        out = {n: v[:owed] for n, v in out.items()}
         self.frames_out = n_real
         self.frames_in = n_real
         self._flushed = True

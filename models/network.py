@@ -12,7 +12,8 @@ Architecture (one model for onsets, frames and velocities; live == offline exact
          context_frames frames: (88, context * H * bins_per_semitone) -> a small network shared by all keys,
          Dense(harmonic_units, relu) -> Dense(harmonic_features, relu) -> g (88, harmonic_features)
          (its features also reach the onset and frame heads per key: + g @ w, w shared by all keys)
-      -> LSTM(units), forward only             the only state carried between chunks
+      -> LSTM(units), forward                  the only state carried between chunks
+      (+ backward LSTM(backward_units), when > 0, on the same input read backwards in time; h = [forward, backward])
       -> onset    = sigmoid(Dense(88)(h))
       -> frame    = sigmoid(Dense(88)([h, stop_gradient(onset)]))   Onsets-and-Frames style: onsets gate lengths
       -> velocity = sigmoid(Dense(88)(h))      MIDI velocity / 127, trained on onset frames only
@@ -29,8 +30,13 @@ and the octave below it side by side, which is what tells a note from its octave
 onset and frame heads directly as well as through the LSTM, whose 128 units must otherwise carry every key's
 evidence.
 
-Why not a BiLSTM: only a forward direction can carry state across chunks (DESIGN.md §3); this model has one regime
-for training, offline and live, and its latency is ``R * hop`` plus the transform's.
+Why no BiLSTM live: only a forward direction can carry state across chunks (DESIGN.md §3). The live model is
+forward only (``model.backward_units = 0``): one regime for training, files and live, and a latency of ``R * hop``
+plus the transform's. Files need no answer within milliseconds, so the offline model may add the backward direction
+of a *latency-controlled* BiLSTM (as in streaming speech recognition): training runs it over each
+``window_frames`` crop from a zero state at the crop's end; inference (``models.inference``) runs it over blocks of
+``backward_block_frames`` plus ``backward_context_frames`` frames from a zero state at their end, keeping the
+block's outputs, so every frame but the last of a piece has at least the context's frames after it, as in training.
 
 TensorFlow/Keras are imported inside the functions so importing this module stays cheap.
 """
@@ -57,11 +63,20 @@ def architecture(settings: "Settings") -> dict:
     other keys are recorded only when it is on (``harmonic_units > 0``)."""
     m = settings.model
     a = {"n_bins": settings.cqt.n_bins, "context_frames": m.context_frames, "input_units": m.input_units,
-         "units": m.units, "lookahead_frames": m.lookahead_frames, "harmonic_units": m.harmonic_units}
+         "units": m.units, "lookahead_frames": m.lookahead_frames, "harmonic_units": m.harmonic_units,
+         "backward_units": m.backward_units}
     if m.harmonic_units:
         a["harmonic_features"] = m.harmonic_features
         a["harmonics"] = [float(h) for h in m.harmonics]
+    if m.backward_units:
+        a["backward_block_frames"] = m.backward_block_frames
+        a["backward_context_frames"] = m.backward_context_frames
     return a
+
+
+def head_input_size(arch: dict) -> int:
+    """Width of what the heads read: the forward LSTM's units, plus the backward one's when there is one."""
+    return arch["units"] + arch["backward_units"]
 
 
 def lstm_input_size(arch: dict) -> int:
@@ -89,11 +104,16 @@ def array_shapes(settings: "Settings") -> dict[str, tuple]:
     """Name -> shape of every array of the ``.npz`` weights format for these settings."""
     a = architecture(settings)
     u, nb_, ctx, hin = a["units"], a["n_bins"], a["context_frames"], a["input_units"]
+    hh = head_input_size(a)
     shapes = {"norm_mean": (nb_,), "norm_inv_std": (nb_,), "context_kernel": (ctx, nb_, hin),
               "context_bias": (hin,), "lstm_kernel": (lstm_input_size(a), 4 * u), "lstm_recurrent": (u, 4 * u),
-              "lstm_bias": (4 * u,), "onset_kernel": (u, N_KEYS), "onset_bias": (N_KEYS,),
-              "frame_kernel": (u + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (u, N_KEYS),
+              "lstm_bias": (4 * u,), "onset_kernel": (hh, N_KEYS), "onset_bias": (N_KEYS,),
+              "frame_kernel": (hh + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (hh, N_KEYS),
               "velocity_bias": (N_KEYS,)}
+    if a["backward_units"]:
+        ub = a["backward_units"]
+        shapes.update(backward_kernel=(lstm_input_size(a), 4 * ub), backward_recurrent=(ub, 4 * ub),
+                      backward_bias=(4 * ub,))
     if a["harmonic_units"]:
         patch = harmonic_index(settings).shape[1]
         hu, hf = a["harmonic_units"], a["harmonic_features"]
@@ -164,7 +184,14 @@ def _layers():
             x = keras.ops.concatenate([x, keras.ops.zeros_like(x[..., :1])], axis=-1)
             return keras.ops.take(x, self.index, axis=-1)
 
-    _LAYERS = {"Standardize": Standardize, "StopGradient": StopGradient, "HarmonicPatches": HarmonicPatches}
+    class Reverse(keras.layers.Layer):
+        """``(B, T, ...)`` -> the same, reversed in time (around the backward LSTM, so its outputs line up)."""
+
+        def call(self, x):
+            return keras.ops.flip(x, axis=1)
+
+    _LAYERS = {"Standardize": Standardize, "StopGradient": StopGradient, "HarmonicPatches": HarmonicPatches,
+               "Reverse": Reverse}
     return _LAYERS
 
 
@@ -192,12 +219,22 @@ def build_model(settings: "Settings", stateful_batch: int | None = None):
     layers = make_layers(settings)
     x, g = encode(layers, x)
     h = keras.layers.LSTM(a["units"], return_sequences=True, stateful=stateful, name="lstm")(x)
+    if a["backward_units"]:
+        if stateful:
+            raise ValueError("a backward LSTM cannot be stateful: it runs over blocks (models.inference)")
+        h = layers["lstm_join"]([h, backward(layers, x)])
     return keras.Model(inp, heads(layers, h, g), name="kkoma")
+
+
+def backward(layers: dict, x):
+    """The backward direction: LSTM inputs ``(B, T, n_in)`` -> ``(B, T, backward_units)``, the LSTM run from the
+    last step to the first (zero state after the last), its outputs in time order."""
+    return layers["backward_out"](layers["backward"](layers["backward_in"](x)))
 
 
 #: The layers :func:`encode` and :func:`heads` apply, in order (the harmonic ones only with the branch).
 LAYER_NAMES = ("context", "harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense",
-               "harmonic_flat", "lstm_in",
+               "harmonic_flat", "lstm_in", "backward_in", "backward", "backward_out", "lstm_join",
                "onset", "harmonic_onset", "harmonic_onset_flat", "onset_sum", "onset_prob", "onset_stop",
                "frame_in", "frame", "harmonic_frame", "harmonic_frame_flat", "frame_sum", "frame_prob", "velocity")
 
@@ -219,6 +256,11 @@ def make_layers(settings: "Settings") -> dict:
               "frame_in": keras.layers.Concatenate(name="frame_in"),
               "frame": keras.layers.Dense(N_KEYS, activation=head_act, dtype="float32", name="frame"),
               "velocity": keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")}
+    if a["backward_units"]:
+        layers.update(backward_in=L["Reverse"](name="backward_in"),
+                      backward=keras.layers.LSTM(a["backward_units"], return_sequences=True, name="backward"),
+                      backward_out=L["Reverse"](name="backward_out"),
+                      lstm_join=keras.layers.Concatenate(name="lstm_join"))
     if branch:
         index = harmonic_index(settings, off=a["n_bins"])
         patch = index.shape[1]
@@ -256,7 +298,7 @@ def encode(layers: dict, z):
 
 
 def heads(layers: dict, h, g) -> dict:
-    """LSTM outputs ``(B, T, units)`` and the branch's features (or None) -> dict onset/frame/velocity
+    """LSTM outputs ``(B, T, head_input_size)`` and the branch's features (or None) -> dict onset/frame/velocity
     ``(B, T, 88)`` in [0, 1]. The frame head also reads the onset output, with its gradient stopped."""
 
     def head(name, logits):
@@ -296,6 +338,9 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     arrays = dict(norm_mean=mean, norm_inv_std=inv_std, context_kernel=ck, context_bias=cb, lstm_kernel=lk,
                   lstm_recurrent=lr, lstm_bias=lb, onset_kernel=ok, onset_bias=ob, frame_kernel=fk,
                   frame_bias=fb, velocity_kernel=vk, velocity_bias=vb)
+    if "backward" in model_layers(model):
+        arrays["backward_kernel"], arrays["backward_recurrent"], arrays["backward_bias"] = \
+            g("backward").get_weights()
     if "harmonic_conv" in model_layers(model):
         hk, hb = g("harmonic_conv").get_weights()  # (ctx, 1, P, hu)
         arrays.update(harmonic_kernel=hk[:, 0], harmonic_bias=hb)
@@ -316,6 +361,8 @@ def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
     g("onset").set_weights([a["onset_kernel"], a["onset_bias"]])
     g("frame").set_weights([a["frame_kernel"], a["frame_bias"]])
     g("velocity").set_weights([a["velocity_kernel"], a["velocity_bias"]])
+    if "backward" in model_layers(model):
+        g("backward").set_weights([a["backward_kernel"], a["backward_recurrent"], a["backward_bias"]])
     if "harmonic_conv" in model_layers(model):
         g("harmonic_conv").set_weights([a["harmonic_kernel"][:, None], a["harmonic_bias"]])
         g("harmonic_dense").set_weights([a["harmonic_out_kernel"], a["harmonic_out_bias"]])
@@ -340,6 +387,31 @@ def grow_arrays(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dic
     out["lstm_kernel"] = lk
     for k in ("harmonic_onset_kernel", "harmonic_frame_kernel"):
         out[k] = np.zeros_like(fresh[k])
+    return out
+
+
+def grow_backward(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights for a model with the backward direction, made from ``old`` weights without it: every array of
+    ``old`` as it is; the backward LSTM and the heads' rows that read it from ``fresh`` (a new model's
+    initialisation).
+
+    The heads' new rows are not zero: with zero rows the backward LSTM gets no gradient until they grow, and they
+    grow slowly (r18a, started that way: after 5 epochs they were 1/30 of the forward rows' size). So the grown
+    model starts near ``old``, not at it; zeroing those rows gives ``old`` exactly (tests/test_inference.py).
+
+    fresh : :func:`model_arrays` of the new model; old : arrays of the same model without the backward direction.
+    """
+    out = dict(fresh)
+    u = old["lstm_recurrent"].shape[0]
+    for k, v in old.items():
+        if k not in ("onset_kernel", "frame_kernel", "velocity_kernel"):
+            out[k] = v
+    for k in ("onset_kernel", "frame_kernel", "velocity_kernel"):
+        grown = fresh[k].copy()
+        grown[:u] = old[k][:u]  # the forward LSTM's rows
+        if k == "frame_kernel":  # then the onset probabilities' rows, after the backward LSTM's
+            grown[grown.shape[0] - N_KEYS:] = old[k][u:]
+        out[k] = grown
     return out
 
 

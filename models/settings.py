@@ -98,7 +98,8 @@ class CQTSettings:
 
 
 #: Keys added after weights files and datasets were first written: a record without one was made with this value.
-ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf}, "model": {"harmonic_units": 0}}
+ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf},
+                                         "model": {"harmonic_units": 0, "backward_units": 0}}
 
 
 def recorded(record: Mapping[str, Any], section: str, key: str, missing: Any = "<missing>") -> Any:
@@ -138,6 +139,9 @@ class ModelSettings:
     harmonic_units: int = _f(lo=0, hi=1024)
     harmonic_features: int = _f(lo=1, hi=64)
     harmonics: tuple = _f(lo=0.0, lo_open=True)
+    backward_units: int = _f(lo=0, hi=2048)
+    backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
+    backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
 
     @property
     def weights_path(self) -> Path:

@@ -9,9 +9,11 @@ of raw-zero features) and the carried state, which is the same three things held
 - the last ``context_frames - 1`` *standardised* input frames, prepended to the next chunk before the causal conv
   and the harmonic branch (zeros at the start of a stream, which is their own causal zero padding), whose first
   ``context - 1`` outputs are then dropped;
-- the LSTM's ``h`` and ``c``, passed as its initial state and read back after the chunk.
+- the LSTM's ``h`` and ``c``, passed as its initial state and read back after the chunk;
+- with a backward LSTM, the steps waiting for their block (the base class's buffer; here the backward slot holds
+  the LSTM's input, which the heads' function runs the backward LSTM over).
 
-A chunk is one call of a traced ``tf.function`` (time length free, so no retracing per chunk size). A stream is
+A chunk is one call of a traced ``tf.function`` (and its heads another) (time length free, so no retracing per chunk size). A stream is
 sequential in time and is never split; the function takes a batch axis so that several independent streams could
 share a call, but the file driver runs one stream (batch 1) per worker.
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from models.errors import KkomaError
 from models.inference import StreamingModel
+from models.notes import N_KEYS
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.settings import Settings
@@ -143,27 +146,53 @@ class TFStreamingModel(StreamingModel):
         std, layers = model.get_layer("standardize"), network.model_layers(model)
         keep = self.context - 1
         nb_, u = self.n_bins, self.units
+        harmonic, backward = self.harmonic, bool(self.backward_units)
 
         @tf.function(input_signature=[tf.TensorSpec((None, None, nb_), tf.float32),
                                       tf.TensorSpec((None, keep, nb_), tf.float32),
                                       tf.TensorSpec((None, u), tf.float32), tf.TensorSpec((None, u), tf.float32)],
                      reduce_retracing=True)
-        def step(x, hist, h, c):
+        def forward(x, hist, h, c):
             """x (B, k, n_bins) raw features; hist (B, context-1, n_bins) standardised; h, c (B, units)."""
             xx = tf.concat([hist, std(x)], axis=1)
             z, g = network.encode(layers, xx)
-            hs, h2, c2 = lstm(z[:, keep:], initial_state=[h, c])
-            out = network.heads(layers, hs, None if g is None else g[:, keep:])
-            return {**out, "hist": xx[:, tf.shape(xx)[1] - keep:], "h": h2, "c": c2}
+            z = z[:, keep:]
+            hs, h2, c2 = lstm(z, initial_state=[h, c])
+            out = {"hs": hs, "hist": xx[:, tf.shape(xx)[1] - keep:], "h": h2, "c": c2}
+            if backward:
+                out["z"] = z
+            if harmonic:
+                out["g"] = g[:, keep:]
+            return out
 
-        self._step = step
+        arch = network.architecture(settings)
+        specs = [tf.TensorSpec((None, None, u), tf.float32)]
+        if backward:
+            specs.append(tf.TensorSpec((None, None, network.lstm_input_size(arch)), tf.float32))
+        if harmonic:
+            specs.append(tf.TensorSpec((None, None, N_KEYS, arch["harmonic_features"]), tf.float32))
 
-    def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        r = self._step(features[None], self._hist[None], self.h[None], self.c[None])
+        @tf.function(input_signature=specs, reduce_retracing=True)
+        def finish(hs, *rest):
+            """hs (B, k, units) forward outputs[, z (B, k, n_in) the LSTM's input][, g (B, k, 88, hf)] -> the heads'
+            outputs, after the backward LSTM over all k steps (from a zero state after the last)."""
+            if backward:
+                hs = layers["lstm_join"]([hs, network.backward(layers, rest[0])])
+            return network.heads(layers, hs, rest[-1] if harmonic else None)
+
+        self._tf_forward, self._tf_finish = forward, finish
+
+    def _forward(self, features: np.ndarray) -> tuple:
+        """As the NumPy path's, but the backward slot holds the LSTM's input ``(k, n_in)`` (TF projects it)."""
+        r = self._tf_forward(features[None], self._hist[None], self.h[None], self.c[None])
         self._hist = r["hist"].numpy()[0]
         self.h = r["h"].numpy()[0]
         self.c = r["c"].numpy()[0]
-        return {n: r[n].numpy()[0] for n in ("onset", "frame", "velocity")}
+        return tuple(r[k].numpy()[0] if k in r else None for k in ("hs", "z", "g"))
+
+    def _finish(self, rows: tuple, n: int) -> dict[str, np.ndarray]:
+        out = self._tf_finish(*(r[None] for r in rows if r is not None))
+        return {k: out[k].numpy()[0, :n] for k in ("onset", "frame", "velocity")}
 
 
 def tf_probabilities(features, settings: "Settings", weights_path: str | Path | None = None,

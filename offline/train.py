@@ -419,7 +419,8 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
     look-ahead is how an offline model with more look-ahead is made from the live one. So may the transform keys
     of :data:`_REFEATURE_KEYS` (same number of bins, other values): the caller then recomputes the per-bin
     feature statistics on this dataset. A model without the harmonic branch may start one with it: its arrays
-    come back without the branch's, for :func:`models.network.grow_arrays`.
+    come back without the branch's, for :func:`models.network.grow_arrays`; likewise a forward-only model may
+    start one with a backward LSTM (:func:`models.network.grow_backward`).
     """
     from models.inference import load_weights
     from models.settings import recorded
@@ -448,6 +449,10 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no harmonic branch; adding one (model.harmonic_units = {settings.model.harmonic_units})"
             " whose LSTM inputs and per-key head weights start at zero, so training starts from exactly that model")
         changes["model__harmonic_units"] = "0"
+    if settings.model.backward_units and recorded(stored, "model", "backward_units", None) == 0:
+        log(f"  {init} has no backward LSTM; adding one (model.backward_units = {settings.model.backward_units})"
+            " (it and the heads' weights for it freshly initialised; the rest as they are)")
+        changes["model__backward_units"] = "0"
     return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
@@ -548,6 +553,8 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                 arrays, refeature = _init_arrays(init, settings, log)
                 if "harmonic_kernel" not in arrays and settings.model.harmonic_units:
                     arrays = network.grow_arrays(network.model_arrays(model), arrays)
+                if "backward_kernel" not in arrays and settings.model.backward_units:
+                    arrays = network.grow_backward(network.model_arrays(model), arrays)
                 network.set_model_arrays(model, arrays)
                 log(f"starting from the weights in {init}")
             if refeature or not init:
@@ -561,7 +568,9 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     log(f"kkoma train: {len(train_pieces)} training pieces, validation "
         + (", ".join(f"{k} ({len(v)})" for k, v in valid.items()) or "none")
         + f"; {n_params:,} parameters; {devices}{', mixed precision' if mixed else ''}; batch {batch} x {window} "
-        f"frames, {steps} steps/epoch; look-ahead {R} frames ({settings.model_lookahead_ms:g} ms)")
+        f"frames, {steps} steps/epoch; look-ahead {R} frames ({settings.model_lookahead_ms:g} ms)"
+        + (f"; backward LSTM of {m.backward_units} (inference blocks {m.backward_block_frames} + "
+           f"{m.backward_context_frames} frames)" if (m := settings.model).backward_units else ""))
     envelope = (f"on {t.spectral_eq_probability:.0%} of crops (±{t.spectral_eq_db:g} dB)" if t.spectral_eq_db
                 else "off")
     log(f"on the fly: spectral envelope {envelope}, rooms on {t.room_probability:.0%}; weight average "

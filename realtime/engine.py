@@ -43,7 +43,13 @@ def make_transcriber(settings: "Settings"):
         if e.name == "models.pipeline":
             raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
         raise
-    return Transcriber(settings)
+    t = Transcriber(settings)
+    if getattr(t.model, "backward_units", 0):
+        raise KkomaError(f"the model {settings.model.weights} has a backward LSTM (model.backward_units = "
+                         f"{t.model.backward_units}): it is for files, its notes would come "
+                         f"{t.model.lookahead_ms / 1000:.1f} s late; live needs a forward-only model (the default "
+                         "models/weights/kkoma.npz).")
+    return t
 
 
 class HopStats:

@@ -181,3 +181,108 @@ def test_default_size_weights_are_small(tmp_path):
     assert sm.lookahead_ms == pytest.approx(s.model_lookahead_ms)
     out = sm.predict(_features(40))
     assert all(out[k].shape == (40, 88) and np.isfinite(out[k]).all() for k in KEYS)
+
+
+# ---- the backward direction (offline models: a latency-controlled BiLSTM) ------------------------------------------
+BACK = ["model.backward_units=6", "model.backward_block_frames=30", "model.backward_context_frames=10"]
+
+
+@pytest.mark.parametrize("harmonic", [0, 5])
+def test_backward_blocks_equal_the_keras_model_on_each_block(harmonic):
+    """The streaming model's outputs for a block are those of the Keras (training) model run over that block and
+    its context as one window, from zero backward state at the window's end; in any chunking, and through the
+    flush (the last block: the window ends with the stream's look-ahead silence)."""
+    pytest.importorskip("tensorflow")
+    from models import network
+
+    s = load_settings(overrides=TINY + BACK + [f"model.harmonic_units={harmonic}"])
+    arrays = random_arrays(s, seed=4)
+    m = network.build_model(s)
+    network.set_model_arrays(m, arrays)
+    R, B, span = 2, 30, 40
+    f = _features(101, seed=5)
+    fa, _ = network.align(f, {}, R)  # 103 steps
+    sm = StreamingModel(s, arrays=arrays)
+    whole = sm.predict(f)
+    # The first block's window: steps 0..39 (h of the forward LSTM is zero at step 0 in both); its outputs for
+    # steps R..B-1 are frames 0..B-R-1.
+    first = {k: np.asarray(v)[0] for k, v in m(fa[None, :span]).items()}
+    for k in KEYS:
+        assert whole[k].shape == (101, 88)
+        assert np.abs(whole[k][:B - R] - first[k][R:B]).max() <= 1e-4, k
+    last = {k: np.asarray(v)[0] for k, v in m(fa[None]).items()}
+    # Steps 90..102 are the stream's last backward run (3 blocks of 30 went before, 13 steps left, the flush's 2
+    # silent ones included): in the whole-piece Keras run the backward LSTM also starts after step 102, and the
+    # forward one has run from step 0 in both, so those outputs agree...
+    for k in KEYS:
+        assert np.abs(whole[k][88:] - last[k][90:]).max() <= 1e-4, k
+    # ...and earlier frames differ from it: the block's backward run started from zero after its context.
+    assert max(np.abs(whole[k][:88] - last[k][R:90]).max() for k in KEYS) > 1e-3
+    for trial in range(3):
+        got = _stream(sm, f, np.random.default_rng(trial), max_chunk=23)
+        for k in KEYS:
+            assert np.abs(got[k] - whole[k]).max() <= 1e-6, k
+
+
+def test_backward_outputs_wait_for_their_block_and_context():
+    s = load_settings(overrides=TINY + BACK)
+    sm = StreamingModel(s, arrays=random_arrays(s))
+    f = _features(100)
+    assert sm.process(f[:39])["onset"].shape == (0, 88)   # block 0 (steps 0..29) needs steps up to 39
+    assert sm.process(f[39:40])["onset"].shape == (28, 88)  # its 30 steps out, less the 2 look-ahead steps
+    assert sm.process(f[40:70])["onset"].shape == (30, 88)
+    assert (sm.frames_in, sm.frames_out, sm.steps_out) == (70, 58, 60)
+    assert sm.process(f[70:100])["onset"].shape == (30, 88)  # block 60..89; steps 90..99 wait for more
+    assert sm.flush()["onset"].shape == (12, 88)  # the look-ahead's 2 silent steps end the stream: one last run
+    assert sm.frames_out == 100
+    assert sm.lookahead_ms == pytest.approx(1000.0 * (2 + 40) * s.audio.hop_seconds)
+
+
+def test_backward_reads_the_future_within_its_block_only():
+    """A change at frame t moves the outputs of earlier frames of the blocks whose backward run reads it, and of no
+    frame before them: the backward direction is real, and bounded by the block and its context."""
+    s = load_settings(overrides=TINY + BACK)
+    sm = StreamingModel(s, arrays=random_arrays(s, seed=2))
+    f = _features(160, 6)
+    g = f.copy()
+    g[95] += 3.0  # step 97: in block 90..119 and in block 60..89's context (steps 90..99)
+    a, b = sm.predict(f), sm.predict(g)
+    diff = np.abs(a["frame"] - b["frame"]).max(axis=1)
+    assert diff[:58].max() == 0.0  # frames of blocks that end before step 60 (frame 58)
+    assert diff[58:95].max() > 1e-4  # the backward runs that read it reach back to their block's start
+
+
+def test_grown_backward_weights_are_the_old_model_plus_the_backward_lstm():
+    """:func:`models.network.grow_backward`: a model given a backward LSTM by ``train --init`` keeps every weight of
+    the model it grew from; with the heads' rows for the backward LSTM zeroed it computes exactly that model, and
+    those rows start non-zero (fresh), so the backward LSTM is trained from the first step."""
+    from models.network import grow_backward
+    from models.notes import N_KEYS
+
+    s0 = load_settings(overrides=TINY)
+    s1 = load_settings(overrides=TINY + BACK)
+    old, fresh = random_arrays(s0, seed=1), random_arrays(s1, seed=2)
+    grown = grow_backward(fresh, old)
+    assert set(grown) == set(fresh) and all(grown[k].shape == fresh[k].shape for k in fresh)
+    u, ub = 12, 6
+    silent = {k: v.copy() for k, v in grown.items()}
+    for k in ("onset_kernel", "frame_kernel", "velocity_kernel"):
+        np.testing.assert_array_equal(grown[k][u:u + ub], fresh[k][u:u + ub])
+        silent[k][u:u + ub] = 0.0
+    np.testing.assert_array_equal(grown["frame_kernel"][-N_KEYS:], old["frame_kernel"][u:])
+    f = _features(120, 3)
+    a = StreamingModel(s0, arrays=old).predict(f)
+    b = StreamingModel(s1, arrays=silent).predict(f)
+    c = StreamingModel(s1, arrays=grown).predict(f)
+    for k in KEYS:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
+    assert np.abs(c["onset"] - a["onset"]).max() > 1e-3
+
+
+def test_live_refuses_a_model_with_a_backward_lstm(tmp_path):
+    from realtime.engine import make_transcriber
+
+    s = load_settings(overrides=TINY + BACK)
+    path = export_random_weights(tmp_path / "offline.npz", s)
+    with pytest.raises(KkomaError, match="backward LSTM.*for files"):
+        make_transcriber(s.replace(model__weights=str(path)))

@@ -218,6 +218,42 @@ def test_init_without_the_harmonic_branch_grows_one(trained, tmp_path):
     assert any("has no harmonic branch; adding one" in line for line in lines)
 
 
+def test_init_without_a_backward_lstm_grows_one_and_trains_it(trained, tmp_path):
+    """--init from forward-only weights with model.backward_units > 0: every array carries over, the heads gain
+    rows for the backward LSTM (fresh, non-zero); then a few steps train it and the exported weights load with
+    it."""
+    from models.inference import load_weights
+    from offline.train import train
+
+    s_old, ds, run, _, _ = trained
+    assert s_old.model.backward_units == 0
+    back = ["model.backward_units=5", "model.backward_block_frames=40", "model.backward_context_frames=10"]
+    s = load_settings(overrides=TINY + back)
+    start, _ = load_weights(run / "kkoma.npz", s_old)
+    lines = []
+    s0 = s.replace(train__epochs="1", train__steps_per_epoch="2", train__learning_rate="1e-30")
+    train(ds, tmp_path / "grown", s0, init=run / "kkoma.npz", log=lines.append, verbose=0)
+    got, meta = load_weights(tmp_path / "grown" / "kkoma.npz", s0)
+    assert meta["settings"]["model"]["backward_units"] == 5
+    u = start["lstm_recurrent"].shape[0]
+    for k in start:  # see test_init_without_the_harmonic_branch_grows_one for the tolerances
+        if k in ("onset_kernel", "velocity_kernel", "frame_kernel"):
+            np.testing.assert_allclose(got[k][:u], start[k][:u], rtol=1e-6, atol=1e-20, err_msg=k)
+            np.testing.assert_allclose(got[k][got[k].shape[0] - start[k].shape[0] + u:], start[k][u:], rtol=1e-6,
+                                       atol=1e-20, err_msg=k)
+            assert np.abs(got[k][u:u + 5]).max() > 1e-3, k
+        else:
+            np.testing.assert_allclose(got[k], start[k], rtol=1e-6, atol=1e-20, err_msg=k)
+    assert got["backward_recurrent"].shape == (5, 20)
+    assert any("has no backward LSTM; adding one" in line for line in lines)
+    assert any("backward LSTM of 5 (inference blocks 40 + 10 frames)" in line for line in lines)
+    s1 = s.replace(train__epochs="2", train__steps_per_epoch="20")
+    summary = train(ds, tmp_path / "trained", s1, init=run / "kkoma.npz", log=lambda m: None, verbose=0)
+    trained_arrays, _ = load_weights(tmp_path / "trained" / "kkoma.npz", s1)
+    assert np.abs(trained_arrays["backward_recurrent"] - got["backward_recurrent"]).max() > 1e-4  # trained
+    assert np.isfinite(summary["history"][-1]["loss"])
+
+
 def test_init_from_other_features_recomputes_statistics(trained, tmp_path):
     """--init from a model trained on other features of the same shape (here cqt.max_window_ms): the network's
     weights carry over, the per-bin statistics are those of the new dataset, and the new weights record the new

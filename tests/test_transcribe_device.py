@@ -43,7 +43,11 @@ def _settings(tmp_path, extra=(), seed=0):
 @pytest.mark.parametrize("extra", [["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
                                     "model.harmonic_units=5", "model.harmonic_features=2"],
                                    ["model.context_frames=1", "model.lookahead_frames=0", "transcribe.chunk_frames=50",
-                                    "model.harmonic_units=0"]])
+                                    "model.harmonic_units=0"],
+                                   # the offline model's backward LSTM: blocks of 45 + 15 steps across chunks of 37
+                                   ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
+                                    "model.harmonic_units=0", "model.backward_units=6",
+                                    "model.backward_block_frames=45", "model.backward_context_frames=15"]])
 def test_tf_probabilities_equal_numpy(tmp_path, extra):
     """Chunked, stateful TF inference (conv context and LSTM state carried, look-ahead flushed) == NumPy path."""
     from models.cqt import CQT
