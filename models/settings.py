@@ -248,6 +248,7 @@ class TrainSettings:
     spectral_eq_probability: float = _f(lo=0.0, hi=1.0)
     average_decay: float = _f(lo=0.0, hi=0.99999)
     room_probability: float = _f(lo=0.0, hi=1.0)
+    selection: str = _f(choices=("notes", "frames"))
 
 
 @dataclass(frozen=True)

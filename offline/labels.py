@@ -61,6 +61,28 @@ def note_labels(notes: Iterable[Note], n_frames: int, frame_rate: float) -> dict
     return out
 
 
+def label_notes(onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray, frame_rate: float) -> list[Note]:
+    """The notes that :func:`note_labels` labels, read back from its ``(n_frames, 88)`` onset, frame and velocity
+    rolls, on the frame grid [s]: a note starts at each onset frame and ends where its key's frame run ends or at the
+    key's next onset, whichever comes first (at least one frame later). Used as the reference of note-level
+    validation where the source MIDI is not at hand."""
+    notes = []
+    n = onset.shape[0]
+    for k in range(onset.shape[1]):
+        ons = np.flatnonzero(onset[:, k])
+        if ons.size == 0:
+            continue
+        off_frames = np.flatnonzero(frame[:, k] == 0)
+        for i, on in enumerate(ons):
+            nxt = ons[i + 1] if i + 1 < ons.size else n
+            j = np.searchsorted(off_frames, on + 1)
+            end = min(off_frames[j] if j < off_frames.size else n, nxt)
+            notes.append(Note(k + PIANO_MIN_MIDI, on / frame_rate, max(end, on + 1) / frame_rate,
+                              max(1, int(velocity[on, k]))))
+    notes.sort(key=lambda x: (x.onset, x.pitch))
+    return notes
+
+
 def crop_notes(notes: Iterable[Note], end: float) -> list[Note]:
     """Notes as heard in the first ``end`` seconds: notes starting at or after ``end`` dropped, offsets clipped to
     ``end`` [s]."""

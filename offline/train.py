@@ -13,10 +13,14 @@ it reaches mid-piece. Pieces are visited in a shuffled order each pass; a pool o
 gives ``ceil((n + R) / window)`` crops each, shuffled together, so one pass covers every frame about once.
 
 Validation runs the exported NumPy streaming model (the very code that ships) over whole held-out pieces from a
-zero state, per ``valid_*`` split, and reports frame-level onset F1 (onset probability ≥ ``tracker.onset_threshold``
-on the labelled onset frame), frame F1 (frame probability ≥ ``tracker.frame_threshold``), velocity MAE on onset
-frames, and the mean BCE losses. The score used for checkpoints and early stopping is the mean over splits of
-(onset F1 + frame F1) / 2. Note-level metrics (mir_eval) are ``kkoma evaluate``'s job. With
+zero state, per ``valid_*`` split, and reports note-level onset F1 and onset+offset F1 (mir_eval, as ``kkoma
+evaluate``, per piece and averaged: the tracker with the run's settings against the notes of the labels,
+:func:`offline.labels.label_notes`), frame-level onset F1 (onset probability ≥ ``tracker.onset_threshold`` on the
+labelled onset frame), frame F1 (frame probability ≥ ``tracker.frame_threshold``), velocity MAE on onset frames,
+and the mean BCE losses. The score used for checkpoints and early stopping is the mean over splits of (note onset
+F1 + note onset+offset F1) / 2 with ``train.selection = "notes"``, or of (frame-level onset F1 + frame F1) / 2 with
+``"frames"`` (how the models up to r16 were chosen; once they were well trained it no longer ranked checkpoints as
+the note-level scores did). With
 ``train.average_decay`` > 0, the weights validated, kept as best and exported are a moving average of the weights
 over the steps (:class:`_WeightAverage`); the step's own weights are scored beside them (``raw_score`` in the log).
 
@@ -253,17 +257,36 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]]) -> dict[str, float]:
     """Score weights on every validation split -> flat dict of metrics (``<split>_onset_f1`` etc., and ``score``)."""
+    import mir_eval
+
     from models.inference import StreamingModel
+    from models.notes import events_to_notes, notes_to_arrays
+    from models.tracker import NoteTracker
+    from offline.labels import label_notes
 
     model = StreamingModel(settings, arrays=arrays)
+    tracker = NoteTracker(settings)
     on_t, fr_t = settings.tracker.onset_threshold, settings.tracker.frame_threshold
     out: dict[str, float] = {}
     scores = []
     for split, pieces in splits.items():
         c = dict(otp=0, ofp=0, ofn=0, ftp=0, ffp=0, ffn=0, vabs=0.0, von=0, obce=0.0, fbce=0.0, nf=0)
+        note_f1, onoff_f1 = [], []
         for piece in pieces:
             f, lab = load_piece(dataset, piece)
             p = model.predict(f)
+            tracker.reset()
+            est = notes_to_arrays(events_to_notes(tracker.process(p["onset"], p["frame"], p["velocity"])
+                                                  + tracker.flush()))
+            ref = notes_to_arrays(label_notes(lab["onset"], lab["frame"], lab["velocity"],
+                                              settings.audio.frame_rate))
+            if len(ref[0]) == 0 or len(est[0]) == 0:  # as kkoma evaluate: right only if both are empty
+                note_f1.append(float(len(ref[0]) == len(est[0])))
+                onoff_f1.append(note_f1[-1])
+            else:
+                tx = mir_eval.transcription
+                note_f1.append(tx.precision_recall_f1_overlap(ref[0], ref[1], est[0], est[1], offset_ratio=None)[2])
+                onoff_f1.append(tx.precision_recall_f1_overlap(ref[0], ref[1], est[0], est[1])[2])
             on_y, fr_y = lab["onset"] > 0, lab["frame"] > 0
             on_p, fr_p = p["onset"] >= on_t, p["frame"] >= fr_t
             c["otp"] += int((on_p & on_y).sum()); c["ofp"] += int((on_p & ~on_y).sum())
@@ -281,7 +304,12 @@ def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]
         out[f"{split}_velocity_mae"] = c["vabs"] / max(1, c["von"])
         out[f"{split}_onset_bce"] = c["obce"] / max(1, c["nf"])
         out[f"{split}_frame_bce"] = c["fbce"] / max(1, c["nf"])
-        scores.append((o_f1 + f_f1) / 2)
+        out[f"{split}_note_onset_f1"] = float(np.mean(note_f1)) if note_f1 else float("nan")
+        out[f"{split}_note_onoff_f1"] = float(np.mean(onoff_f1)) if onoff_f1 else float("nan")
+        if settings.train.selection == "notes":
+            scores.append((out[f"{split}_note_onset_f1"] + out[f"{split}_note_onoff_f1"]) / 2)
+        else:
+            scores.append((o_f1 + f_f1) / 2)
     out["score"] = float(np.mean(scores)) if scores else float("nan")
     return out
 
@@ -574,7 +602,9 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     envelope = (f"on {t.spectral_eq_probability:.0%} of crops (±{t.spectral_eq_db:g} dB)" if t.spectral_eq_db
                 else "off")
     log(f"on the fly: spectral envelope {envelope}, rooms on {t.room_probability:.0%}; weight average "
-        + (f"decay {t.average_decay:g}" if t.average_decay else "off"))
+        + (f"decay {t.average_decay:g}" if t.average_decay else "off")
+        + ("; checkpoints chosen by note-level F1 (notes: onset / onset+offset F1)" if t.selection == "notes" else
+           "; checkpoints chosen by frame-level F1 (frames: onset / frame F1)"))
     if state is not None:
         log(f"resuming after epoch {initial_epoch} (best score {state['best_score']:.4f} at epoch "
             f"{state['best_epoch'] + 1})")
@@ -645,8 +675,9 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
             board.write(epoch + 1, logs)
             parts = [f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}"]
             for split in valid:
-                parts.append(f"{split} onset F1 {metrics[f'{split}_onset_f1']:.3f} frame F1 "
-                             f"{metrics[f'{split}_frame_f1']:.3f} vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
+                parts.append(f"{split} notes {metrics[f'{split}_note_onset_f1']:.3f} / "
+                             f"{metrics[f'{split}_note_onoff_f1']:.3f}, frames {metrics[f'{split}_onset_f1']:.3f} / "
+                             f"{metrics[f'{split}_frame_f1']:.3f}, vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
             if "val_raw_score" in logs:
                 parts.append(f"score without averaging {logs['val_raw_score']:.4f}")
             parts.append(f"score {score:.4f}" + (" (best)" if improved else f" (best {st['best_score']:.4f} "

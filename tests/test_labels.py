@@ -4,6 +4,7 @@ from __future__ import annotations
 import mido
 import numpy as np
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from models.notes import Note, read_midi
 from offline.labels import crop_notes, note_labels, piano_notes, scale_times, time_to_frame
@@ -79,3 +80,41 @@ def test_crop_scale_and_piano_notes():
     assert crop_notes(notes, 2.0) == [Note(60, 0.0, 2.0, 50), Note(10, 0.0, 1.0, 5)]
     assert scale_times(notes[:1], 0.5) == [Note(60, 0.0, 2.5, 50)]
     assert piano_notes(notes) == notes[:2]
+
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(21, 108), st.integers(1, 60), st.integers(1, 40), st.integers(1, 127)),
+                max_size=40))
+def test_label_notes_reads_back_notes_that_do_not_overlap_on_their_key(raw):
+    """label_notes(note_labels(notes)) == the notes on the frame grid, when no two notes of a key overlap or touch
+    (each key's notes laid end to end with gaps)."""
+    from offline.labels import label_notes
+
+    n = 2000
+    cursor: dict[int, int] = {}
+    notes = []
+    for pitch, gap, dur, vel in raw:
+        on = cursor.get(pitch, 0) + gap
+        if on + dur >= n:
+            continue
+        notes.append(Note(pitch, on / FR, (on + dur) / FR, vel))
+        cursor[pitch] = on + dur
+    lab = note_labels(notes, n, FR)
+    got = label_notes(lab["onset"], lab["frame"], lab["velocity"], FR)
+    want = sorted(notes, key=lambda x: (x.onset, x.pitch))
+    assert [(g.pitch, round(g.onset * FR), round(g.offset * FR), g.velocity) for g in got] == \
+        [(w.pitch, round(w.onset * FR), round(w.offset * FR), w.velocity) for w in want]
+
+
+def test_label_notes_cuts_a_note_at_the_next_onset_of_its_key():
+    """A key struck again while its first note still sounds (the pedal): the labels show one frame run with two
+    onsets, read back as two notes, the first ending at the second's onset; a run ending at the piece's end ends
+    there."""
+    from offline.labels import label_notes
+
+    notes = [Note(60, 0.10, 0.80, 70), Note(60, 0.40, 1.00, 90), Note(64, 0.50, 5.0, 50)]
+    lab = note_labels(notes, 150, FR)
+    got = label_notes(lab["onset"], lab["frame"], lab["velocity"], FR)
+    assert [(g.pitch, round(g.onset * FR), round(g.offset * FR), g.velocity) for g in got] == \
+        [(60, 10, 40, 70), (60, 40, 100, 90), (64, 50, 150, 50)]

@@ -15,7 +15,9 @@ pytest.importorskip("tensorflow")
 
 TINY = ["model.units=24", "model.input_units=32", "model.window_frames=50", "model.lookahead_frames=2",
         "train.batch_size=4", "train.norm_pieces=4", "train.learning_rate=0.01", "train.patience=5",
-        "model.harmonic_units=0"]
+        "model.harmonic_units=0", "train.selection=frames"]
+# (Checkpoints by frame-level F1: the toy runs are too short for the onset head to pass the tracker's threshold, so
+# their note-level score is 0 at every epoch; test_validation_scores_notes... checks note-level selection.)
 #: The harmonic branch, small: on the toy task (no partials) it slows learning, so it is tested on its own.
 BRANCH = ["model.harmonic_units=4", "model.harmonic_features=1"]
 
@@ -82,7 +84,8 @@ def test_loss_falls_and_outputs_written(trained):
               "checkpoints/last.optimizer.npz", "checkpoints/state.json"):
         assert (run / f).exists(), f
     assert any((run / "logs").rglob("events.out.tfevents*"))
-    assert any("epoch 1:" in line and "valid_pieces onset F1" in line for line in lines)
+    assert any("epoch 1:" in line and "valid_pieces notes " in line for line in lines)
+    assert any("checkpoints chosen by frame-level F1" in line for line in lines)
 
 
 def test_exported_weights_load_and_match_best_checkpoint(trained):
@@ -409,3 +412,46 @@ def test_averaged_run_exports_the_average_and_resumes_it(trained, tmp_path):
     train(ds, tmp_path / "avg", sa.replace(train__epochs="3"), resume=True, log=lambda m: None, verbose=0)
     with np.load(tmp_path / "avg" / "checkpoints" / "last.average.npz") as z:
         assert int(z["arr_0"]) == 30
+
+
+def test_validation_scores_notes_with_the_tracker_and_selects_by_them(trained, monkeypatch):
+    """validate() reports note-level F1 (tracker + mir_eval against the labels' notes) beside the frame-level
+    scores, and train.selection picks which the score is made of. A model that outputs the labels themselves
+    scores (nearly) 1 on notes; one that never fires an onset scores 0."""
+    import offline.train as T
+    from models.inference import StreamingModel, load_weights
+
+    s, ds, run, _, _ = trained
+    arrays, _ = load_weights(run / "kkoma.npz", s)
+    s = s.replace(train__selection="notes")
+    manifest = json.loads((ds / "manifest.json").read_text())
+    splits = {}
+    for p in manifest["pieces"]:
+        if p["split"].startswith("valid"):
+            splits.setdefault(p["split"], []).append(p)
+    m = T.validate(arrays, s, ds, splits)
+    mean = lambda a, b: float(np.mean([(m[f"{k}_{a}"] + m[f"{k}_{b}"]) / 2 for k in splits]))  # noqa: E731
+    assert m["score"] == pytest.approx(mean("note_onset_f1", "note_onoff_f1"))
+    frames = T.validate(arrays, s.replace(train__selection="frames"), ds, splits)
+    assert frames["score"] == pytest.approx(mean("onset_f1", "frame_f1"))
+    # An oracle: the model's outputs are the piece's labels.
+    load = T.load_piece
+    last = {}
+
+    def remember(dataset, piece):
+        f, lab = load(dataset, piece)
+        last.update(lab)
+        return f, lab
+
+    monkeypatch.setattr(T, "load_piece", remember)
+    monkeypatch.setattr(StreamingModel, "predict", lambda self, f: {
+        "onset": last["onset"].astype(np.float32), "frame": last["frame"].astype(np.float32),
+        "velocity": last["velocity"] / np.float32(127.0)})
+    oracle = T.validate(arrays, s, ds, splits)
+    for split in splits:
+        assert oracle[f"{split}_note_onset_f1"] > 0.97 and oracle[f"{split}_note_onoff_f1"] > 0.9, split
+    monkeypatch.setattr(StreamingModel, "predict", lambda self, f: {
+        "onset": np.zeros_like(last["onset"], np.float32), "frame": last["frame"].astype(np.float32),
+        "velocity": last["velocity"] / np.float32(127.0)})
+    mute = T.validate(arrays, s, ds, splits)
+    assert all(mute[f"{split}_note_onset_f1"] == 0.0 for split in splits) and mute["score"] == 0.0
