@@ -469,7 +469,8 @@ class StreamingModel:
         """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``.
 
         The outputs are for frames ``frames_out .. frames_out + k' - 1`` in [0, 1] (velocity = MIDI velocity / 127),
-        ``k' = k`` once the first ``lookahead_frames`` frames have been fed.
+        ``k' = k`` once the first ``lookahead_frames`` frames have been fed (with a backward LSTM, whole blocks
+        instead: ``k'`` is a multiple of ``backward_block_frames``, less the look-ahead at the start).
         """
         if self._flushed:
             raise KkomaError("this StreamingModel was flushed; call reset() before streaming a new signal.")
