@@ -257,11 +257,10 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]]) -> dict[str, float]:
     """Score weights on every validation split -> flat dict of metrics (``<split>_onset_f1`` etc., and ``score``)."""
-    import mir_eval
-
     from models.inference import StreamingModel
-    from models.notes import events_to_notes, notes_to_arrays
+    from models.notes import events_to_notes
     from models.tracker import NoteTracker
+    from offline.evaluate import score_notes
     from offline.labels import label_notes
 
     model = StreamingModel(settings, arrays=arrays)
@@ -276,17 +275,11 @@ def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]
             f, lab = load_piece(dataset, piece)
             p = model.predict(f)
             tracker.reset()
-            est = notes_to_arrays(events_to_notes(tracker.process(p["onset"], p["frame"], p["velocity"])
-                                                  + tracker.flush()))
-            ref = notes_to_arrays(label_notes(lab["onset"], lab["frame"], lab["velocity"],
-                                              settings.audio.frame_rate))
-            if len(ref[0]) == 0 or len(est[0]) == 0:  # as kkoma evaluate: right only if both are empty
-                note_f1.append(float(len(ref[0]) == len(est[0])))
-                onoff_f1.append(note_f1[-1])
-            else:
-                tx = mir_eval.transcription
-                note_f1.append(tx.precision_recall_f1_overlap(ref[0], ref[1], est[0], est[1], offset_ratio=None)[2])
-                onoff_f1.append(tx.precision_recall_f1_overlap(ref[0], ref[1], est[0], est[1])[2])
+            est = events_to_notes(tracker.process(p["onset"], p["frame"], p["velocity"]) + tracker.flush())
+            ref = label_notes(lab["onset"], lab["frame"], lab["velocity"], settings.audio.frame_rate)
+            sc = score_notes(ref, est, settings.audio.frame_rate)  # kkoma evaluate's scores
+            note_f1.append(sc["onset_f1"])
+            onoff_f1.append(sc["onset_offset_f1"])
             on_y, fr_y = lab["onset"] > 0, lab["frame"] > 0
             on_p, fr_p = p["onset"] >= on_t, p["frame"] >= fr_t
             c["otp"] += int((on_p & on_y).sum()); c["ofp"] += int((on_p & ~on_y).sum())
