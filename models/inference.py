@@ -232,8 +232,11 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
     def normal(name, sd):
         return rng.normal(0, sd, shapes[name]).astype(np.float32)
 
-    lstm_bias = np.zeros(4 * u, np.float32)
-    lstm_bias[u:2 * u] = 1.0
+    def unit_forget_bias(units):
+        b = np.zeros(4 * units, np.float32)
+        b[units:2 * units] = 1.0
+        return b
+
     a = {
         "norm_mean": rng.uniform(0.0, 2.0, shapes["norm_mean"]).astype(np.float32),
         "norm_inv_std": rng.uniform(0.5, 1.5, shapes["norm_inv_std"]).astype(np.float32),
@@ -241,7 +244,7 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "context_bias": normal("context_bias", 0.1),
         "lstm_kernel": glorot("lstm_kernel"),
         "lstm_recurrent": glorot("lstm_recurrent"),
-        "lstm_bias": lstm_bias,
+        "lstm_bias": unit_forget_bias(u),
         "onset_kernel": glorot("onset_kernel", 4.0),
         "onset_bias": np.full(shapes["onset_bias"], -1.0, np.float32),
         "frame_kernel": glorot("frame_kernel", 4.0),
@@ -250,11 +253,8 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
     if "backward_kernel" in shapes:
-        ub = shapes["backward_recurrent"][0]
-        b_bias = np.zeros(4 * ub, np.float32)
-        b_bias[ub:2 * ub] = 1.0
         a.update(backward_kernel=glorot("backward_kernel"), backward_recurrent=glorot("backward_recurrent"),
-                 backward_bias=b_bias)
+                 backward_bias=unit_forget_bias(shapes["backward_recurrent"][0]))
     if "harmonic_kernel" in shapes:
         a.update(harmonic_kernel=glorot("harmonic_kernel"), harmonic_bias=normal("harmonic_bias", 0.1),
                  harmonic_out_kernel=glorot("harmonic_out_kernel"),

@@ -13,9 +13,9 @@ of raw-zero features) and the carried state, which is the same three things held
 - with a backward LSTM, the steps waiting for their block (the base class's buffer; here the backward slot holds
   the LSTM's input, which the heads' function runs the backward LSTM over).
 
-A chunk is one call of a traced ``tf.function`` (and its heads another) (time length free, so no retracing per chunk size). A stream is
-sequential in time and is never split; the function takes a batch axis so that several independent streams could
-share a call, but the file driver runs one stream (batch 1) per worker.
+A chunk is one call of a traced ``tf.function`` for the forward part and one for the heads (time length free, so no
+retracing per chunk size). A stream is sequential in time and is never split; the functions take a batch axis so
+that several independent streams could share a call, but the file driver runs one stream (batch 1) per worker.
 
 TensorFlow is imported only when a model is built or a GPU is looked for; :func:`resolve_device` decides ``auto``
 without importing it when the machine has no NVIDIA driver.

@@ -64,8 +64,8 @@ def note_labels(notes: Iterable[Note], n_frames: int, frame_rate: float) -> dict
 def label_notes(onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray, frame_rate: float) -> list[Note]:
     """The notes that :func:`note_labels` labels, read back from its ``(n_frames, 88)`` onset, frame and velocity
     rolls, on the frame grid [s]: a note starts at each onset frame and ends where its key's frame run ends or at the
-    key's next onset, whichever comes first (at least one frame later). Used as the reference of note-level
-    validation where the source MIDI is not at hand."""
+    key's next onset, whichever comes first (at least one frame later). The reference of training's note-level
+    validation (offline/train.py), which needs no MIDI file beside a shard."""
     notes = []
     n = onset.shape[0]
     for k in range(onset.shape[1]):
