@@ -1,7 +1,8 @@
 """Streaming inference in NumPy (+ one Numba kernel) from the exported ``.npz`` weights; no TensorFlow.
 
 The network is the one of :mod:`models.network` (read its notes): per-bin standardisation, a causal conv over the
-last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads.
+last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads
+(four with the offset head).
 Everything but the LSTM recurrence is vectorised over the frames of a chunk; the recurrence runs in a Numba loop.
 State carried between calls: the last ``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, the
 step counters, and with a backward LSTM the forward results of the steps still waiting for their block's backward
@@ -22,14 +23,16 @@ Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
 -----------------------------------------------------------------------------
 ``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
 input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics], backward_units[,
-backward_block_frames, backward_context_frames]}}, "summary": {...}}``;
+backward_block_frames, backward_context_frames], offset_head}}, "summary": {...}}`` (a record without
+offset_head predates it: false);
 arrays (float32; :func:`models.network.array_shapes`)::
 
     norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
     lstm_kernel (n_in, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order); n_in =
         input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
     onset_kernel (u', 88), frame_kernel (u' + 88, 88), velocity_kernel (u', 88), and their biases (88,); u' = u
-        (+ ub with the backward LSTM: its rows after the forward one's)
+        (+ ub with the backward LSTM: its rows after the forward one's); offset head only: offset_kernel (u', 88),
+        offset_bias (88,)
     backward LSTM only: backward_kernel (n_in, 4ub), backward_recurrent (ub, 4ub), backward_bias (4ub,)
     harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
@@ -195,11 +198,16 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
             fix = ("weights for the live transform go with --set 'transcribe.overrides=[]' on files, weights for "
                    "the offline one (transcribe.overrides in config.toml) are for files only")
         else:
-            fix = f"use matching settings (--set {section}.{key}={have!r}) or retrain the model"
-        raise KkomaError(f"model weights {path} were trained with {section}.{key} = {have!r} but the "
-                         f"settings say {value!r}; {fix}.")
+            fix = f"use matching settings (--set {section}.{key}={_shown(have)}) or retrain the model"
+        raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)} but the "
+                         f"settings say {_shown(value)}; {fix}.")
     _check_shapes(arrays, settings, path)
     return arrays, meta
+
+
+def _shown(value) -> str:
+    """A settings value as ``--set`` takes it (true/false for booleans, as in config.toml)."""
+    return json.dumps(value) if isinstance(value, bool) else repr(value)
 
 
 def _check_shapes(a: dict[str, np.ndarray], settings: "Settings", path) -> None:
@@ -252,6 +260,9 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "velocity_kernel": glorot("velocity_kernel"),
         "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
+    if "offset_kernel" in shapes:
+        a.update(offset_kernel=glorot("offset_kernel", 4.0),
+                 offset_bias=np.full(shapes["offset_bias"], -1.0, np.float32))
     if "backward_kernel" in shapes:
         a.update(backward_kernel=glorot("backward_kernel"), backward_recurrent=glorot("backward_recurrent"),
                  backward_bias=unit_forget_bias(shapes["backward_recurrent"][0]))
@@ -292,7 +303,7 @@ class StreamingModel:
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
-        from models.network import architecture
+        from models.network import architecture, output_names
 
         self.settings = settings
         if arrays is None:
@@ -311,13 +322,16 @@ class StreamingModel:
         self.backward_units = m["backward_units"]
         self.backward_block = m.get("backward_block_frames", 0)
         self.backward_context = m.get("backward_context_frames", 0)
+        #: the outputs' names: onset, frame, velocity, and offset when the model has that head
+        self.outputs = output_names(m)
         hh = self.units + self.backward_units
         self._fk_h = np.ascontiguousarray(a["frame_kernel"][:hh])
         self._fk_o = np.ascontiguousarray(a["frame_kernel"][hh:])
-        # Onset and velocity heads read the same input: one matmul for both. The causal conv as one matmul over
-        # the flattened window of context_frames frames.
-        self._ov_k = np.ascontiguousarray(np.concatenate([a["onset_kernel"], a["velocity_kernel"]], axis=1))
-        self._ov_b = np.concatenate([a["onset_bias"], a["velocity_bias"]])
+        # Onset, velocity (and offset) heads read the same input: one matmul for all. The causal conv as one
+        # matmul over the flattened window of context_frames frames.
+        direct = ["onset", "velocity"] + (["offset"] if "offset" in self.outputs else [])
+        self._ov_k = np.ascontiguousarray(np.concatenate([a[f"{n}_kernel"] for n in direct], axis=1))
+        self._ov_b = np.concatenate([a[f"{n}_bias"] for n in direct])
         self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
         hin = m["input_units"]
         self._lk_ctx = np.ascontiguousarray(a["lstm_kernel"][:hin])
@@ -355,8 +369,7 @@ class StreamingModel:
         self._flushed = False
 
     def _empty(self) -> dict[str, np.ndarray]:
-        z = np.zeros((0, N_KEYS), np.float32)
-        return {"onset": z, "frame": z.copy(), "velocity": z.copy()}
+        return {n: np.zeros((0, N_KEYS), np.float32) for n in self.outputs}
 
     def _forward(self, features: np.ndarray) -> tuple:
         """Everything up to the heads for ``(k, n_bins)`` raw features, carrying the state: a tuple of per-step
@@ -425,7 +438,10 @@ class StreamingModel:
         if g3 is not None:
             frame += g3 @ a["harmonic_frame_kernel"]
         _sigmoid(frame)
-        return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
+        out = {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:2 * N_KEYS]}
+        if "offset" in self.outputs:
+            out["offset"] = ov[:, 2 * N_KEYS:]
+        return out
 
     def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """``(k, n_bins)`` raw features -> the outputs of the steps now complete (k of them without a backward
@@ -453,7 +469,7 @@ class StreamingModel:
             parts.append(self._finish(tuple(None if r is None else r[s:] for r in rows), n - s))
             s = n
         self.pending = [tuple(None if r is None else r[s:] for r in rows)] if s < n else []
-        return {k: np.concatenate([p[k] for p in parts]) for k in ("onset", "frame", "velocity")}
+        return {k: np.concatenate([p[k] for p in parts]) for k in self.outputs}
 
     def _harmonic(self, xx: np.ndarray, k: int) -> np.ndarray:
         """The harmonic branch: ``xx`` (context - 1 + k, n_bins) standardised frames -> (k, 88 * hf)."""
@@ -466,7 +482,8 @@ class StreamingModel:
         return out
 
     def process(self, features) -> dict[str, np.ndarray]:
-        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``.
+        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity[/offset]
+        ``(k', 88)`` (:attr:`outputs`).
 
         The outputs are for frames ``frames_out .. frames_out + k' - 1`` in [0, 1] (velocity = MIDI velocity / 127),
         ``k' = k`` once the first ``lookahead_frames`` frames have been fed (with a backward LSTM, whole blocks
@@ -515,7 +532,7 @@ class StreamingModel:
     def predict(self, features) -> dict[str, np.ndarray]:
         """Whole-piece batch entry point: ``reset``, ``process`` in ``transcribe.chunk_frames`` chunks, ``flush``.
 
-        features : (n, n_bins) raw features -> dict onset/frame/velocity (n, 88). Leaves the model reset.
+        features : (n, n_bins) raw features -> dict onset/frame/velocity[/offset] (n, 88). Leaves the model reset.
         """
         f = np.asarray(features, dtype=np.float32)
         self.reset()
@@ -523,4 +540,4 @@ class StreamingModel:
         parts = [self.process(f[i:i + step]) for i in range(0, f.shape[0], step)]
         parts.append(self.flush())
         self.reset()
-        return {n: np.concatenate([p[n] for p in parts]) for n in ("onset", "frame", "velocity")}
+        return {n: np.concatenate([p[n] for p in parts]) for n in self.outputs}

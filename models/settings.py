@@ -99,7 +99,8 @@ class CQTSettings:
 
 #: Keys added after weights files and datasets were first written: a record without one was made with this value.
 ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf},
-                                         "model": {"harmonic_units": 0, "backward_units": 0}}
+                                         "model": {"harmonic_units": 0, "backward_units": 0,
+                                                   "offset_head": False}}
 
 
 def recorded(record: Mapping[str, Any], section: str, key: str, missing: Any = "<missing>") -> Any:
@@ -142,6 +143,7 @@ class ModelSettings:
     backward_units: int = _f(lo=0, hi=2048)
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
+    offset_head: bool = _f()
 
     @property
     def weights_path(self) -> Path:
@@ -162,6 +164,7 @@ class TrackerSettings:
     min_duration_ms: float = _f(lo=0.0, unit="ms")
     max_duration_s: float = _f(lo=0.0, lo_open=True, unit="s")
     offset_hold_ms: float = _f(lo=0.0, unit="ms")
+    offset_threshold: float = _f(lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class TrainSettings:
     norm_pieces: int = _f(lo=1)
     clip_norm: float = _f(lo=0.0)
     velocity_weight: float = _f(lo=0.0)
+    offset_weight: float = _f(lo=0.0)
     valid_max_pieces: int = _f(lo=0)
     onset_pos_weight: float = _f(lo=1.0, hi=1000.0)
     onset_target_frames: int = _f(lo=1, hi=10, unit="frames")

@@ -192,13 +192,13 @@ class TFStreamingModel(StreamingModel):
 
     def _finish(self, rows: tuple, n: int) -> dict[str, np.ndarray]:
         out = self._tf_finish(*(r[None] for r in rows if r is not None))
-        return {k: out[k].numpy()[0, :n] for k in ("onset", "frame", "velocity")}
+        return {k: out[k].numpy()[0, :n] for k in self.outputs}
 
 
 def tf_probabilities(features, settings: "Settings", weights_path: str | Path | None = None,
                      arrays: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Whole-piece TensorFlow inference (in ``transcribe.chunk_frames`` chunks, state carried, flushed):
-    ``(n, n_bins)`` raw features -> dict onset/frame/velocity ``(n, 88)``, as ``StreamingModel.predict``."""
+    ``(n, n_bins)`` raw features -> dict onset/frame/velocity[/offset] ``(n, 88)``, as ``StreamingModel.predict``."""
     return TFStreamingModel(settings, weights_path, arrays).predict(features)
 
 

@@ -16,6 +16,10 @@ Rules (DESIGN.md §4), per pitch, with zero look-ahead (an event at frame t depe
   frames after its own time, live and offline alike. A note never closes before it has lasted
   ``tracker.min_duration_ms`` (and at least one frame); it is closed at ``tracker.max_duration_s`` whatever the
   probabilities say (a stuck key is not held forever; it reopens only on a new rising edge).
+* **Offset.** With a model that has an offset head, a sounding note also closes at the frame t where the offset
+  probability crosses ``tracker.offset_threshold`` (a rising edge, as for onsets) if it has lasted the minimum
+  duration by then (an earlier edge is dropped); the off is stamped at t. The frame output's low run (Close) still
+  ends it too, whichever comes first.
 * **Flush.** ``flush()`` ends the stream: every sounding note closes at the next unseen frame (or at the start of
   its current low run, as in Close), or later if needed to reach the minimum duration.
 
@@ -44,12 +48,13 @@ def _frames(seconds: float, frame_rate: float) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_state, low_run, min_ioi, min_dur,
+def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset, vel_state, low_run, min_ioi, min_dur,
            max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
     """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
 
-    rising, low : (k, 88) bool; velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index
-    0..87; MIDI velocity; frame), long enough for every event. Returns the number of events written.
+    rising, low, ending : (k, 88) bool (ending: the offset's rising edges); velocity : (k, 88) float32; ev_* :
+    event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity; frame), long enough for every event.
+    Returns the number of events written.
     """
     k = rising.shape[0]
     n = 0
@@ -74,7 +79,7 @@ def _track(rising, low, velocity, t0, sounding, onset_frame, last_onset, vel_sta
                 else:
                     low_run[p] = 0
                 stamp = t
-                close = dur >= max_dur or (rising[i, p] and dur >= reonset)
+                close = dur >= max_dur or (rising[i, p] and dur >= reonset) or (ending[i, p] and dur >= min_dur)
                 if low_run[p] >= hold and dur >= min_dur:
                     close = True
                     stamp = max(t - low_run[p] + 1, onset_frame[p] + min_dur)
@@ -118,6 +123,7 @@ class NoteTracker:
     velocity : int64, MIDI velocity of the open note.
     last_onset_frame : int64, frame of the pitch's most recent onset, a large negative number before any [frames].
     onset_above : bool, the onset probability of the last frame was >= onset_threshold (for the rising edge).
+    offset_above : bool, likewise for the offset probability and offset_threshold.
     low_run : int64, consecutive frames (up to the last one processed) that the open note's frame probability has
         been below frame_threshold [frames].
 
@@ -129,6 +135,7 @@ class NoteTracker:
         self.frame_rate = settings.audio.frame_rate
         self.onset_threshold = float(t.onset_threshold)
         self.frame_threshold = float(t.frame_threshold)
+        self.offset_threshold = float(t.offset_threshold)
         self.min_ioi_frames = _frames(t.min_ioi_ms / 1000.0, self.frame_rate)
         # A note lasts at least one frame, so its offset is always after its onset.
         self.min_duration_frames = max(1, _frames(t.min_duration_ms / 1000.0, self.frame_rate))
@@ -147,16 +154,19 @@ class NoteTracker:
         self.velocity = np.zeros(N_KEYS, np.int64)
         self.last_onset_frame = np.full(N_KEYS, self._never, np.int64)
         self.onset_above = np.zeros(N_KEYS, bool)
+        self.offset_above = np.zeros(N_KEYS, bool)
         self.low_run = np.zeros(N_KEYS, np.int64)
 
     # -------------------------------------------------------------------------------------------------------------
-    def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray) -> list[NoteEvent]:
+    def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray,
+                offset: np.ndarray | None = None) -> list[NoteEvent]:
         """Track ``k`` consecutive frames.
 
         Parameters
         ----------
         onset, frame, velocity : (k, 88) probabilities in [0, 1] (k may be 0), frames ``frame_index ..
             frame_index + k - 1``.
+        offset : (k, 88) offset probabilities, from a model with the offset head; None for one without.
 
         Returns
         -------
@@ -167,10 +177,12 @@ class NoteTracker:
         onset = np.asarray(onset)
         frame = np.asarray(frame)
         velocity = np.asarray(velocity)
+        offset = None if offset is None else np.asarray(offset)
         k = onset.shape[0] if onset.ndim == 2 else -1
-        if onset.shape != (k, N_KEYS) or frame.shape != (k, N_KEYS) or velocity.shape != (k, N_KEYS):
-            raise ValueError(f"onset, frame and velocity must all be (k, {N_KEYS}); got {onset.shape}, "
-                             f"{frame.shape}, {velocity.shape}")
+        shapes = [a.shape for a in (onset, frame, velocity, offset) if a is not None]
+        if any(s != (k, N_KEYS) for s in shapes):
+            raise ValueError(f"onset, frame, velocity (and offset) must all be (k, {N_KEYS}); got "
+                             + ", ".join(map(str, shapes)))
         if k == 0:
             return []
 
@@ -180,6 +192,14 @@ class NoteTracker:
         rising[1:] &= ~above[:-1]
         low = frame < self.frame_threshold                       # (k, 88)
         self.onset_above = above[-1].copy()
+        if offset is None:
+            ending = np.zeros_like(rising)
+        else:
+            ends = offset >= self.offset_threshold
+            ending = ends.copy()
+            ending[0] &= ~self.offset_above
+            ending[1:] &= ~ends[:-1]
+            self.offset_above = ends[-1].copy()
 
         # Every off closes a note sounding before this call or opened in it: at most 88 + 2 x (rising edges) events.
         cap = N_KEYS + 2 * int(np.count_nonzero(rising))
@@ -188,7 +208,7 @@ class NoteTracker:
         vel = np.empty(cap, np.int64)
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
-        n = _track(rising, low, np.ascontiguousarray(velocity, np.float32), t0, self.sounding, self.onset_frame,
+        n = _track(rising, low, ending, np.ascontiguousarray(velocity, np.float32), t0, self.sounding, self.onset_frame,
                    self.last_onset_frame, self.velocity, self.low_run, self.min_ioi_frames,
                    self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames, self._reonset_frames,
                    kind, key, vel, at)

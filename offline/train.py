@@ -24,6 +24,10 @@ the note-level scores did). With
 ``train.average_decay`` > 0, the weights validated, kept as best and exported are a moving average of the weights
 over the steps (:class:`_WeightAverage`); the step's own weights are scored beside them (``raw_score`` in the log).
 
+A model with the offset head (``model.offset_head``) learns the offset labels as the onset head its onsets: the same
+weighted BCE (``train.onset_pos_weight``) on a target ``train.onset_target_frames`` wide, its loss weighted
+``train.offset_weight``; validation's tracker ends notes with it.
+
 OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
@@ -49,7 +53,8 @@ from models.errors import KkomaError
 from models.notes import N_KEYS
 from models.settings import CQTSettings, first_mismatch
 
-LABELS = ("onset", "frame", "velocity")
+#: The labels a shard holds and training reads, in :func:`crop_stream`'s order.
+LABELS = ("onset", "frame", "velocity", "offset")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,7 +83,8 @@ def read_manifest(dataset: str | Path, settings) -> dict:
 
 
 def load_piece(dataset: Path, piece: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One shard -> features (n, n_bins) float16 and labels onset/frame uint8, velocity uint8 (MIDI, onset frames)."""
+    """One shard -> features (n, n_bins) float16 and labels onset/frame/offset uint8, velocity uint8 (MIDI, onset
+    frames)."""
     path = dataset / piece["file"]
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -161,8 +167,9 @@ def add_room(features: np.ndarray, bin_hz: np.ndarray, frame_rate: float, rt60_s
 
 def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int,
                 colour: tuple[float, float, int] | None = None, room: dict | None = None):
-    """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity (window, 88)
-    uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module notes.
+    """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity, offset
+    (window, 88) uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module
+    notes.
 
     colour : (probability, max_db, bins_per_octave): each crop is recoloured by a random
         :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); None or max_db 0 = never.
@@ -190,17 +197,16 @@ def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, 
                     n = window
                 for _ in range(max(1, math.ceil(n / window))):
                     s = int(rng.integers(0, n - window + 1))
-                    crops.append((f[s:s + window], lab["onset"][s:s + window], lab["frame"][s:s + window],
-                                  lab["velocity"][s:s + window]))
+                    crops.append((f[s:s + window], *(lab[k][s:s + window] for k in LABELS)))
             for j in rng.permutation(len(crops)):
-                f, on, fr, vel = crops[int(j)]
+                f, *labels = crops[int(j)]
                 if room is not None and room_rng.random() < room["probability"]:
                     f = add_room(f, room["bin_hz"], room["frame_rate"], room_rng.uniform(*room["rt60_s"]),
                                  room_rng.uniform(*room["wet"]), room_rng.uniform(*room["snr_db"]),
                                  room_rng.uniform(-3.0, 3.0), room_rng)
                 if max_db > 0 and colour_rng.random() < p_colour:
                     f = recolour(f, spectral_envelope(f.shape[1], bpo, max_db, colour_rng))
-                yield f, on, fr, vel
+                yield (f, *labels)
 
 
 def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
@@ -208,14 +214,16 @@ def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
 
 
 def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, seed: int):
-    """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity: (B, T, 88) float32})``;
-    velocity targets are MIDI velocity / 127 (0 off the onset frames)."""
+    """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity[, offset]: (B, T, 88)
+    float32})``; velocity targets are MIDI velocity / 127 (0 off the onset frames); offset targets only for a model
+    with the offset head."""
     import tensorflow as tf
 
     m, t = settings.model, settings.train
     nb_, w = settings.cqt.n_bins, m.window_frames
     sig = (tf.TensorSpec((w, nb_), tf.float16), tf.TensorSpec((w, N_KEYS), tf.uint8),
-           tf.TensorSpec((w, N_KEYS), tf.uint8), tf.TensorSpec((w, N_KEYS), tf.uint8))
+           tf.TensorSpec((w, N_KEYS), tf.uint8), tf.TensorSpec((w, N_KEYS), tf.uint8),
+           tf.TensorSpec((w, N_KEYS), tf.uint8))
     a, c = settings.augment, settings.cqt
     room = None
     if t.room_probability > 0:
@@ -229,16 +237,21 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
 
     width = settings.train.onset_target_frames
 
-    def to_example(f, on, fr, vel):
-        on = tf.cast(on, tf.float32)
-        # An onset is a target on its frame and the (width - 1) frames after it: the frame grid cuts onsets at an
-        # arbitrary phase, and the tracker opens a note on the first frame over threshold, so a wider target costs
-        # no extra notes.
-        wide = on
+    def widen(x):
+        # An onset (offset) is a target on its frame and the (width - 1) frames after it: the frame grid cuts them
+        # at an arbitrary phase, and the tracker acts on the first frame over threshold, so a wider target costs
+        # no extra events.
+        x = tf.cast(x, tf.float32)
+        wide = x
         for k in range(1, width):
-            wide = tf.maximum(wide, tf.pad(on, [[0, 0], [k, 0], [0, 0]])[:, :-k, :])
-        return (tf.cast(f, tf.float32), {"onset": wide, "frame": tf.cast(fr, tf.float32),
-                                         "velocity": tf.cast(vel, tf.float32) / 127.0})
+            wide = tf.maximum(wide, tf.pad(x, [[0, 0], [k, 0], [0, 0]])[:, :-k, :])
+        return wide
+
+    def to_example(f, on, fr, vel, off):
+        y = {"onset": widen(on), "frame": tf.cast(fr, tf.float32), "velocity": tf.cast(vel, tf.float32) / 127.0}
+        if m.offset_head:
+            y["offset"] = widen(off)
+        return tf.cast(f, tf.float32), y
 
     return ds.batch(batch_size, drop_remainder=True).map(to_example, num_parallel_calls=2).prefetch(2)
 
@@ -275,7 +288,8 @@ def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]
             f, lab = load_piece(dataset, piece)
             p = model.predict(f)
             tracker.reset()
-            est = events_to_notes(tracker.process(p["onset"], p["frame"], p["velocity"]) + tracker.flush())
+            events = tracker.process(p["onset"], p["frame"], p["velocity"], p.get("offset")) + tracker.flush()
+            est = events_to_notes(events)
             ref = label_notes(lab["onset"], lab["frame"], lab["velocity"], settings.audio.frame_rate)
             sc = score_notes(ref, est, settings.audio.frame_rate)  # kkoma evaluate's scores
             note_f1.append(sc["onset_f1"])
@@ -474,6 +488,10 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no backward LSTM; adding one (model.backward_units = {settings.model.backward_units})"
             " (it and the heads' weights for it freshly initialised; the rest as they are)")
         changes["model__backward_units"] = "0"
+    if settings.model.offset_head and not recorded(stored, "model", "offset_head", True):
+        log(f"  {init} has no offset head; adding one (model.offset_head = true) whose weights start fresh; the "
+            "other outputs start as they are")
+        changes["model__offset_head"] = "false"
     return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
@@ -561,10 +579,11 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     with strategy.scope():
         model = network.build_model(settings)
         opt = keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm or None)
-        model.compile(optimizer=opt,
-                      loss={"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy",
-                            "velocity": velocity_loss},
-                      loss_weights={"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight})
+        losses = {"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy", "velocity": velocity_loss}
+        weights = {"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight}
+        if settings.model.offset_head:  # offsets are as rare as onsets: the same weighted BCE
+            losses["offset"], weights["offset"] = onset_loss(t.onset_pos_weight), t.offset_weight
+        model.compile(optimizer=opt, loss=losses, loss_weights=weights)
         if state is not None:
             model.load_weights(ckpt / "last.weights.h5")
             _load_optimizer(model.optimizer, model, ckpt / "last.optimizer.npz", log)
@@ -576,6 +595,8 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                     arrays = network.grow_arrays(network.model_arrays(model), arrays)
                 if "backward_kernel" not in arrays and settings.model.backward_units:
                     arrays = network.grow_backward(network.model_arrays(model), arrays)
+                if "offset_kernel" not in arrays and settings.model.offset_head:
+                    arrays = network.grow_offset(network.model_arrays(model), arrays)
                 network.set_model_arrays(model, arrays)
                 log(f"starting from the weights in {init}")
             if refeature or not init:

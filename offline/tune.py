@@ -1,7 +1,8 @@
 """Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
-for every (onset_threshold, frame_threshold, offset_hold_ms) of a grid and the notes are scored with mir_eval
+for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold]) of a grid (the offset threshold
+only for a model with the offset head) and the notes are scored with mir_eval
 against the piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 +
 onset/offset F1; put it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report
 the held-out soundfont and room conditions with the chosen values, so they stay unseen.
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onset", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     ap.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
+    ap.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+                    help="offset_threshold values (models with the offset head)")
     ap.add_argument("--max-pieces", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a settings override, as kkoma --set. The settings are the offline ones, as kkoma "
@@ -53,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         ref = crop_notes(read_midi(p["midi"], sustain=True), float(p["seconds"]))
         refs.append(notes_to_arrays(ref))
     rows = []
-    grid = [(o, f, h) for o in args.onset for f in args.frame for h in args.hold if f <= o]
-    for on_t, fr_t, hold in grid:
+    offsets = args.offset if "offset" in model.outputs else [settings.tracker.offset_threshold]
+    grid = [(o, f, h, e) for o in args.onset for f in args.frame for h in args.hold for e in offsets if f <= o]
+    for on_t, fr_t, hold, off_t in grid:
         s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t),
-                             tracker__offset_hold_ms=str(hold))
+                             tracker__offset_hold_ms=str(hold), tracker__offset_threshold=str(off_t))
         f_on, f_onoff = [], []
         for pr, (ri, rp, _) in zip(probs, refs):
             tr = NoteTracker(s)
-            ev = tr.process(pr["onset"], pr["frame"], pr["velocity"]) + tr.flush()
+            ev = tr.process(pr["onset"], pr["frame"], pr["velocity"], pr.get("offset")) + tr.flush()
             ei, ep, _ = notes_to_arrays(events_to_notes(ev))
             if len(ri) == 0 or len(ei) == 0:
                 f_on.append(float(len(ri) == len(ei)))
@@ -68,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             f_on.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None)[2])
             f_onoff.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep)[2])
-        rows.append((on_t, fr_t, hold, float(np.mean(f_on)), float(np.mean(f_onoff))))
-        print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f} offset_hold_ms {hold:g}: "
-              f"onset F1 {rows[-1][3]:.3f} onset+offset F1 {rows[-1][4]:.3f}", flush=True)
-    best = max(rows, key=lambda r: r[3] + r[4])
+        rows.append((on_t, fr_t, hold, off_t, float(np.mean(f_on)), float(np.mean(f_onoff))))
+        print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f} offset_hold_ms {hold:g} "
+              f"offset_threshold {off_t:.2f}: onset F1 {rows[-1][4]:.3f} onset+offset F1 {rows[-1][5]:.3f}",
+              flush=True)
+    best = max(rows, key=lambda r: r[4] + r[5])
     print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]}, "
-          f"offset_hold_ms = {best[2]} (onset F1 {best[3]:.3f}, onset+offset F1 {best[4]:.3f})")
+          f"offset_hold_ms = {best[2]}, offset_threshold = {best[3]} (onset F1 {best[4]:.3f}, onset+offset F1 "
+          f"{best[5]:.3f})")
     return 0
 
 

@@ -25,16 +25,18 @@ def _stream(model, f, rng, max_chunk=17):
         parts.append(model.process(f[i:i + k]))
         i += k
     parts.append(model.flush())
-    return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in model.outputs}
 
 
-@pytest.mark.parametrize("lookahead,context,harmonic", [(2, 3, 5), (0, 1, 5), (5, 2, 5), (2, 3, 0)])
-def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic):
+@pytest.mark.parametrize("lookahead,context,harmonic,offset", [(2, 3, 5, False), (0, 1, 5, False), (5, 2, 5, True),
+                                                               (2, 3, 0, True)])
+def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic, offset):
     pytest.importorskip("tensorflow")
     from models import network
 
     s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}",
-                                        f"model.harmonic_units={harmonic}", "model.harmonic_features=2"])
+                                        f"model.harmonic_units={harmonic}", "model.harmonic_features=2",
+                                        f"model.offset_head={str(offset).lower()}"])
     m = network.build_model(s)
     rng = np.random.default_rng(lookahead)
     network.set_normalization(m, rng.uniform(0, 2, 264), rng.uniform(0.5, 2, 264))
@@ -46,14 +48,16 @@ def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic):
     fa, _ = network.align(f, {}, lookahead)
     ref = {k: np.asarray(v)[0, lookahead:] for k, v in m(fa[None]).items()}
     sm = StreamingModel(s, arrays=network.model_arrays(m))
+    assert sm.outputs == (KEYS + ("offset",) if offset else KEYS) == tuple(ref)
     whole = sm.predict(f)
     for trial in range(3):
         got = _stream(sm, f, np.random.default_rng(trial))
-        for k in KEYS:
+        assert tuple(got) == sm.outputs
+        for k in sm.outputs:
             assert got[k].shape == (230, 88)
             assert np.abs(got[k] - ref[k]).max() <= 1e-4, k
             assert np.abs(got[k] - whole[k]).max() <= 1e-6, k
-    for k in KEYS:
+    for k in sm.outputs:
         assert np.abs(whole[k] - ref[k]).max() <= 1e-4
 
 
@@ -121,14 +125,17 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
 @pytest.mark.parametrize("section,key,value,loads", [("cqt", "max_window_ms", "inf", True),
                                                       ("cqt", "max_window_ms", "120", False),
                                                       ("model", "harmonic_units", "0", True),
-                                                      ("model", "harmonic_units", "5", False)])
+                                                      ("model", "harmonic_units", "5", False),
+                                                      ("model", "offset_head", "false", True),
+                                                      ("model", "offset_head", "true", False)])
 def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, value, loads):
     """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf), one
-    written before ``model.harmonic_units`` without the harmonic branch (0)."""
+    written before ``model.harmonic_units`` without the harmonic branch (0), one before ``model.offset_head``
+    without that head."""
     import json
     import zipfile
 
-    old_value = "inf" if key == "max_window_ms" else "0"
+    old_value = {"max_window_ms": "inf", "offset_head": "false"}.get(key, "0")
     s_old = load_settings(overrides=TINY + [f"{section}.{key}={old_value}"])
     p = export_random_weights(tmp_path / "w.npz", s_old)
     with np.load(p) as z:
@@ -163,6 +170,25 @@ def test_grown_weights_compute_the_old_model_exactly():
     for k in KEYS:
         np.testing.assert_array_equal(a[k], b[k])
         assert np.abs(c[k] - a[k]).max() > 1e-3  # the branch's rows do change the outputs once non-zero
+
+
+def test_grown_offset_head_keeps_the_old_outputs_exactly():
+    """:func:`models.network.grow_offset`: a model given the offset head by ``train --init`` computes exactly the
+    outputs of the model it grew from, plus an offset output that starts low (bias -4) but reads the LSTM."""
+    from models.network import grow_offset
+
+    s0 = load_settings(overrides=TINY)
+    s1 = load_settings(overrides=TINY + ["model.offset_head=true"])
+    old, fresh = random_arrays(s0, seed=1), random_arrays(s1, seed=2)
+    grown = grow_offset(fresh, old)
+    assert set(grown) == set(fresh) and all(grown[k].shape == fresh[k].shape for k in fresh)
+    f = _features(120, 3)
+    a = StreamingModel(s0, arrays=old).predict(f)
+    b = StreamingModel(s1, arrays=grown).predict(f)
+    assert tuple(b) == KEYS + ("offset",)
+    for k in KEYS:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert np.median(b["offset"]) < 0.05 and b["offset"].std() > 1e-4
 
 
 def test_incomplete_weights_are_named(tmp_path):

@@ -47,7 +47,8 @@ def _settings(tmp_path, extra=(), seed=0):
                                    # the offline model's backward LSTM: blocks of 45 + 15 steps across chunks of 37
                                    ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
                                     "model.harmonic_units=0", "model.backward_units=6",
-                                    "model.backward_block_frames=45", "model.backward_context_frames=15"]])
+                                    "model.backward_block_frames=45", "model.backward_context_frames=15",
+                                    "model.offset_head=true"]])
 def test_tf_probabilities_equal_numpy(tmp_path, extra):
     """Chunked, stateful TF inference (conv context and LSTM state carried, look-ahead flushed) == NumPy path."""
     from models.cqt import CQT
@@ -57,7 +58,8 @@ def test_tf_probabilities_equal_numpy(tmp_path, extra):
     assert f.shape[0] > 3 * s.transcribe.chunk_frames  # several chunks, so state crosses chunk boundaries
     want = StreamingModel(s).predict(f)
     got = TI.tf_probabilities(f, s)
-    for k in KEYS:
+    assert tuple(got) == tuple(want) == KEYS + (("offset",) if s.model.offset_head else ())
+    for k in want:
         assert got[k].shape == want[k].shape == (f.shape[0], 88)
         assert np.abs(got[k] - want[k]).max() <= 1e-4, k
 
