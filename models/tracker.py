@@ -47,6 +47,16 @@ def _frames(seconds: float, frame_rate: float) -> int:
     return max(0, math.ceil(seconds * frame_rate - 1e-9))
 
 
+def _rising_edges(p: np.ndarray, threshold: float, above_before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, 88)`` probabilities -> (``(k, 88)`` bool, True where they reach ``threshold`` after a frame below it;
+    ``(88,)`` bool, whether the last frame is at or above it). ``above_before``: the same for the frame before."""
+    above = p >= threshold
+    rising = above.copy()
+    rising[0] &= ~above_before
+    rising[1:] &= ~above[:-1]
+    return rising, above[-1].copy()
+
+
 @nb.njit(cache=True, nogil=True)
 def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset, vel_state, low_run, min_ioi, min_dur,
            max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
@@ -186,20 +196,12 @@ class NoteTracker:
         if k == 0:
             return []
 
-        above = onset >= self.onset_threshold                    # (k, 88)
-        rising = above.copy()
-        rising[0] &= ~self.onset_above
-        rising[1:] &= ~above[:-1]
+        rising, self.onset_above = _rising_edges(onset, self.onset_threshold, self.onset_above)   # (k, 88)
         low = frame < self.frame_threshold                       # (k, 88)
-        self.onset_above = above[-1].copy()
         if offset is None:
             ending = np.zeros_like(rising)
         else:
-            ends = offset >= self.offset_threshold
-            ending = ends.copy()
-            ending[0] &= ~self.offset_above
-            ending[1:] &= ~ends[:-1]
-            self.offset_above = ends[-1].copy()
+            ending, self.offset_above = _rising_edges(offset, self.offset_threshold, self.offset_above)
 
         # Every off closes a note sounding before this call or opened in it: at most 88 + 2 x (rising edges) events.
         cap = N_KEYS + 2 * int(np.count_nonzero(rising))

@@ -52,9 +52,7 @@ from models.atomic import atomic_write
 from models.errors import KkomaError
 from models.notes import N_KEYS
 from models.settings import CQTSettings, first_mismatch
-
-#: The labels a shard holds and training reads, in :func:`crop_stream`'s order.
-LABELS = ("onset", "frame", "velocity", "offset")
+from offline.labels import LABEL_NAMES
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -89,7 +87,7 @@ def load_piece(dataset: Path, piece: dict) -> tuple[np.ndarray, dict[str, np.nda
     try:
         with np.load(path, allow_pickle=False) as z:
             features = z["features"]
-            labels = {k: z[k] for k in LABELS}
+            labels = {k: z[k] for k in LABEL_NAMES}
     except (OSError, KeyError, ValueError) as e:
         raise KkomaError(f"dataset shard {path} cannot be read ({type(e).__name__}: {e}).") from None
     return features, labels
@@ -167,9 +165,9 @@ def add_room(features: np.ndarray, bin_hz: np.ndarray, frame_rate: float, rt60_s
 
 def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, pool: int, seed: int,
                 colour: tuple[float, float, int] | None = None, room: dict | None = None):
-    """Endless generator of training crops: (features (window, n_bins) float16, onset, frame, velocity, offset
-    (window, 88) uint8), labels delayed by ``lookahead``. Pieces in a fresh random order each pass; see the module
-    notes.
+    """Endless generator of training crops: (features (window, n_bins) float16, then the labels of
+    :data:`offline.labels.LABEL_NAMES` (window, 88) uint8), labels delayed by ``lookahead``. Pieces in a fresh random
+    order each pass; see the module notes.
 
     colour : (probability, max_db, bins_per_octave): each crop is recoloured by a random
         :func:`spectral_envelope` with that probability (``train.spectral_eq_*``); None or max_db 0 = never.
@@ -197,7 +195,7 @@ def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, 
                     n = window
                 for _ in range(max(1, math.ceil(n / window))):
                     s = int(rng.integers(0, n - window + 1))
-                    crops.append((f[s:s + window], *(lab[k][s:s + window] for k in LABELS)))
+                    crops.append((f[s:s + window], *(lab[k][s:s + window] for k in LABEL_NAMES)))
             for j in rng.permutation(len(crops)):
                 f, *labels = crops[int(j)]
                 if room is not None and room_rng.random() < room["probability"]:
@@ -247,7 +245,7 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
             wide = tf.maximum(wide, tf.pad(x, [[0, 0], [k, 0], [0, 0]])[:, :-k, :])
         return wide
 
-    def to_example(f, on, fr, vel, off):
+    def to_example(f, on, fr, off, vel):  # LABEL_NAMES' order
         y = {"onset": widen(on), "frame": tf.cast(fr, tf.float32), "velocity": tf.cast(vel, tf.float32) / 127.0}
         if m.offset_head:
             y["offset"] = widen(off)
