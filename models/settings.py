@@ -159,6 +159,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class TrackerSettings:
     onset_threshold: float = _f(lo=0.0, hi=1.0)
+    restrike_margin: float = _f(lo=0.0, hi=1.0)
     frame_threshold: float = _f(lo=0.0, hi=1.0)
     min_ioi_ms: float = _f(lo=0.0, unit="ms")
     min_duration_ms: float = _f(lo=0.0, unit="ms")
@@ -375,6 +376,9 @@ def _build(raw: Mapping[str, Any], source: str) -> Settings:
 
 def _cross_check(s: Settings) -> None:
     """Constraints that tie several keys together."""
+    if s.tracker.onset_threshold + s.tracker.restrike_margin > 1.0:
+        raise ConfigError("tracker.onset_threshold + tracker.restrike_margin must not exceed 1 "
+                          f"({s.tracker.onset_threshold} + {s.tracker.restrike_margin}): no key could be re-struck.")
     if s.tracker.frame_threshold > s.tracker.onset_threshold:
         raise ConfigError("tracker.frame_threshold must not exceed tracker.onset_threshold "
                           f"({s.tracker.frame_threshold} > {s.tracker.onset_threshold}).")

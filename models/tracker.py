@@ -6,8 +6,13 @@ Rules (DESIGN.md §4), per pitch, with zero look-ahead (an event at frame t depe
   >= the threshold at t and was below it at t - 1: a rising edge; the stream starts "below"), and the last onset of
   that pitch is at least ``tracker.min_ioi_ms`` earlier. An edge refused by the minimum inter-onset interval is
   dropped, not postponed.
-* **Re-onset.** A rising edge on a sounding pitch, allowed by the minimum inter-onset interval and the minimum
-  duration, closes the note and opens a new one at the same frame (off before on).
+* **Re-onset.** On a sounding pitch the bar is higher: an onset excursion (from a rising edge until the
+  probability falls below ``tracker.onset_threshold`` again) re-strikes the key at the first frame where it reaches
+  ``onset_threshold + tracker.restrike_margin``, if the minimum inter-onset interval and the minimum duration allow
+  it then; the note closes and a new one opens at that frame (off before on). A re-strike refused there is dropped
+  for the rest of the excursion. Why: a sounding key's own partials and its decay make the onset output flicker
+  at mid heights, the commonest false onset; a silent key needs no such guard (margin 0 = one rule for both).
+  An excursion still under way when a note closes for another reason (Close, Offset) opens a new note.
 * **Close.** A sounding note closes at the frame t where its frame probability has been < ``tracker.frame_threshold``
   for ``tracker.offset_hold_ms`` (frames t - hold + 1 .. t; hold = 1 frame closes at the first low frame), so a
   dip of the frame output shorter than the hold does not cut a note (hysteresis: the frame threshold is below the
@@ -58,13 +63,14 @@ def _rising_edges(p: np.ndarray, threshold: float, above_before: np.ndarray) -> 
 
 
 @nb.njit(cache=True, nogil=True)
-def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset, vel_state, low_run, min_ioi, min_dur,
-           max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
+def _track(rising, above, above_re, low, ending, velocity, t0, sounding, armed, onset_frame, last_onset, vel_state,
+           low_run, min_ioi, min_dur, max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
     """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
 
-    rising, low, ending : (k, 88) bool (ending: the offset's rising edges); velocity : (k, 88) float32; ev_* :
-    event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity; frame), long enough for every event.
-    Returns the number of events written.
+    rising, above, above_re, low, ending : (k, 88) bool (the onset's rising edges over, and frames at or above, the
+    onset threshold; frames at or above the re-onset threshold; frame below its threshold; the offset's rising
+    edges); velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity;
+    frame), long enough for every event. Returns the number of events written.
     """
     k = rising.shape[0]
     n = 0
@@ -79,8 +85,14 @@ def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset,
             if rising[i, p]:
                 any_rising = True
                 break
-        if not any_rising and n_sounding == 0:  # nothing can change: the common case in silence
+        # Nothing can change: the common case in silence (a silent key is never left armed after a frame).
+        if not any_rising and n_sounding == 0:
             continue
+        for p in range(N_KEYS):  # the onset excursion each key is in: armed from its rising edge until it fires
+            if rising[i, p]:
+                armed[p] = True
+            elif not above[i, p]:
+                armed[p] = False
         for p in range(N_KEYS):  # offs first, by ascending pitch
             if sounding[p]:
                 dur = t - onset_frame[p]
@@ -89,7 +101,13 @@ def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset,
                 else:
                     low_run[p] = 0
                 stamp = t
-                close = dur >= max_dur or (rising[i, p] and dur >= reonset) or (ending[i, p] and dur >= min_dur)
+                strike = armed[p] and above_re[i, p]
+                if strike and dur < reonset:  # a re-onset refused is dropped, not postponed
+                    armed[p] = False
+                    strike = False
+                if dur >= max_dur:  # a stuck key reopens only on a new excursion
+                    armed[p] = False
+                close = dur >= max_dur or strike or (ending[i, p] and dur >= min_dur)
                 if low_run[p] >= hold and dur >= min_dur:
                     close = True
                     stamp = max(t - low_run[p] + 1, onset_frame[p] + min_dur)
@@ -102,7 +120,10 @@ def _track(rising, low, ending, velocity, t0, sounding, onset_frame, last_onset,
                     sounding[p] = False
                     n_sounding -= 1
         for p in range(N_KEYS):  # then ons
-            if rising[i, p] and not sounding[p] and t - last_onset[p] >= min_ioi:
+            if not armed[p] or sounding[p]:
+                continue
+            armed[p] = False  # fired, or refused by the inter-onset interval: either way this excursion is spent
+            if t - last_onset[p] >= min_ioi:
                 v = velocity[i, p]
                 if v != v:  # NaN: the quietest note rather than none
                     v = np.float32(0.0)
@@ -133,6 +154,9 @@ class NoteTracker:
     velocity : int64, MIDI velocity of the open note.
     last_onset_frame : int64, frame of the pitch's most recent onset, a large negative number before any [frames].
     onset_above : bool, the onset probability of the last frame was >= onset_threshold (for the rising edge).
+    armed : bool, the key is in an onset excursion (from a rising edge over onset_threshold until the probability
+        falls below it again) that has not yet opened a note or been refused; only a sounding key stays armed
+        between frames (waiting for onset_threshold + restrike_margin).
     offset_above : bool, likewise for the offset probability and offset_threshold.
     low_run : int64, consecutive frames (up to the last one processed) that the open note's frame probability has
         been below frame_threshold [frames].
@@ -144,6 +168,7 @@ class NoteTracker:
         t = settings.tracker
         self.frame_rate = settings.audio.frame_rate
         self.onset_threshold = float(t.onset_threshold)
+        self.restrike_threshold = float(t.onset_threshold + t.restrike_margin)
         self.frame_threshold = float(t.frame_threshold)
         self.offset_threshold = float(t.offset_threshold)
         self.min_ioi_frames = _frames(t.min_ioi_ms / 1000.0, self.frame_rate)
@@ -164,6 +189,7 @@ class NoteTracker:
         self.velocity = np.zeros(N_KEYS, np.int64)
         self.last_onset_frame = np.full(N_KEYS, self._never, np.int64)
         self.onset_above = np.zeros(N_KEYS, bool)
+        self.armed = np.zeros(N_KEYS, bool)
         self.offset_above = np.zeros(N_KEYS, bool)
         self.low_run = np.zeros(N_KEYS, np.int64)
 
@@ -197,21 +223,24 @@ class NoteTracker:
             return []
 
         rising, self.onset_above = _rising_edges(onset, self.onset_threshold, self.onset_above)   # (k, 88)
+        above = onset >= self.onset_threshold                    # (k, 88)
+        above_re = onset >= self.restrike_threshold             # (k, 88)
         low = frame < self.frame_threshold                       # (k, 88)
         if offset is None:
             ending = np.zeros_like(rising)
         else:
             ending, self.offset_above = _rising_edges(offset, self.offset_threshold, self.offset_above)
 
-        # Every off closes a note sounding before this call or opened in it: at most 88 + 2 x (rising edges) events.
-        cap = N_KEYS + 2 * int(np.count_nonzero(rising))
+        # Every on comes from a rising edge in this call or a key armed before it; every off closes a note sounding
+        # before this call or opened in it: at most 88 + 2 x (rising edges + armed keys) events.
+        cap = N_KEYS + 2 * (int(np.count_nonzero(rising)) + int(np.count_nonzero(self.armed)))
         kind = np.empty(cap, np.int8)
         key = np.empty(cap, np.int64)
         vel = np.empty(cap, np.int64)
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
-        n = _track(rising, low, ending, np.ascontiguousarray(velocity, np.float32), t0, self.sounding, self.onset_frame,
-                   self.last_onset_frame, self.velocity, self.low_run, self.min_ioi_frames,
+        n = _track(rising, above, above_re, low, ending, np.ascontiguousarray(velocity, np.float32), t0, self.sounding,
+                   self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run, self.min_ioi_frames,
                    self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames, self._reonset_frames,
                    kind, key, vel, at)
         fr = self.frame_rate

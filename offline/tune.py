@@ -1,7 +1,7 @@
 """Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
-for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold]) of a grid (the offset threshold
+for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold], restrike_margin) of a grid (the offset threshold
 only for a model with the offset head) and the notes are scored with mir_eval
 against the piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 +
 onset/offset F1; put it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
     ap.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
                     help="offset_threshold values (models with the offset head)")
+    ap.add_argument("--restrike", type=float, nargs="+", default=[0.0],
+                    help="restrike_margin values (a sounding key is re-struck at onset_threshold + this)")
     ap.add_argument("--max-pieces", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a settings override, as kkoma --set. The settings are the offline ones, as kkoma "
@@ -57,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         refs.append(notes_to_arrays(ref))
     rows = []
     offsets = args.offset if "offset" in model.outputs else [settings.tracker.offset_threshold]
-    grid = [(o, f, h, e) for o in args.onset for f in args.frame for h in args.hold for e in offsets if f <= o]
-    for on_t, fr_t, hold, off_t in grid:
+    grid = [(o, f, h, e, r) for o in args.onset for f in args.frame for h in args.hold for e in offsets
+            for r in args.restrike if f <= o and o + r <= 1.0]
+    for on_t, fr_t, hold, off_t, margin in grid:
         s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t),
-                             tracker__offset_hold_ms=str(hold), tracker__offset_threshold=str(off_t))
+                             tracker__offset_hold_ms=str(hold), tracker__offset_threshold=str(off_t),
+                             tracker__restrike_margin=str(margin))
         f_on, f_onoff = [], []
         for pr, (ri, rp, _) in zip(probs, refs):
             tr = NoteTracker(s)
@@ -72,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             f_on.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep, offset_ratio=None)[2])
             f_onoff.append(mir_eval.transcription.precision_recall_f1_overlap(ri, rp, ei, ep)[2])
-        rows.append((on_t, fr_t, hold, off_t, float(np.mean(f_on)), float(np.mean(f_onoff))))
+        rows.append((on_t, fr_t, hold, off_t, margin, float(np.mean(f_on)), float(np.mean(f_onoff))))
         print(f"onset_threshold {on_t:.2f} frame_threshold {fr_t:.2f} offset_hold_ms {hold:g} "
-              f"offset_threshold {off_t:.2f}: onset F1 {rows[-1][4]:.3f} onset+offset F1 {rows[-1][5]:.3f}",
-              flush=True)
-    best = max(rows, key=lambda r: r[4] + r[5])
+              f"offset_threshold {off_t:.2f} restrike_margin {margin:.2f}: onset F1 {rows[-1][5]:.3f} "
+              f"onset+offset F1 {rows[-1][6]:.3f}", flush=True)
+    best = max(rows, key=lambda r: r[5] + r[6])
     print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]}, "
-          f"offset_hold_ms = {best[2]}, offset_threshold = {best[3]} (onset F1 {best[4]:.3f}, onset+offset F1 "
-          f"{best[5]:.3f})")
+          f"offset_hold_ms = {best[2]}, offset_threshold = {best[3]}, restrike_margin = {best[4]} (onset F1 "
+          f"{best[5]:.3f}, onset+offset F1 {best[6]:.3f})")
     return 0
 
 

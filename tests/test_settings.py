@@ -43,6 +43,7 @@ def test_overrides_parse_toml_values():
     ("midi.channel=0", "midi.channel must be an integer from 1 to 16"),
     ("live.display=3", "live.display must be true or false"),
     ("tracker.frame_threshold=0.95", "tracker.frame_threshold must not exceed tracker.onset_threshold"),
+    ("tracker.restrike_margin=0.2", "tracker.onset_threshold \\+ tracker.restrike_margin must not exceed 1"),
     ("cqt.n_bins=400", "below the Nyquist frequency"),
     ("cqt.decimation_taps=30", "cqt.decimation_taps must be odd"),
     ("nodot=1", "must look like section.key=value"),

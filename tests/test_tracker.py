@@ -177,6 +177,41 @@ def test_offs_before_ons_at_one_frame_and_pitches_ascending():
         ("off", 22, 12), ("off", 26, 12)]
 
 
+def test_restrike_margin_raises_the_bar_only_for_a_sounding_key():
+    tr = NoteTracker(load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",
+                                              "tracker.offset_hold_ms=0", "tracker.restrike_margin=0.3"]))
+    assert tr.restrike_threshold == pytest.approx(0.8)
+    on, fr = zeros(40), zeros(40)
+    fr[2:35, 0] = 0.9
+    on[2, 0] = 0.6           # opens pitch 21 (silent key: 0.5 is enough)
+    on[12:15, 0] = 0.6       # sounding: an excursion under 0.8 does not re-strike
+    on[20:22, 0] = 0.6       # an excursion that reaches 0.8 at frame 22 re-strikes there, once
+    on[22:26, 0] = 0.9
+    on[5, 1], fr[5:9, 1] = 0.6, 0.9   # a fresh note on pitch 22 needs only 0.5
+    on[30, 0] = 0.9          # reaches 0.8 at frame 30, but only 8 frames after 22: fine (ioi 4 frames)
+    events = run(tr, on, fr)
+    assert [(e.kind, e.pitch, e.frame) for e in events] == [
+        ("on", 21, 2), ("on", 22, 5), ("off", 22, 9), ("off", 21, 22), ("on", 21, 22), ("off", 21, 30),
+        ("on", 21, 30), ("off", 21, 35)]
+    # margin 0 restores one rule: the mid-height excursions re-strike too
+    tr0 = NoteTracker(load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",
+                                               "tracker.offset_hold_ms=0"]))
+    assert [e.frame for e in run(tr0, on, fr) if e.kind == "on" and e.pitch == 21] == [2, 12, 20, 30]
+
+
+def test_keys_armed_in_one_chunk_re_strike_in_the_next():
+    """Every key armed at a chunk boundary and re-struck in a one-frame chunk without a rising edge in it: 88 offs and
+    88 ons from one frame (the event buffers must count armed keys, not only this chunk's edges)."""
+    tr = NoteTracker(load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",
+                                              "tracker.offset_hold_ms=0", "tracker.restrike_margin=0.3"]))
+    on, fr = zeros(9), np.full((9, N_KEYS), 0.9, np.float32)
+    on[0], on[1:6], on[6:8], on[8] = 0.6, 0.2, 0.6, 0.9
+    first = tr.process(on[:8], fr[:8], fr[:8])
+    assert [e.kind for e in first] == ["on"] * N_KEYS and tr.armed.all()
+    second = tr.process(on[8:], fr[8:], fr[8:])
+    assert [(e.kind, e.frame) for e in second] == [("off", 8)] * N_KEYS + [("on", 8)] * N_KEYS
+
+
 def test_flush_closes_at_next_frame_or_after_min_duration_and_reset_restarts():
     tr = NoteTracker(S)
     on, fr = zeros(10), zeros(10)
@@ -220,15 +255,18 @@ def test_durations_in_frames_follow_the_frame_rate():
 def reference_events(onset, frame, velocity, tracker, offset=None):
     """A plain scalar re-statement of the rules, one pitch and one frame at a time."""
     on_thr, fr_thr, off_thr = tracker.onset_threshold, tracker.frame_threshold, tracker.offset_threshold
+    strike_thr = tracker.restrike_threshold
     ioi, dmin, dmax = tracker.min_ioi_frames, tracker.min_duration_frames, tracker.max_duration_frames
     hold = tracker.offset_hold_frames
     n = len(onset)
     per_frame = [([], []) for _ in range(n)]
     flushed = []
     for p in range(N_KEYS):
-        sounding, start, last, low_since = False, 0, None, None
+        # armed: inside an onset excursion (from its rising edge while >= on_thr) that has not fired or been refused
+        sounding, start, last, low_since, armed = False, 0, None, None, False
         for t in range(n):
             rising = onset[t, p] >= on_thr and (t == 0 or onset[t - 1, p] < on_thr)
+            armed = rising or (armed and onset[t, p] >= on_thr)
             ioi_ok = last is None or t - last >= ioi
             ending = offset is not None and offset[t, p] >= off_thr and (t == 0 or offset[t - 1, p] < off_thr)
             if sounding:
@@ -238,14 +276,21 @@ def reference_events(onset, frame, velocity, tracker, offset=None):
                 elif low_since is None:
                     low_since = t
                 held_low = low_since is not None and t - low_since + 1 >= hold
-                if (held_low and d >= dmin) or d >= dmax or ((rising and ioi_ok) or ending) and d >= dmin:
+                strike = armed and onset[t, p] >= strike_thr
+                if strike and not (ioi_ok and d >= dmin):
+                    armed = strike = False
+                if d >= dmax:
+                    armed = False
+                if (held_low and d >= dmin) or d >= dmax or strike or (ending and d >= dmin):
                     end = max(low_since, start + dmin) if held_low and d >= dmin else t
                     per_frame[t][0].append(NoteEvent("off", p + 21, 0, end, end / FR))
                     sounding = False
-            if not sounding and rising and ioi_ok:
-                v = int(min(127, max(1, np.floor(velocity[t, p] * 127.0 + 0.5))))
-                per_frame[t][1].append(NoteEvent("on", p + 21, v, t, t / FR))
-                sounding, start, last, low_since = True, t, t, None
+            if not sounding and armed:
+                armed = False
+                if ioi_ok:
+                    v = int(min(127, max(1, np.floor(velocity[t, p] * 127.0 + 0.5))))
+                    per_frame[t][1].append(NoteEvent("on", p + 21, v, t, t / FR))
+                    sounding, start, last, low_since = True, t, t, None
         if sounding:
             end = max(n if low_since is None else low_since, start + dmin)
             flushed.append(NoteEvent("off", p + 21, 0, end, end / FR))
@@ -263,6 +308,9 @@ VARIANTS = [
     ["tracker.min_ioi_ms=0", "tracker.min_duration_ms=0"],
     ["tracker.min_ioi_ms=100", "tracker.onset_threshold=0.3", "tracker.frame_threshold=0.3"],
     ["tracker.offset_threshold=0.3", "tracker.offset_hold_ms=30"],
+    ["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3", "tracker.restrike_margin=0.3"],
+    ["tracker.onset_threshold=0.3", "tracker.frame_threshold=0.3", "tracker.restrike_margin=0.25",
+     "tracker.offset_hold_ms=30", "tracker.max_duration_s=0.12"],
 ]
 TRACKER_SETTINGS = [load_settings(overrides=v) for v in VARIANTS]
 
@@ -294,7 +342,7 @@ def streams(draw):
     return onset, frame, velocity, chunks, TRACKER_SETTINGS[variant], offset
 
 
-@hsettings(max_examples=150, deadline=None)
+@hsettings(max_examples=250, deadline=None)
 @given(streams())
 def test_random_streams_keep_the_invariants(case):
     onset, frame, velocity, chunks, s, offset = case
