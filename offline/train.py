@@ -80,6 +80,15 @@ def read_manifest(dataset: str | Path, settings) -> dict:
     return manifest
 
 
+def spread_subset(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (the first, then every ``len / n``-th, in order); all if ``n`` is 0 or
+    covers them. Validation subsets use it: manifests list pieces by composer, so the first 25 of a split are all
+    Bach and Beethoven, and a checkpoint chosen on them would be chosen for the easiest music."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
+
+
 def load_piece(dataset: Path, piece: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One shard -> features (n, n_bins) float16 and labels onset/frame/offset uint8, velocity uint8 (MIDI, onset
     frames)."""
@@ -556,7 +565,7 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
         if str(p.get("split", "")).startswith("valid"):
             valid.setdefault(p["split"], []).append(p)
     if t.valid_max_pieces:
-        valid = {k: v[:t.valid_max_pieces] for k, v in valid.items()}
+        valid = {k: spread_subset(v, t.valid_max_pieces) for k, v in valid.items()}
     ckpt = out_dir / "checkpoints"
     state_path = ckpt / "state.json"
     state = None

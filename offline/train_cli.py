@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, metavar="N",
                    help="epochs without validation improvement before stopping (default: train.patience)")
     p.add_argument("--valid-max-pieces", type=int, default=None, metavar="N",
-                   help="pieces scored per validation split each epoch; 0 = all (default: train.valid_max_pieces)")
+                   help="pieces scored per validation split each epoch, spread evenly over it; 0 = all "
+                        "(default: train.valid_max_pieces)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its last checkpoint")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="start a new run from this weights file (a kkoma.npz of the same architecture, e.g. the "

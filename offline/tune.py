@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="offset_threshold values (models with the offset head)")
     ap.add_argument("--restrike", type=float, nargs="+", default=[0.0],
                     help="restrike_margin values (a sounding key is re-struck at onset_threshold + this)")
-    ap.add_argument("--max-pieces", type=int, default=0)
+    ap.add_argument("--max-pieces", type=int, default=0,
+                    help="pieces scored, spread evenly over the split (it lists them by composer); 0 = all")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a settings override, as kkoma --set. The settings are the offline ones, as kkoma "
                          "transcribe uses (transcribe.overrides); tune the live model with "
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.inference import StreamingModel
     from models.notes import events_to_notes, notes_to_arrays, read_midi
     from offline.labels import crop_notes
+    from offline.train import spread_subset
     from models.settings import load_settings
     from models.tracker import NoteTracker
 
@@ -47,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                              offline=True)
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     pieces = [p for p in manifest["pieces"] if p["split"] == args.split]
-    if args.max_pieces:
-        pieces = pieces[: args.max_pieces]
+    pieces = spread_subset(pieces, args.max_pieces)
     model = StreamingModel(settings)
     probs, refs = [], []
     for p in pieces:

@@ -485,3 +485,15 @@ def test_validation_scores_notes_with_the_tracker_and_selects_by_them(trained, m
         "velocity": last["velocity"] / np.float32(127.0)})
     mute = T.validate(arrays, s, ds, splits)
     assert all(mute[f"{split}_note_onset_f1"] == 0.0 for split in splits) and mute["score"] == 0.0
+
+
+def test_validation_subsets_spread_over_the_split():
+    from offline.train import spread_subset
+
+    split = [f"{c}{i}" for c in "ABCD" for i in range(25)]  # listed by composer, as manifests are
+    sub = spread_subset(split, 8)
+    assert len(sub) == 8 and sub == sorted(sub, key=split.index)  # distinct, in the split's order
+    assert {s[0] for s in sub} == set("ABCD")  # every composer, not the first one's 8 pieces
+    assert sub[0] == split[0]
+    assert spread_subset(split, 0) == split and spread_subset(split, 200) == split
+    assert spread_subset(split[:3], 3) == split[:3] and spread_subset([], 5) == []
