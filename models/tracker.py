@@ -240,9 +240,9 @@ class NoteTracker:
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
         n = _track(rising, above, above_re, low, ending, np.ascontiguousarray(velocity, np.float32), t0, self.sounding,
-                   self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run, self.min_ioi_frames,
-                   self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames, self._reonset_frames,
-                   kind, key, vel, at)
+                   self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run,
+                   self.min_ioi_frames, self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames,
+                   self._reonset_frames, kind, key, vel, at)
         fr = self.frame_rate
         events = [NoteEvent("on" if kind[j] else "off", int(key[j]) + PIANO_MIN_MIDI, int(vel[j]), int(at[j]),
                             int(at[j]) / fr) for j in range(n)]

@@ -1,9 +1,9 @@
 """Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
-for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold], restrike_margin) of a grid (the offset threshold
-only for a model with the offset head) and the notes are scored with mir_eval
-against the piece's reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 +
+for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold], restrike_margin) of a grid (the
+offset threshold only for a model with the offset head) and the notes are scored with mir_eval against the piece's
+reference MIDI (sustain-extended). Prints a table and the best setting by onset F1 +
 onset/offset F1; put it in ``[tracker]`` of config.toml. Tune on ``valid_pieces`` (training soundfonts) and report
 the held-out soundfont and room conditions with the chosen values, so they stay unseen.
 """
@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
     ap.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
                     help="offset_threshold values (models with the offset head)")
-    ap.add_argument("--restrike", type=float, nargs="+", default=[0.0],
-                    help="restrike_margin values (a sounding key is re-struck at onset_threshold + this)")
+    ap.add_argument("--restrike", type=float, nargs="+", default=None,
+                    help="restrike_margin values (a sounding key is re-struck at onset_threshold + this); "
+                         "default: the settings' own")
     ap.add_argument("--max-pieces", type=int, default=0,
                     help="pieces scored, spread evenly over the split (it lists them by composer); 0 = all")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         refs.append(notes_to_arrays(ref))
     rows = []
     offsets = args.offset if "offset" in model.outputs else [settings.tracker.offset_threshold]
+    margins = args.restrike if args.restrike is not None else [settings.tracker.restrike_margin]
     grid = [(o, f, h, e, r) for o in args.onset for f in args.frame for h in args.hold for e in offsets
-            for r in args.restrike if f <= o and o + r <= 1.0]
+            for r in margins if f <= o and o + r <= 1.0]
     for on_t, fr_t, hold, off_t, margin in grid:
         s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t),
                              tracker__offset_hold_ms=str(hold), tracker__offset_threshold=str(off_t),

@@ -497,3 +497,43 @@ def test_validation_subsets_spread_over_the_split():
     assert sub[0] == split[0]
     assert spread_subset(split, 0) == split and spread_subset(split, 200) == split
     assert spread_subset(split[:3], 3) == split[:3] and spread_subset([], 5) == []
+
+
+def test_tune_scans_the_restrike_margin_on_a_spread_subset(trained, tmp_path, capsys):
+    """python -m offline.tune on the toy run: references written from the labels, one row per grid point (restrike
+    margins included, those that would pass 1 left out), the best named, pieces counted."""
+    from models.notes import Note, write_midi
+    from offline import tune
+
+    s, ds, run, _, _ = trained
+    manifest = json.loads((ds / "manifest.json").read_text())
+    fr = s.audio.frame_rate
+    for p in manifest["pieces"]:
+        with np.load(ds / p["file"]) as z:
+            onset, frame, velocity = z["onset"], z["frame"], z["velocity"]
+        notes = []
+        for t, k in zip(*np.nonzero(onset)):
+            end = t + 1
+            while end < len(frame) and frame[end, k]:
+                end += 1
+            notes.append(Note(int(k) + 21, t / fr, end / fr, int(velocity[t, k])))
+        p["midi"] = str(tmp_path / f"{p['id']}.mid")
+        write_midi(notes, p["midi"], s)
+    copy = tmp_path / "ds"
+    copy.mkdir()
+    for split in ("valid_pieces", "valid_soundfont"):
+        (copy / split).symlink_to(ds / split)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    sets = [a for o in TINY for a in ("--set", o)] + ["--set", "transcribe.overrides=[]"]
+    assert tune.main([str(copy), str(run / "kkoma.npz"), *sets, "--max-pieces", "1", "--onset", "0.3", "0.9",
+                      "--frame", "0.3", "--hold", "0", "--restrike", "0", "0.2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("onset_threshold")]
+    assert len(rows) == 3  # 0.9 + 0.2 > 1 is left out
+    assert sum("restrike_margin 0.20" in r for r in rows) == 1
+    assert "best on valid_pieces (1 pieces)" in out
+    # without --restrike: the settings' own margin (0 for these)
+    assert tune.main([str(copy), str(run / "kkoma.npz"), *sets, "--onset", "0.5", "--frame", "0.3",
+                      "--hold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "restrike_margin 0.00" in out and "best on valid_pieces (2 pieces)" in out
