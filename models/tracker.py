@@ -53,22 +53,23 @@ def _frames(seconds: float, frame_rate: float) -> int:
 
 
 def _rising_edges(p: np.ndarray, threshold: float, above_before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(k, 88)`` probabilities -> (``(k, 88)`` bool, True where they reach ``threshold`` after a frame below it;
-    ``(88,)`` bool, whether the last frame is at or above it). ``above_before``: the same for the frame before."""
+    """``(k, 88)`` probabilities -> (rising, above): ``(k, 88)`` bool, True where they reach ``threshold`` after a
+    frame below it, and True where they are at or above it (its last row is the next call's ``above_before``).
+    ``above_before``: ``(88,)`` bool, the same for the frame before."""
     above = p >= threshold
     rising = above.copy()
     rising[0] &= ~above_before
     rising[1:] &= ~above[:-1]
-    return rising, above[-1].copy()
+    return rising, above
 
 
 @nb.njit(cache=True, nogil=True)
-def _track(rising, above, above_re, low, ending, velocity, t0, sounding, armed, onset_frame, last_onset, vel_state,
+def _track(rising, above, above_strike, low, ending, velocity, t0, sounding, armed, onset_frame, last_onset, vel_state,
            low_run, min_ioi, min_dur, max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
     """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
 
-    rising, above, above_re, low, ending : (k, 88) bool (the onset's rising edges over, and frames at or above, the
-    onset threshold; frames at or above the re-onset threshold; frame below its threshold; the offset's rising
+    rising, above, above_strike, low, ending : (k, 88) bool (the onset's rising edges over, and frames at or above,
+    the onset threshold; frames at or above the re-strike threshold; frame below its threshold; the offset's rising
     edges); velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity;
     frame), long enough for every event. Returns the number of events written.
     """
@@ -101,7 +102,7 @@ def _track(rising, above, above_re, low, ending, velocity, t0, sounding, armed, 
                 else:
                     low_run[p] = 0
                 stamp = t
-                strike = armed[p] and above_re[i, p]
+                strike = armed[p] and above_strike[i, p]
                 if strike and dur < reonset:  # a re-onset refused is dropped, not postponed
                     armed[p] = False
                     strike = False
@@ -222,14 +223,15 @@ class NoteTracker:
         if k == 0:
             return []
 
-        rising, self.onset_above = _rising_edges(onset, self.onset_threshold, self.onset_above)   # (k, 88)
-        above = onset >= self.onset_threshold                    # (k, 88)
-        above_re = onset >= self.restrike_threshold             # (k, 88)
+        rising, above = _rising_edges(onset, self.onset_threshold, self.onset_above)   # (k, 88) each
+        self.onset_above = above[-1].copy()
+        above_strike = onset >= self.restrike_threshold          # (k, 88)
         low = frame < self.frame_threshold                       # (k, 88)
         if offset is None:
             ending = np.zeros_like(rising)
         else:
-            ending, self.offset_above = _rising_edges(offset, self.offset_threshold, self.offset_above)
+            ending, offset_above = _rising_edges(offset, self.offset_threshold, self.offset_above)
+            self.offset_above = offset_above[-1].copy()
 
         # Every on comes from a rising edge in this call or a key armed before it; every off closes a note sounding
         # before this call or opened in it: at most 88 + 2 x (rising edges + armed keys) events.
@@ -239,8 +241,8 @@ class NoteTracker:
         vel = np.empty(cap, np.int64)
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
-        n = _track(rising, above, above_re, low, ending, np.ascontiguousarray(velocity, np.float32), t0, self.sounding,
-                   self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run,
+        n = _track(rising, above, above_strike, low, ending, np.ascontiguousarray(velocity, np.float32), t0,
+                   self.sounding, self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run,
                    self.min_ioi_frames, self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames,
                    self._reonset_frames, kind, key, vel, at)
         fr = self.frame_rate
