@@ -219,7 +219,7 @@ def test_jack_plumbing(jack_server, tmp_path):
     assert stats["overflows"]["ring_overflows"] == 0
     sent_on = [e for e in events if e["type"] == "note_on"]
     # kkoma has exited; on a loaded machine the JACK cycles carrying its last messages can still be on their way
-    # (a note-on went missing once with two training jobs beside the test): wait for them, boundedly
+    # (a note-on went missing once with a tuning job beside the test): wait for them, boundedly
     try:
         _wait(lambda: len(player.note_ons()) >= len(sent_on), 3.0, "the MIDI kkoma sent")
     except TimeoutError:
