@@ -26,6 +26,8 @@ Splits of a synthesised dataset (``prepare_synth``):
   ``sha256(f"{data.seed}:samples:{set}:{id}")`` falls below ``data.sample_set_fraction`` (copies, not a place in the
   rotation, so adding a set to a prepared dataset renders only the copies); ``valid_samples``: held-out
   performances played by the first set, clean.
+* ``--split`` makes only the named splits (``valid``: all but ``train``), chosen from the whole plan, so they are
+  the pieces a full run makes; running without it later adds the rest.
 * ``--max-pieces N`` takes performances round-robin over the works (in hash order): every work once before any work
   twice, which gives the most different music for a budget.
 
@@ -227,6 +229,24 @@ def plan_synth(midi_dir: str | os.PathLike, settings, soundfonts: list[str], hol
                 if stable_unit(seed, "samples", name, pid) < settings.data.sample_set_fraction:
                     tasks.append(Task("train", f"{pid}@{name}", midi, None, folder, "train", work))
     return tasks
+
+
+def select_splits(tasks: list[Task], splits: list[str] | None) -> list[Task]:
+    """The tasks of ``splits`` only (``--split``); ``"valid"`` names every split but ``train``; None = all.
+
+    Selecting after planning keeps every piece's voice, augmentation and id what the whole plan gives it, so a
+    dataset made a split at a time is the same as one made at once (and ``--split valid`` makes just the
+    evaluation audio without rendering the training set). KkomaError for a split the plan does not have.
+    """
+    if not splits:
+        return tasks
+    have = sorted({t.split for t in tasks})
+    for name in splits:
+        if name != "valid" and name not in have:
+            raise KkomaError(f"--split {name}: this dataset has no such split (it has {', '.join(have)}; "
+                             "'valid' = all but train).")
+    wanted = set(splits)
+    return [t for t in tasks if t.split in wanted or ("valid" in wanted and t.split != "train")]
 
 
 def sample_set_name(folder: str | os.PathLike) -> str:
@@ -614,20 +634,23 @@ def check_soundfonts(paths: list[str], sample_sets: list[str] = ()) -> None:
 def prepare_synth(midi_dir, out_dir, settings, *, soundfonts: list[str] | None = None,
                   holdout_soundfont: str | None = None, sample_sets: list[str] | None = None, max_pieces: int = 0,
                   max_seconds: float | None = None, jobs: int | None = None, export_audio: bool | None = None,
-                  quiet: bool = False) -> Summary:
-    """Render ``midi_dir``'s performances into a dataset in ``out_dir`` (see the module notes)."""
+                  quiet: bool = False, splits: list[str] | None = None) -> Summary:
+    """Render ``midi_dir``'s performances into a dataset in ``out_dir`` (see the module notes); ``splits``:
+    make only these (:func:`select_splits`)."""
     soundfonts = list(soundfonts) if soundfonts else list(settings.data.soundfonts)
     holdout = settings.data.holdout_soundfont if holdout_soundfont is None else holdout_soundfont
     sample_sets = list(settings.data.sample_sets if sample_sets is None else sample_sets)
     check_soundfonts(soundfonts + [holdout], sample_sets)
-    tasks = plan_synth(midi_dir, settings, soundfonts, holdout, max_pieces, sample_sets)
+    tasks = select_splits(plan_synth(midi_dir, settings, soundfonts, holdout, max_pieces, sample_sets), splits)
     return run_tasks(tasks, out_dir, settings, kind="synth", source=str(midi_dir), max_seconds=max_seconds,
                      jobs=jobs, export_audio=export_audio, quiet=quiet)
 
 
 def prepare_maestro(root, out_dir, settings, *, max_pieces: int = 0, max_seconds: float | None = None,
-                    jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False) -> Summary:
-    """Featurise a MAESTRO-layout folder into a dataset in ``out_dir`` (see the module notes)."""
-    tasks = plan_maestro(root, settings, max_pieces)
+                    jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False,
+                    splits: list[str] | None = None) -> Summary:
+    """Featurise a MAESTRO-layout folder into a dataset in ``out_dir`` (see the module notes); ``splits``: make
+    only these (:func:`select_splits`)."""
+    tasks = select_splits(plan_maestro(root, settings, max_pieces), splits)
     return run_tasks(tasks, out_dir, settings, kind="maestro", source=str(root), max_seconds=max_seconds,
                      jobs=jobs, export_audio=export_audio, quiet=quiet)

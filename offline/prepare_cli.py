@@ -1,8 +1,9 @@
 """``kkoma prepare``: make a training dataset.
 
     kkoma prepare synth MIDI_DIR OUT_DIR [--soundfont SF2 ...] [--holdout-soundfont SF2] [--samples DIR ...]
-                        [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
+                        [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio] [--split SPLIT ...]
     kkoma prepare maestro MAESTRO_ROOT OUT_DIR [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
+                          [--split SPLIT ...]
 
 Re-running the same command resumes: pieces already made are skipped. Splits and formats: offline/prepare.py.
 """
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-audio", action="store_true",
                        help="do not write validation audio + reference MIDI under OUT_DIR/audio/")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        p.add_argument("--split", nargs="+", metavar="SPLIT", default=None,
+                       help="make only these splits (valid = every split but train: the evaluation audio, without "
+                            "rendering the training set; default: all)")
         p.add_argument("--offline", action="store_true",
                        help="features for the offline model: apply transcribe.overrides (its transform settings)")
 
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from offline.prepare import prepare_maestro, prepare_synth
 
     common = dict(max_pieces=args.max_pieces, max_seconds=args.max_seconds, jobs=args.jobs,
-                  export_audio=False if args.no_audio else None, quiet=args.quiet)
+                  export_audio=False if args.no_audio else None, quiet=args.quiet, splits=args.split)
     if args.source == "synth":
         summary = prepare_synth(args.midi_dir, args.out_dir, settings, soundfonts=args.soundfont,
                                 holdout_soundfont=args.holdout_soundfont, sample_sets=args.samples, **common)

@@ -411,6 +411,37 @@ def test_cli(midi_dir, tmp_path, capsys):
     assert main(["prepare", "maestro", str(tmp_path), str(out), "--max-seconds", "0"]) == 1
 
 
+@needs_sf
+def test_split_makes_only_those_pieces_and_a_later_run_adds_the_rest(midi_dir, tmp_path, capsys):
+    from kkoma.cli import main
+    from offline.prepare import plan_synth, select_splits
+
+    s = _settings()
+    plan = plan_synth(midi_dir, s, [TIM], FLUID)
+    valid = {t.key for t in plan if t.split != "train"}
+    assert valid and len(valid) < len(plan)
+    assert {t.key for t in select_splits(plan, ["valid"])} == valid
+    assert {t.split for t in select_splits(plan, ["valid_room", "train"])} == {"valid_room", "train"}
+    assert select_splits(plan, None) == plan
+    with pytest.raises(KkomaError, match="no such split.*valid_pieces"):
+        select_splits(plan, ["valid_samples"])  # no --samples, no valid_samples
+
+    out = tmp_path / "ds"
+    sets = ["--set", f'data.soundfonts=["{TIM}"]', "--set", "data.holdout_piece_fraction=0.3"]
+    cmd = sets + ["prepare", "synth", str(midi_dir), str(out), "--holdout-soundfont", FLUID, "--max-seconds", "1.5",
+                  "--jobs", "1", "-q"]
+    assert main(cmd + ["--split", "valid"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert {f"{p['split']}/{p['id']}" for p in m["pieces"]} == valid
+    assert (out / "audio" / "valid_room").is_dir() and not (out / "train").exists()
+    capsys.readouterr()
+    assert main(cmd) == 0  # the rest, and only the rest
+    assert f"{len(plan) - len(valid)} pieces made (train {len(plan) - len(valid)}), {len(valid)} already done" \
+        in capsys.readouterr().err
+    assert main(cmd + ["--split", "test"]) == 1
+    assert "--split test: this dataset has no such split" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cap,ok", [("inf", True), ("120", False)])
 def test_a_manifest_older_than_a_key_reads_as_its_old_value(tmp_path, cap, ok):
     """A dataset prepared before ``cqt.max_window_ms`` existed has uncapped windows: `prepare` (resume) and `train`
