@@ -1,0 +1,138 @@
+"""Make a sample set (one file per key and velocity layer, offline/sampler.py's layout) from a synthesiser's piano.
+
+    python -m offline.note_set SOURCE OUT_DIR [--program P] [--velocities 40 70 100 127] [--rate 44100]
+
+SOURCE is a soundfont (``.sf2`` / ``.sf3``, played by FluidSynth through :class:`offline.synth.Renderer`) or a
+TiMidity++ configuration (``.cfg``, played by ``timidity``; Debian's ``freepats`` package installs
+``/etc/timidity/freepats.cfg``, GUS patches no other renderer here reads). Every key A0..C8 is held
+``--hold`` seconds at each velocity and written as ``<note><octave>v<velocity>.flac`` (``C4v100.flac``), so
+``kkoma prepare synth --samples OUT_DIR`` plays it like a recorded piano: the velocity picks the layer, and the
+sampler, not the synthesiser, applies dampers, pedals and note lengths. A piano that only a synthesiser can play
+becomes an extra training voice this way, added as copies without re-rendering a prepared dataset (a new
+``--soundfont`` would change the voice rotation of every training piece instead). r27 was trained with two: csound's
+GM bank (``csound-soundfont``) and FreePats (``freepats``); see the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import KkomaError
+from offline.synth import SetupError
+
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+PIANO_KEYS = range(21, 109)  # MIDI pitches A0..C8
+
+
+def note_name(pitch: int, velocity: int) -> str:
+    """(60, 100) -> ``"C4v100"`` (the sampler's file-name stem; octave 4 holds middle C)."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}v{velocity}"
+
+
+def _midi_file(path: Path, pitch: int, velocity: int, program: int, hold: float, seconds: float) -> None:
+    """One note as a MIDI file (120 bpm, 480 ticks per beat: 960 ticks per second)."""
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.Message("program_change", program=program, time=0))
+    track.append(mido.Message("note_on", note=pitch, velocity=velocity, time=0))
+    track.append(mido.Message("note_off", note=pitch, velocity=0, time=int(round(hold * 960))))
+    track.append(mido.MetaMessage("end_of_track", time=int(round((seconds - hold) * 960))))
+    mid.save(path)
+
+
+def _timidity(cfg: str, pitch: int, velocity: int, program: int, hold: float, seconds: float,
+              rate: int) -> np.ndarray:
+    """One note played by TiMidity++ with ``cfg`` -> mono float32 at ``rate`` (no reverb or chorus)."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mid, wav = Path(tmp) / "note.mid", Path(tmp) / "note.wav"
+        _midi_file(mid, pitch, velocity, program, hold, seconds)
+        # -A100: no extra amplification (timidity's default is 70 %); -EF...=0: dry, as FluidSynth renders here
+        cmd = ["timidity", "-c", cfg, "-Ow", "--output-mono", "-s", str(rate), "-A100", "-EFreverb=0",
+               "-EFchorus=0", "-o", str(wav), str(mid)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not wav.is_file():
+            raise KkomaError(f"timidity could not play {cfg}: {(done.stderr or done.stdout).strip()[-300:]}")
+        audio, _ = sf.read(wav, dtype="float32", always_2d=True)
+    return audio.mean(axis=1)
+
+
+def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=(40, 70, 100, 127),
+                  hold: float = 9.0, seconds: float = 10.0, rate: int = 44100, keys=PIANO_KEYS,
+                  gain: float = 0.8) -> list[Path]:
+    """Render every key in ``keys`` at every velocity -> the files written (see the module notes).
+
+    ``hold`` [s]: how long each key is held; ``seconds`` [s]: length of each file (the release after it).
+    SetupError when the renderer or SOURCE is missing; KkomaError for a source that plays silence.
+    """
+    import soundfile as sf
+
+    src = Path(source)
+    if not src.is_file():
+        raise SetupError(f"{source} does not exist (a .sf2/.sf3 soundfont or a timidity .cfg).")
+    if not 0 < hold < seconds:
+        raise KkomaError(f"--hold must be more than 0 and less than --seconds, not {hold} (--seconds {seconds}).")
+    if not velocities or any(not 1 <= v <= 127 for v in velocities):
+        raise KkomaError(f"--velocities must be MIDI velocities 1..127, not {list(velocities)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, v) for p in keys for v in velocities]
+    if src.suffix.lower() in (".sf2", ".sf3"):
+        from offline.synth import MidiEvent, Renderer
+
+        with Renderer(src, rate, gain, program) as r:
+            notes = [r.render([MidiEvent(0.0, "on", 0, p, v), MidiEvent(hold, "off", 0, p, 0)], seconds)
+                     for p, v in jobs]
+    elif src.suffix.lower() == ".cfg":
+        if shutil.which("timidity") is None:
+            raise SetupError("timidity is not installed: apt-get install timidity (and freepats for its pianos).")
+        with ThreadPoolExecutor(4) as pool:  # one timidity process per note: they wait on the OS, not Python
+            notes = list(pool.map(lambda j: _timidity(str(src), j[0], j[1], program, hold, seconds, rate), jobs))
+    else:
+        raise KkomaError(f"{source}: a sample set is made from a .sf2/.sf3 soundfont or a timidity .cfg, not "
+                         f"{src.suffix or 'a file without a suffix'}.")
+    written = []
+    for (p, v), audio in zip(jobs, notes):
+        if not np.abs(audio).max() > 0:
+            raise KkomaError(f"{source} played silence for key {note_name(p, v)} (program {program}): does it "
+                             "have a piano there?")
+        path = out / f"{note_name(p, v)}.flac"
+        sf.write(path, audio, rate)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m offline.note_set", description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", metavar="SOURCE", help=".sf2/.sf3 soundfont or timidity .cfg")
+    ap.add_argument("out_dir", metavar="OUT_DIR", help="folder for the note files (created)")
+    ap.add_argument("--program", type=int, default=0, help="GM program of bank 0 (0 = Acoustic Grand)")
+    ap.add_argument("--velocities", type=int, nargs="+", default=[40, 70, 100, 127],
+                    help="one velocity layer per value")
+    ap.add_argument("--hold", type=float, default=9.0, help="[s] how long each key is held")
+    ap.add_argument("--seconds", type=float, default=10.0, help="[s] length of each file")
+    ap.add_argument("--rate", type=int, default=44100, help="[Hz] sample rate of the files")
+    args = ap.parse_args(argv)
+    try:
+        files = make_note_set(args.source, args.out_dir, program=args.program, velocities=args.velocities,
+                              hold=args.hold, seconds=args.seconds, rate=args.rate)
+    except KkomaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.out_dir}: {len(files)} notes", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
