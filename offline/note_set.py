@@ -70,10 +70,11 @@ def _timidity(cfg: str, pitch: int, velocity: int, program: int, hold: float, se
 
 def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=(40, 70, 100, 127),
                   hold: float = 9.0, seconds: float = 10.0, rate: int = 44100, keys=PIANO_KEYS,
-                  gain: float = 0.8) -> list[Path]:
+                  gain: float | None = None) -> list[Path]:
     """Render every key in ``keys`` at every velocity -> the files written (see the module notes).
 
-    ``hold`` [s]: how long each key is held; ``seconds`` [s]: length of each file (the release after it).
+    ``hold`` [s]: how long each key is held; ``seconds`` [s]: length of each file (the release after it);
+    ``gain``: FluidSynth's master gain (default ``data.render_gain``, as ``kkoma prepare`` renders).
     SetupError when the renderer or SOURCE is missing; KkomaError for a source that plays silence.
     """
     import soundfile as sf
@@ -91,6 +92,10 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=(40
     if src.suffix.lower() in (".sf2", ".sf3"):
         from offline.synth import MidiEvent, Renderer
 
+        if gain is None:
+            from models.settings import load_settings
+
+            gain = load_settings().data.render_gain
         with Renderer(src, rate, gain, program) as r:
             notes = [r.render([MidiEvent(0.0, "on", 0, p, v), MidiEvent(hold, "off", 0, p, 0)], seconds)
                      for p, v in jobs]
