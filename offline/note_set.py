@@ -10,7 +10,8 @@ TiMidity++ configuration (``.cfg``, played by ``timidity``; Debian's ``freepats`
 sampler, not the synthesiser, applies dampers, pedals and note lengths. A piano that only a synthesiser can play
 becomes an extra training voice this way, added as copies without re-rendering a prepared dataset (a new
 ``--soundfont`` would change the voice rotation of every training piece instead). r27 was trained with two: csound's
-GM bank (``csound-soundfont``) and FreePats (``freepats``); see the model card.
+GM bank (``csound-soundfont``; its piano turned out to be TimGM6mb's recording at twice the rate) and FreePats
+(``freepats``); see the model card.
 """
 from __future__ import annotations
 
