@@ -340,14 +340,24 @@ def test_device_busy_is_one_sentence_exit_1(double, monkeypatch, capsys, tmp_pat
 
     busy = PortAudioError("Device unavailable [PaErrorCode -9985]")
 
+    opened = []
+
     class Stream:
         def __init__(self, **kw):
             if where == "open":
                 raise busy
             self.active = False
+            self.closed = False
+            opened.append(self)
 
         def start(self):
             raise busy
+
+        def stop(self):
+            pass
+
+        def close(self):
+            self.closed = True
 
     fake = types.SimpleNamespace(check_input_settings=lambda **kw: None, InputStream=Stream, PortAudioError=busy)
     monkeypatch.setattr(A, "_sd", lambda: fake)
@@ -359,3 +369,4 @@ def test_device_busy_is_one_sentence_exit_1(double, monkeypatch, capsys, tmp_pat
     assert len(err) == 1 and "USB Mic" in err[0] and "another program" in err[0] and "Device unavailable" in err[0]
     if out.exists():
         assert read_midi(out) == []
+    assert all(s.closed for s in opened)  # a stream that failed to start is closed, not leaked
