@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import KkomaError
+from models.notes import N_KEYS, PIANO_MIN_MIDI, note_name
 from offline.synth import SetupError
 
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-PIANO_KEYS = range(21, 109)  # MIDI pitches A0..C8
+PIANO_KEYS = range(PIANO_MIN_MIDI, PIANO_MIN_MIDI + N_KEYS)  # MIDI pitches A0..C8
+VELOCITIES = (40, 70, 100, 127)  # the default layers
+HOLD_S, SECONDS, RATE = 9.0, 10.0, 44100  # defaults: key held [s], file length [s], sample rate [Hz]
 
 
-def note_name(pitch: int, velocity: int) -> str:
+def sample_stem(pitch: int, velocity: int) -> str:
     """(60, 100) -> ``"C4v100"`` (the sampler's file-name stem; octave 4 holds middle C)."""
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}v{velocity}"
+    return f"{note_name(pitch)}v{velocity}"
 
 
 def _midi_file(path: Path, pitch: int, velocity: int, program: int, hold: float, seconds: float) -> None:
@@ -69,8 +71,8 @@ def _timidity(cfg: str, pitch: int, velocity: int, program: int, hold: float, se
     return audio.mean(axis=1)
 
 
-def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=(40, 70, 100, 127),
-                  hold: float = 9.0, seconds: float = 10.0, rate: int = 44100, keys=PIANO_KEYS,
+def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VELOCITIES,
+                  hold: float = HOLD_S, seconds: float = SECONDS, rate: int = RATE, keys=PIANO_KEYS,
                   gain: float | None = None) -> list[Path]:
     """Render every key in ``keys`` at every velocity -> the files written (see the module notes).
 
@@ -111,9 +113,9 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=(40
     written = []
     for (p, v), audio in zip(jobs, notes):
         if not np.abs(audio).max() > 0:
-            raise KkomaError(f"{source} played silence for key {note_name(p, v)} (program {program}): does it "
+            raise KkomaError(f"{source} played silence for key {sample_stem(p, v)} (program {program}): does it "
                              "have a piano there?")
-        path = out / f"{note_name(p, v)}.flac"
+        path = out / f"{sample_stem(p, v)}.flac"
         sf.write(path, audio, rate)
         written.append(path)
     return written
@@ -124,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", metavar="SOURCE", help=".sf2/.sf3 soundfont or timidity .cfg")
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder for the note files (created)")
     ap.add_argument("--program", type=int, default=0, help="GM program of bank 0 (0 = Acoustic Grand)")
-    ap.add_argument("--velocities", type=int, nargs="+", default=[40, 70, 100, 127],
+    ap.add_argument("--velocities", type=int, nargs="+", default=list(VELOCITIES),
                     help="one velocity layer per value")
-    ap.add_argument("--hold", type=float, default=9.0, help="[s] how long each key is held")
-    ap.add_argument("--seconds", type=float, default=10.0, help="[s] length of each file")
-    ap.add_argument("--rate", type=int, default=44100, help="[Hz] sample rate of the files")
+    ap.add_argument("--hold", type=float, default=HOLD_S, help="[s] how long each key is held")
+    ap.add_argument("--seconds", type=float, default=SECONDS, help="[s] length of each file")
+    ap.add_argument("--rate", type=int, default=RATE, help="[Hz] sample rate of the files")
     args = ap.parse_args(argv)
     try:
         files = make_note_set(args.source, args.out_dir, program=args.program, velocities=args.velocities,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from offline.note_set import main, make_note_set, note_name
+from offline.note_set import main, make_note_set, sample_stem
 from offline.sampler import find_samples
 
 TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -38,7 +38,7 @@ def test_names_are_what_the_sampler_parses():
     from offline.sampler import parse_sample_name
 
     for p in (21, 60, 61, 108):
-        assert parse_sample_name(note_name(p, 100)) == (p, 100)
+        assert parse_sample_name(sample_stem(p, 100)) == (p, 100)
 
 
 @pytest.mark.skipif(not Path(TIM).is_file(), reason="timgm6mb-soundfont not installed")
