@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--holdout-soundfont", default=None, metavar="SF2",
                    help="soundfont kept for validation only (default data.holdout_soundfont; '' = none)")
     s.add_argument("--samples", action="append", default=None, metavar="DIR",
-                   help="folder of recorded piano notes (A0v10.ogg, C4.wav ...) rendering extra training copies "
-                        "and valid_samples (repeatable; default data.sample_sets)")
+                   help="folder of recorded piano notes (A0v10.ogg, C4.wav, Piano.ff.C4.aiff ...) rendering extra "
+                        "training copies and valid_samples (repeatable; default data.sample_sets)")
 
     m = sub.add_parser("maestro", help="a MAESTRO-layout folder of recordings + MIDI",
                        description="Featurise a MAESTRO-layout folder (maestro-v*.csv, audio + MIDI pairs).")

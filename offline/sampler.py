@@ -7,6 +7,9 @@ file, or a published set such as the Salamander Grand Piano (Yamaha C5, CC BY 3.
 Folder layout: audio files (anything soundfile reads) named ``<note><octave>[v<layer>].<ext>``: ``A0v10.ogg``,
 ``D#4.wav``, ``Db4v3.flac``. Notes are C..B with ``#`` or ``b``; octave 4 holds middle C (MIDI 60). Several
 ``v<layer>`` files per note are velocity layers, louder as the number grows; velocity picks the layer in proportion.
+The University of Iowa instrument samples' names are read too, ``<instrument>.<dynamic>.<note><octave>.<ext>``
+(``Piano.ff.Bb1.aiff``, ``Piano.pp.C4.flac``): the dynamic, ppp..fff, is the layer, so a folder of their piano
+(pp, mf and ff) is a sample set as it comes, without renaming.
 
 How a note is played (:class:`SampleRenderer`):
 
@@ -38,6 +41,8 @@ from offline.synth import MidiEvent, SetupError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 _NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?\d)(?:v(\d+))?$")
+DYNAMICS = ("ppp", "pp", "p", "mp", "mf", "f", "ff", "fff")  # layers 1..8 of Iowa-style names (Piano.ff.A0)
+_DYNAMIC_NAME = re.compile(r"^.+\.(" + "|".join(DYNAMICS) + r")\.([A-Ga-g][#b]?-?\d)$")
 _STEP = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 DYNAMIC_RANGE_DB = 36.0   # [dB] velocity 1 -> 127 with a single layer
 LAYER_RANGE_DB = 12.0     # [dB] velocity spread kept within one layer when there are several
@@ -51,7 +56,12 @@ PRE_ROLL_S = 0.001        # [s] kept before each file's audible onset
 
 
 def parse_sample_name(stem: str) -> tuple[int, int] | None:
-    """``"D#4v10"`` -> (MIDI pitch 63, layer 10); ``"C4"`` -> (60, 0); None for other names."""
+    """``"D#4v10"`` -> (MIDI pitch 63, layer 10); ``"C4"`` -> (60, 0); ``"Piano.ff.Bb1"`` -> (34, 7, the
+    dynamic's place in DYNAMICS); None for other names."""
+    d = _DYNAMIC_NAME.match(stem)
+    if d:
+        parsed = parse_sample_name(d.group(2))
+        return None if parsed is None else (parsed[0], DYNAMICS.index(d.group(1)) + 1)
     m = _NAME.match(stem)
     if not m:
         return None
@@ -73,7 +83,7 @@ def find_samples(folder: str | os.PathLike) -> dict[int, dict[int, Path]]:
             if parsed and 0 <= parsed[0] <= 127:
                 found.setdefault(parsed[0], {})[parsed[1]] = p
     if not found:
-        raise SetupError(f"sample set {folder} holds no audio file named like A0v10.ogg or C4.wav "
+        raise SetupError(f"sample set {folder} holds no audio file named like A0v10.ogg, C4.wav or Piano.ff.C4.aiff "
                          f"({', '.join(AUDIO_SUFFIXES)}).")
     return found
 

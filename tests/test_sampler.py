@@ -61,6 +61,12 @@ def test_sample_names_parse_to_midi_pitch_and_layer():
     assert parse_sample_name("C8v10") == (108, 10)
     assert parse_sample_name("README") is None
     assert parse_sample_name("H4") is None
+    # University of Iowa names: the dynamic is the layer, ordered soft to loud
+    assert parse_sample_name("Piano.ff.Bb1") == (34, 7)
+    assert parse_sample_name("Piano.pp.C4") == (60, 2)
+    assert parse_sample_name("Piano.mf.A0") == (21, 5)
+    assert parse_sample_name("Piano.ff.H4") is None
+    assert parse_sample_name("Piano.loud.C4") is None
 
 
 def test_missing_or_empty_sample_set_is_one_clear_error(tmp_path):
@@ -128,6 +134,18 @@ def test_velocity_layers_are_chosen_by_velocity(tmp_path):
 
     # Layer 1 is recorded 20x quieter than layer 10: soft notes must come from it.
     folder = make_sample_set(tmp_path / "set", names=("C4v10",), layers=[("C4v1", 0.02)])
+    r = SampleRenderer(folder, SR, 0.8)
+    soft = r.render([MidiEvent(0.1, "on", 0, 60, 20), MidiEvent(1.0, "off", 0, 60, 0)], 1.0)
+    loud = r.render([MidiEvent(0.1, "on", 0, 60, 120), MidiEvent(1.0, "off", 0, 60, 0)], 1.0)
+    assert _rms(loud) > 30.0 * _rms(soft)
+
+
+def test_iowa_named_dynamics_are_velocity_layers(tmp_path):
+    from offline.sampler import SampleRenderer, find_samples
+
+    # Piano.pp.C4 recorded 20x quieter than Piano.ff.C4: soft notes come from pp, as v1/v10 above.
+    folder = make_sample_set(tmp_path / "iowa", names=("Piano.ff.C4",), layers=[("Piano.pp.C4", 0.02)])
+    assert {p: sorted(layers) for p, layers in find_samples(folder).items()} == {60: [2, 7]}
     r = SampleRenderer(folder, SR, 0.8)
     soft = r.render([MidiEvent(0.1, "on", 0, 60, 20), MidiEvent(1.0, "off", 0, 60, 0)], 1.0)
     loud = r.render([MidiEvent(0.1, "on", 0, 60, 120), MidiEvent(1.0, "off", 0, 60, 0)], 1.0)
