@@ -188,7 +188,7 @@ def main(argv=None) -> int:
             ref_dir = tmp / name / "ref"
             ref_dir.mkdir(parents=True)
             for _, r in pairs:
-                os.symlink(r, ref_dir / r.name)
+                os.symlink(r.resolve(), ref_dir / r.name)  # a relative --dataset would leave the link dangling
             warm = tmp / name / "warmup2s.flac"
             make_excerpt(files[0], warm, 2.0)
             per = {}
