@@ -31,34 +31,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def candidate(name: str, settings):
-    """The Keras model ``name`` (see the module docstring): ``(B, T, n_bins)`` -> onset/frame/velocity ``(B, T, 88)``."""
+    """The Keras model ``name`` (see the module docstring): ``(B, T, n_bins)`` -> onset/frame/velocity ``(B, T, 88)``.
+    The candidates end in the shipped network's own LSTM width and heads (``models.network.heads``)."""
     import keras
 
-    from models.network import build_model
-    from models.notes import N_KEYS
+    from models.network import build_model, heads, make_layers
 
     if name == "shipped":
         return build_model(settings)
-    stacks = {"conv_small": ([16, 16, "pool3", 32], 256), "conv_of": ([32, 32, "pool2", 64, "pool2"], 512)}
-    layers, dense = stacks[name]
+    # A number is a causal 3x3 convolution with that many channels; ("pool", p) max-pools p bins into one.
+    stacks = {"conv_small": ([16, 16, ("pool", 3), 32], 256), "conv_of": ([32, 32, ("pool", 2), 64, ("pool", 2)], 512)}
+    stack, dense = stacks[name]
     n_bins = settings.cqt.n_bins
     inp = keras.Input(shape=(None, n_bins), name="features")
     x = keras.layers.Reshape((-1, n_bins, 1))(inp)
-    for spec in layers:
-        if isinstance(spec, str):
-            p = int(spec[4:])
-            x = keras.layers.MaxPooling2D((1, p))(x)
+    for spec in stack:
+        if isinstance(spec, tuple):
+            x = keras.layers.MaxPooling2D((1, spec[1]))(x)
         else:
             x = keras.layers.ZeroPadding2D(((2, 0), (1, 1)))(x)  # causal in time, same in frequency
             x = keras.layers.Conv2D(spec, (3, 3), activation="relu")(x)
     x = keras.layers.Reshape((-1, x.shape[2] * x.shape[3]))(x)
     x = keras.layers.Dense(dense, activation="relu")(x)
     h = keras.layers.LSTM(settings.model.units, return_sequences=True)(x)
-    onset = keras.layers.Dense(N_KEYS, activation="sigmoid")(h)
-    frame = keras.layers.Dense(N_KEYS, activation="sigmoid")(
-        keras.layers.Concatenate()([h, keras.ops.stop_gradient(onset)]))
-    velocity = keras.layers.Dense(N_KEYS, activation="sigmoid")(h)
-    return keras.Model(inp, {"onset": onset, "frame": frame, "velocity": velocity}, name=name)
+    return keras.Model(inp, heads(make_layers(settings), h, None), name=name)
 
 
 def measure(name: str, settings, steps: int, frames: int) -> dict:
@@ -66,11 +62,13 @@ def measure(name: str, settings, steps: int, frames: int) -> dict:
     time), and the trainable parameters."""
     import tensorflow as tf
 
+    from models.notes import N_KEYS
+
     model = candidate(name, settings)
     b, t, nb = settings.train.batch_size, settings.model.window_frames, settings.cqt.n_bins
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 5, (b, t, nb)).astype(np.float32))
-    y = {k: tf.constant((rng.random((b, t, 88)) < 0.05).astype(np.float32)) for k in ("onset", "frame", "velocity")}
+    y = {k: tf.constant((rng.random((b, t, N_KEYS)) < 0.05).astype(np.float32)) for k in ("onset", "frame", "velocity")}
     opt = tf.keras.optimizers.Adam(1e-3)
     bce = tf.keras.losses.BinaryCrossentropy()
 
