@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.audio import load_audio  # noqa: E402
-from models.cqt import CQT  # noqa: E402
-from models.settings import load_settings  # noqa: E402
+from kkoma.models.audio import load_audio  # noqa: E402
+from kkoma.models.cqt import CQT  # noqa: E402
+from kkoma.models.settings import load_settings  # noqa: E402
 
 
 def piano_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:

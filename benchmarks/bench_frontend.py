@@ -35,7 +35,7 @@ def candidate(name: str, settings):
     The candidates end in the shipped network's own LSTM width and heads (``models.network.heads``)."""
     import keras
 
-    from models.network import build_model, heads, make_layers
+    from kkoma.models.network import build_model, heads, make_layers
 
     if name == "shipped":
         return build_model(settings)
@@ -62,7 +62,7 @@ def measure(name: str, settings, steps: int, frames: int) -> dict:
     time), and the trainable parameters."""
     import tensorflow as tf
 
-    from models.notes import N_KEYS
+    from kkoma.models.notes import N_KEYS
 
     model = candidate(name, settings)
     b, t, nb = settings.train.batch_size, settings.model.window_frames, settings.cqt.n_bins
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=2000, help="frames per inference call")
     ap.add_argument("--only", nargs="+", default=["shipped", "conv_small", "conv_of"])
     args = ap.parse_args()
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
 
     s = load_settings()
     print(f"batch {s.train.batch_size} x {s.model.window_frames} frames x {s.cqt.n_bins} bins; "

@@ -40,12 +40,12 @@ def main(argv=None) -> int:
     import soundfile as sf
     import soxr
 
-    from models.audio import to_mono
-    from models.notes import notes_to_arrays, read_midi
-    from models.settings import load_settings
-    from realtime.audio_in import FileInput
-    from realtime.engine import Engine, make_transcriber
-    from realtime.midi_out import NullMidiOut
+    from kkoma.models.audio import to_mono
+    from kkoma.models.notes import notes_to_arrays, read_midi
+    from kkoma.models.settings import load_settings
+    from kkoma.realtime.audio_in import FileInput
+    from kkoma.realtime.engine import Engine, make_transcriber
+    from kkoma.realtime.midi_out import NullMidiOut
 
     overrides = list(args.overrides)
     s = load_settings(overrides=overrides)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
     elif not s.model.weights_path.exists():
-        from models.inference import export_random_weights
+        from kkoma.models.inference import export_random_weights
 
         trained = False
         w = Path(tmp.name) / "random.npz"

@@ -66,8 +66,8 @@ def build_input(path: Path, audio: str, midi: str, minutes: float, rate: int, ga
     import soundfile as sf
     import soxr
 
-    from models.audio import to_mono
-    from models.notes import read_midi
+    from kkoma.models.audio import to_mono
+    from kkoma.models.notes import read_midi
 
     x, sr = sf.read(audio, dtype="float32", always_2d=True)
     x = to_mono(x)
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     if not args.minutes > 0:
         ap.error("--minutes must be positive")
 
-    from models.settings import ConfigError, load_settings
+    from kkoma.models.settings import ConfigError, load_settings
 
     overrides = list(args.overrides)
     if args.weights:
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     if not s.model.weights_path.exists():
         print(f"bench_live_soak: weights {s.model.weights_path} do not exist (yet): trained weights will be at "
               f"{ROOT / 'models' / 'weights' / 'kkoma.npz'}; or pass --weights FILE (e.g. random weights from "
-              "models.inference.export_random_weights, for memory and clock figures only).", file=sys.stderr)
+              "kkoma.models.inference.export_random_weights, for memory and clock figures only).", file=sys.stderr)
         return 2
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="kkoma-soak-"))

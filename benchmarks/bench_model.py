@@ -20,8 +20,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
-    from models.inference import StreamingModel, export_random_weights
-    from models.settings import load_settings
+    from kkoma.models.inference import StreamingModel, export_random_weights
+    from kkoma.models.settings import load_settings
 
     s = load_settings(overrides=args.overrides)
     path = Path(args.weights) if args.weights else export_random_weights(Path(tempfile.mkdtemp()) / "w.npz", s)

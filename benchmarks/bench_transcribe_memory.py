@@ -76,12 +76,12 @@ def main(argv=None) -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="kkoma-mem-"))
     folder.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
 
     weights = args.weights or load_settings(offline=True).model.weights_path
     note = ""
     if not Path(weights).exists():
-        from models.inference import export_random_weights
+        from kkoma.models.inference import export_random_weights
 
         weights = export_random_weights(folder / "random_weights.npz", load_settings(offline=True))
         note = " (random weights of the shipped shape)"

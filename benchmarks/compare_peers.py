@@ -108,7 +108,7 @@ def make_excerpt(src: Path, dst: Path, seconds: float = 10.0) -> None:
 def run_kkoma(files: list[Path], out_dir: Path, s, warmup: Path) -> dict:
     """Transcribe in this process, one file after another; per-file seconds exclude imports, model loading and the
     warm-up excerpt."""
-    from offline.transcribe import Job, make_transcriber, run_job, transcribe_file
+    from kkoma.offline.transcribe import Job, make_transcriber, run_job, transcribe_file
 
     t0 = time.perf_counter()
     tr = make_transcriber(s)
@@ -160,8 +160,8 @@ def main(argv=None) -> int:
                     help="a kkoma settings override (e.g. model.harmonic_units=16 for kkoma_harmonic.npz)")
     args = ap.parse_args(argv)
 
-    from models.settings import load_settings
-    from offline.evaluate import evaluate_dirs, format_table
+    from kkoma.models.settings import load_settings
+    from kkoma.offline.evaluate import evaluate_dirs, format_table
 
     overrides = list(args.overrides) + ([f"model.weights={args.weights.resolve()}"] if args.weights else [])
     settings = load_settings(overrides=overrides, offline=True)

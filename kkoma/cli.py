@@ -14,14 +14,14 @@ from kkoma import __version__
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "transcribe": ("offline.transcribe_cli", "transcribe audio files to MIDI (and CSV/JSON/piano roll)"),
-    "live": ("realtime.cli", "microphone -> MIDI port, live"),
-    "record": ("realtime.cli", "live, and write the stream to a MIDI file"),
-    "devices": ("realtime.cli", "list audio inputs and MIDI outputs"),
-    "cqt": ("models.cqt_cli", "compute the CQT of an audio file and summarise it"),
-    "prepare": ("offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
-    "train": ("offline.train_cli", "train the onset/frame/velocity model"),
-    "evaluate": ("offline.evaluate_cli", "score transcriptions against reference MIDI (mir_eval)"),
+    "transcribe": ("kkoma.offline.transcribe_cli", "transcribe audio files to MIDI (and CSV/JSON/piano roll)"),
+    "live": ("kkoma.realtime.cli", "microphone -> MIDI port, live"),
+    "record": ("kkoma.realtime.cli", "live, and write the stream to a MIDI file"),
+    "devices": ("kkoma.realtime.cli", "list audio inputs and MIDI outputs"),
+    "cqt": ("kkoma.models.cqt_cli", "compute the CQT of an audio file and summarise it"),
+    "prepare": ("kkoma.offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
+    "train": ("kkoma.offline.train_cli", "train the onset/frame/velocity model"),
+    "evaluate": ("kkoma.offline.evaluate_cli", "score transcriptions against reference MIDI (mir_eval)"),
 }
 
 
@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Returns the process exit code (0 ok, 1 a user-facing error, 2 bad usage/settings)."""
-    from models.errors import KkomaError
-    from models.settings import ConfigError, load_settings
+    from kkoma.models.errors import KkomaError
+    from kkoma.models.settings import ConfigError, load_settings
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import KkomaError
-from models.resample import Resampler, resample
+from kkoma.models.errors import KkomaError
+from kkoma.models.resample import Resampler, resample
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

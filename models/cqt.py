@@ -48,8 +48,8 @@ from functools import lru_cache
 import numba as nb
 import numpy as np
 
-from models.errors import KkomaError
-from models.settings import AudioSettings, CQTSettings, Settings
+from kkoma.models.errors import KkomaError
+from kkoma.models.settings import AudioSettings, CQTSettings, Settings
 
 # A bin is computed at rate R only when its centre frequency is at most this fraction of R: the decimation FIR's
 # passband edge. 0.3 leaves the FIR (cutoff 0.25 of the input rate, i.e. the new Nyquist / 2 ... new Nyquist) a
@@ -331,7 +331,7 @@ class CQT:
         return n_samples // self.bank.hop + 1 if n_samples > 0 else 0
 
     def _prepare(self, audio, sample_rate: int | None) -> np.ndarray:
-        from models.audio import check_finite, resample, to_mono
+        from kkoma.models.audio import check_finite, resample, to_mono
 
         x = to_mono(np.asarray(audio))
         check_finite(x)

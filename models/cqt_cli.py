@@ -17,9 +17,9 @@ def run(args: argparse.Namespace, settings) -> int:
 
     import numpy as np
 
-    from models.audio import load_audio
-    from models.cqt import CQT
-    from models.notes import note_name
+    from kkoma.models.audio import load_audio
+    from kkoma.models.cqt import CQT
+    from kkoma.models.notes import note_name
 
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
     audio = load_audio(args.audio, settings)

@@ -52,12 +52,12 @@ from typing import TYPE_CHECKING
 import numba as nb
 import numpy as np
 
-from models.errors import KkomaError
-from models.notes import N_KEYS
-from models.settings import first_mismatch, parse_override
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import N_KEYS
+from kkoma.models.settings import first_mismatch, parse_override
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 _TRAIN_HINT = ("train weights with `kkoma train DATASET OUT_DIR` and use them with "
                "`--set model.weights=OUT_DIR/kkoma.npz` (or set model.weights in config.toml)")
@@ -158,7 +158,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 # Weights
 # ----------------------------------------------------------------------------------------------------------------
 def _settings_record(settings: "Settings") -> dict:
-    from models.network import settings_record
+    from kkoma.models.network import settings_record
 
     return settings_record(settings)
 
@@ -184,7 +184,7 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
             arrays = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files if k != "meta"}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise KkomaError(f"model weights {path} cannot be read ({type(e).__name__}: {e}); {_TRAIN_HINT}.") from None
-    from models.network import WEIGHTS_FORMAT
+    from kkoma.models.network import WEIGHTS_FORMAT
 
     if meta.get("format") != WEIGHTS_FORMAT:
         raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
@@ -211,7 +211,7 @@ def _shown(value) -> str:
 
 
 def _check_shapes(a: dict[str, np.ndarray], settings: "Settings", path) -> None:
-    from models.network import array_shapes
+    from kkoma.models.network import array_shapes
 
     for k, shape in array_shapes(settings).items():
         if k not in a:
@@ -225,7 +225,7 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
 
     Not a trained model: its notes are meaningless, but it exercises every path exactly like real weights.
     """
-    from models.network import array_shapes
+    from kkoma.models.network import array_shapes
 
     shapes = array_shapes(settings)
     rng = np.random.default_rng(seed)
@@ -277,7 +277,7 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
 
 def export_random_weights(path: str | Path, settings: "Settings", seed: int = 0) -> Path:
     """Write randomly initialised weights (:func:`random_arrays`) to ``path``, for tests and benchmarks only."""
-    from models.network import save_weights_npz
+    from kkoma.models.network import save_weights_npz
 
     return save_weights_npz(path, random_arrays(settings, seed), settings,
                             summary={"note": "random weights, not trained", "seed": seed})
@@ -303,7 +303,7 @@ class StreamingModel:
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
-        from models.network import architecture, output_names
+        from kkoma.models.network import architecture, output_names
 
         self.settings = settings
         if arrays is None:
@@ -340,7 +340,7 @@ class StreamingModel:
             self._bk_h = np.ascontiguousarray(a["backward_kernel"][hin:])
         self.harmonic = bool(m["harmonic_units"])
         if self.harmonic:
-            from models.network import harmonic_index
+            from kkoma.models.network import harmonic_index
 
             self._h_idx_t = np.ascontiguousarray(harmonic_index(settings, off=self.n_bins).T, dtype=np.int64)
             self._lk_h = np.ascontiguousarray(a["lstm_kernel"][hin:])

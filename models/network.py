@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.notes import N_KEYS, PIANO_MIN_MIDI
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 WEIGHTS_FORMAT = 1
 #: Output names, in the order of the model's outputs (``offset`` only with ``model.offset_head``).
@@ -462,7 +462,7 @@ def settings_record(settings: "Settings") -> dict:
 def save_weights_npz(path: str | Path, arrays: dict[str, np.ndarray], settings: "Settings",
                      summary: dict[str, Any] | None = None) -> Path:
     """Write the NumPy weights file atomically: ``arrays`` + a JSON ``meta`` record (format, settings, summary)."""
-    from models.atomic import atomic_write
+    from kkoma.models.atomic import atomic_write
 
     path = Path(path)
     meta = {"format": WEIGHTS_FORMAT, "settings": settings_record(settings), "summary": summary or {}}

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import mido
     import numpy as np
 
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 PIANO_MIN_MIDI = 21   # A0, the lowest key of the piano and pitch index 0 of the models' 88 outputs
 N_KEYS = 88           # A0..C8
@@ -236,7 +236,7 @@ def write_midi(notes: Iterable[Note], path: str | os.PathLike, settings: "Settin
     ------
     KkomaError : the folder does not exist or cannot be written (one sentence naming the path).
     """
-    from models.atomic import atomic_write
+    from kkoma.models.atomic import atomic_write
 
     mid = notes_to_midifile(notes, settings)
     path = Path(path)

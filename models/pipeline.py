@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.notes import Note, NoteEvent
-    from models.settings import Settings
+    from kkoma.models.notes import Note, NoteEvent
+    from kkoma.models.settings import Settings
 
 
 class Transcriber:
@@ -38,12 +38,12 @@ class Transcriber:
     """
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None, model=None):
-        from models.cqt import CQT
-        from models.tracker import NoteTracker
+        from kkoma.models.cqt import CQT
+        from kkoma.models.tracker import NoteTracker
 
         self.settings = settings
         if model is None:
-            from models.inference import StreamingModel
+            from kkoma.models.inference import StreamingModel
 
             model = StreamingModel(settings, weights_path)
         self.model = model
@@ -162,7 +162,7 @@ def transcribe_audio(audio, settings: "Settings", weights_path: str | Path | Non
     The signal goes through a (reset) :class:`Transcriber` in blocks of ``transcribe.chunk_frames`` hops, so memory
     stays bounded and the notes are those the live path gives.
     """
-    from models.notes import events_to_notes
+    from kkoma.models.notes import events_to_notes
 
     t = transcriber if transcriber is not None else Transcriber(settings, weights_path)
     t.reset()

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numba as nb
 import numpy as np
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)

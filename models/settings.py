@@ -4,7 +4,7 @@ Every constant of kkoma is defined in ``config.toml`` at the repository root. Th
 a unit and its allowed values, and derives what follows from them (frame rate, fmin in Hz, latency figures), so
 nothing is ever copied. Use::
 
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
     s = load_settings()                                  # config.toml
     s = load_settings("my.toml", ["cqt.lookahead_ms=10"])  # your file (only the keys it changes) + overrides
 
@@ -26,10 +26,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config.toml"
+#: The folder holding ``models/`` and ``config.toml``: the repository root in a checkout, ``site-packages/kkoma`` in
+#: an installed wheel (which ships ``config.toml`` there). config.toml's relative paths (the weights) point into it.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PACKAGE_ROOT / "config.toml"
 
 
 class ConfigError(KkomaError, ValueError):
@@ -147,13 +149,13 @@ class ModelSettings:
 
     @property
     def weights_path(self) -> Path:
-        """Weights file. A relative path is looked up in the current folder, then in the repository root (where
+        """Weights file. A relative path is looked up in the current folder, then in the package root (where
         config.toml's own paths point)."""
         p = Path(self.weights).expanduser()
         if p.is_absolute():
             return p
         here = Path.cwd() / p
-        return here if here.is_file() else REPO_ROOT / p
+        return here if here.is_file() else PACKAGE_ROOT / p
 
 
 @dataclass(frozen=True)

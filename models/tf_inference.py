@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.errors import KkomaError
-from models.inference import StreamingModel
-from models.notes import N_KEYS
+from kkoma.models.errors import KkomaError
+from kkoma.models.inference import StreamingModel
+from kkoma.models.notes import N_KEYS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 DEVICES = ("auto", "cpu", "gpu")
 # TensorFlow's start-up chatter would bury the progress bar (set before it is imported; a user's value wins).
@@ -128,7 +128,7 @@ class TFStreamingModel(StreamingModel):
         # the NumPy path: enough to move a note across a threshold. Full float32 keeps the notes identical.
         tf.config.experimental.enable_tensor_float_32_execution(False)
 
-        from models import network
+        from kkoma.models import network
 
         # Inference in float32 whatever policy a training run in this process set (mixed precision).
         policy = keras.config.dtype_policy()

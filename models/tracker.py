@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 import numba as nb
 import numpy as np
 
-from models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 
 def _frames(seconds: float, frame_rate: float) -> int:

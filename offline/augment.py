@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 LN_1000 = math.log(1000.0)  # RT60: the time the energy falls by 60 dB = amplitude by 1000
 

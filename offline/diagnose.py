@@ -1,4 +1,4 @@
-"""Where a model's note errors are: ``python -m offline.diagnose AUDIO_DIR [--max-files N] [--set KEY=VALUE]``.
+"""Where a model's note errors are: ``python -m kkoma.offline.diagnose AUDIO_DIR [--max-files N] [--set KEY=VALUE]``.
 
 Transcribes the audio files of a folder that has the reference ``X.mid`` beside each ``X.flac`` (as
 ``DATASET/audio/<split>/`` made by ``kkoma prepare``) and prints two tables over all of them:
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.notes import PIANO_MIN_MIDI
+from kkoma.models.notes import PIANO_MIN_MIDI
 
 REGISTER_KEYS = 12
 ONSET_TOLERANCE = 0.05  # [s]
@@ -49,7 +49,7 @@ class Diagnosis:
         """Add one file: ``ref`` and ``est`` are lists of :class:`models.notes.Note`."""
         import mir_eval
 
-        from offline.evaluate import notes_to_arrays
+        from kkoma.offline.evaluate import notes_to_arrays
 
         matched = []
         if ref and est:
@@ -76,7 +76,7 @@ class Diagnosis:
 
     def register_rows(self) -> list[tuple[str, int, float, float, float]]:
         """(keys, reference notes, recall, precision, median onset error [ms]) per register with notes."""
-        from models.notes import note_name
+        from kkoma.models.notes import note_name
 
         rows = []
         for g in sorted(set(self.n_ref) | set(self.n_est)):
@@ -138,10 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
 
-    from models.errors import KkomaError
-    from models.notes import read_midi
-    from models.settings import load_settings
-    from offline.transcribe import make_transcriber, transcribe_file
+    from kkoma.models.errors import KkomaError
+    from kkoma.models.notes import read_midi
+    from kkoma.models.settings import load_settings
+    from kkoma.offline.transcribe import make_transcriber, transcribe_file
 
     try:
         settings = load_settings(overrides=args.overrides, offline=True)

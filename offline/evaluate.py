@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 ONSET_TOLERANCE = 0.05    # [s] mir_eval's default, the field's standard
 OFFSET_RATIO = 0.2        # offset tolerance as a fraction of the reference note length
@@ -44,7 +44,7 @@ def notes_to_arrays(notes):
     """
     import numpy as np
 
-    from models.notes import notes_to_arrays as arrays
+    from kkoma.models.notes import notes_to_arrays as arrays
 
     intervals, pitches, velocities = arrays(notes)
     intervals[:, 1] = np.maximum(intervals[:, 1], intervals[:, 0] + 1e-3)
@@ -158,7 +158,7 @@ def _midi_files(folder: Path) -> dict[str, Path]:
 
 
 def _read(path: Path, sustain: bool):
-    from models.notes import read_midi
+    from kkoma.models.notes import read_midi
 
     try:
         return read_midi(path, sustain=sustain)
@@ -218,7 +218,7 @@ def evaluate_dataset(dataset: str | Path, settings, splits: Sequence[str] | None
     import shutil
     import tempfile
 
-    from offline.transcribe import transcribe_paths
+    from kkoma.offline.transcribe import transcribe_paths
 
     dataset = Path(dataset)
     available = dataset_splits(dataset)
@@ -273,6 +273,6 @@ def format_table(report: Report, per_file: bool = True) -> str:
 
 
 def write_json(report: Report, path: str | Path) -> None:
-    from offline.transcribe import write_text
+    from kkoma.offline.transcribe import write_text
 
     write_text(Path(path), json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n")

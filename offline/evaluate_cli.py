@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings) -> int:
     import sys
 
-    from models.errors import KkomaError
-    from offline.evaluate import evaluate_dataset, evaluate_dirs, format_table, write_json
+    from kkoma.models.errors import KkomaError
+    from kkoma.offline.evaluate import evaluate_dataset, evaluate_dirs, format_table, write_json
 
     if args.dataset:
         if args.pred or args.ref:

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from models.notes import N_KEYS, PIANO_MIN_MIDI, Note
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, Note
 
 LABEL_NAMES = ("onset", "frame", "offset", "velocity")
 

@@ -1,6 +1,6 @@
 """Make a sample set (one file per key and velocity layer, offline/sampler.py's layout) from a synthesiser's piano.
 
-    python -m offline.note_set SOURCE OUT_DIR [--program P] [--velocities 40 70 100 127] [--rate 44100]
+    python -m kkoma.offline.note_set SOURCE OUT_DIR [--program P] [--velocities 40 70 100 127] [--rate 44100]
 
 SOURCE is a soundfont (``.sf2`` / ``.sf3``, played by FluidSynth through :class:`offline.synth.Renderer`) or a
 TiMidity++ configuration (``.cfg``, played by ``timidity``; Debian's ``freepats`` package installs
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import KkomaError
-from models.notes import N_KEYS, PIANO_MIN_MIDI, note_name
-from offline.synth import SetupError
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, note_name
+from kkoma.offline.synth import SetupError
 
 PIANO_KEYS = range(PIANO_MIN_MIDI, PIANO_MIN_MIDI + N_KEYS)  # MIDI pitches A0..C8
 VELOCITIES = (40, 70, 100, 127)  # the default layers
@@ -93,10 +93,10 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VEL
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, v) for p in keys for v in velocities]
     if src.suffix.lower() in (".sf2", ".sf3"):
-        from offline.synth import MidiEvent, Renderer
+        from kkoma.offline.synth import MidiEvent, Renderer
 
         if gain is None:
-            from models.settings import load_settings
+            from kkoma.models.settings import load_settings
 
             gain = load_settings().data.render_gain
         with Renderer(src, rate, gain, program) as r:
@@ -122,7 +122,7 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VEL
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m offline.note_set", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kkoma.offline.note_set", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", metavar="SOURCE", help=".sf2/.sf3 soundfont or timidity .cfg")
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder for the note files (created)")
     ap.add_argument("--program", type=int, default=0, help="GM program of bank 0 (0 = Acoustic Grand)")

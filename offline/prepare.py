@@ -55,10 +55,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.atomic import atomic_write as _atomic_write
-from models.errors import KkomaError
-from models.settings import first_mismatch
-from offline.synth import SetupError
+from kkoma.models.atomic import atomic_write as _atomic_write
+from kkoma.models.errors import KkomaError
+from kkoma.models.settings import first_mismatch
+from kkoma.offline.synth import SetupError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -315,8 +315,8 @@ def _limit_threads() -> None:
 
 
 def _renderer(soundfont: str, settings, program: int = 0):
-    from offline.sampler import SampleRenderer, is_sample_set
-    from offline.synth import Renderer, measure_onset_offset
+    from kkoma.offline.sampler import SampleRenderer, is_sample_set
+    from kkoma.offline.synth import Renderer, measure_onset_offset
 
     r = _CACHE.get(("renderer", soundfont, program))
     if r is None:
@@ -330,7 +330,7 @@ def _renderer(soundfont: str, settings, program: int = 0):
 
 
 def _cqt(settings):
-    from models.cqt import CQT
+    from kkoma.models.cqt import CQT
 
     c = _CACHE.get("cqt")
     if c is None or c.settings != settings:
@@ -344,9 +344,9 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
 
     Returns its manifest entry. Raises KkomaError naming the input file when it cannot be read.
     """
-    from models.notes import read_midi, write_midi
-    from offline import augment as aug
-    from offline.labels import crop_notes, note_labels, piano_notes, scale_times
+    from kkoma.models.notes import read_midi, write_midi
+    from kkoma.offline import augment as aug
+    from kkoma.offline.labels import crop_notes, note_labels, piano_notes, scale_times
 
     out_dir = Path(out_dir)
     sr = settings.audio.sample_rate
@@ -356,7 +356,7 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
     entry = {"id": task.id, "split": task.split, "file": f"{task.split}/{task.id}.npz", "midi": task.midi,
              "audio": task.audio, "soundfont": task.soundfont, "program": task.program, "work": task.work}
     if task.audio is None:
-        from offline.synth import midi_events
+        from kkoma.offline.synth import midi_events
 
         end = min(max_seconds, max(n.offset for n in notes) + settings.data.tail_seconds)
         renderer, offset = _renderer(task.soundfont, settings, task.program)
@@ -366,7 +366,7 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
         audio = renderer.render(events, end + skip / sr)[skip:]
         entry["renderer_offset_ms"] = round(1000.0 * skip / sr, 3)
     else:
-        from models.audio import load_audio
+        from kkoma.models.audio import load_audio
 
         audio = load_audio(task.audio, settings)
         end = min(max_seconds, len(audio) / sr)
@@ -586,7 +586,7 @@ def _run_pool(todo, settings, out_dir, max_seconds, export_audio, jobs, record, 
     # forked worker deadlocked, which was seen here. forkserver forks from a fresh, single-threaded server.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "offline.prepare", "offline.synth", "models.cqt"])
+        ctx.set_forkserver_preload(["numpy", "kkoma.offline.prepare", "kkoma.offline.synth", "kkoma.models.cqt"])
     else:  # pragma: no cover - Windows / macOS default
         ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
@@ -620,8 +620,8 @@ def _run_pool(todo, settings, out_dir, max_seconds, export_audio, jobs, record, 
 # ----------------------------------------------------------------------------------------------------------------
 def check_soundfonts(paths: list[str], sample_sets: list[str] = ()) -> None:
     """SetupError when FluidSynth or a soundfont is missing, or a sample set has no usable file."""
-    from offline.sampler import find_samples
-    from offline.synth import INSTALL_HINT, _fluidsynth
+    from kkoma.offline.sampler import find_samples
+    from kkoma.offline.synth import INSTALL_HINT, _fluidsynth
 
     _fluidsynth()
     for p in paths:

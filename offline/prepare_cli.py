@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from models.errors import KkomaError
+    from kkoma.models.errors import KkomaError
 
     if args.max_pieces < 0:
         raise KkomaError(f"--max-pieces must be 0 (all) or more, not {args.max_pieces}.")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, settings) -> int:
         raise KkomaError(f"--max-seconds must be more than 0, not {args.max_seconds}.")
     if args.jobs is not None and args.jobs < 0:
         raise KkomaError(f"--jobs must be 0 (all cores) or more, not {args.jobs}.")
-    from offline.prepare import prepare_maestro, prepare_synth
+    from kkoma.offline.prepare import prepare_maestro, prepare_synth
 
     common = dict(max_pieces=args.max_pieces, max_seconds=args.max_seconds, jobs=args.jobs,
                   export_audio=False if args.no_audio else None, quiet=args.quiet, splits=args.split)

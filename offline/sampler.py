@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.synth import MidiEvent, SetupError
+from kkoma.offline.synth import MidiEvent, SetupError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 _NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?\d)(?:v(\d+))?$")

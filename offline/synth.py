@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 INSTALL_HINT = "install FluidSynth and the General MIDI soundfonts (apt-get install fluidsynth fluid-soundfont-gm)"
 # Controllers passed to the synth; everything else (volume, expression, modulation, programs, pitch bend) is left

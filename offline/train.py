@@ -48,11 +48,11 @@ from typing import Callable
 
 import numpy as np
 
-from models.atomic import atomic_write
-from models.errors import KkomaError
-from models.notes import N_KEYS
-from models.settings import CQTSettings, first_mismatch
-from offline.labels import LABEL_NAMES
+from kkoma.models.atomic import atomic_write
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import N_KEYS
+from kkoma.models.settings import CQTSettings, first_mismatch
+from kkoma.offline.labels import LABEL_NAMES
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def crop_stream(dataset: Path, pieces: list[dict], window: int, lookahead: int, 
         room) with probability ``room["probability"]``; ranges ``rt60_s``, ``wet``, ``snr_db`` (pairs),
         ``bin_hz``, ``frame_rate``. None = never.
     """
-    from models.network import align
+    from kkoma.models.network import align
 
     rng = np.random.default_rng(seed)
     colour_rng = np.random.default_rng([seed, 1])  # a separate stream: crops are the same with colour on or off
@@ -277,11 +277,11 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]]) -> dict[str, float]:
     """Score weights on every validation split -> flat dict of metrics (``<split>_onset_f1`` etc., and ``score``)."""
-    from models.inference import StreamingModel
-    from models.notes import events_to_notes
-    from models.tracker import NoteTracker
-    from offline.evaluate import score_notes
-    from offline.labels import label_notes
+    from kkoma.models.inference import StreamingModel
+    from kkoma.models.notes import events_to_notes
+    from kkoma.models.tracker import NoteTracker
+    from kkoma.offline.evaluate import score_notes
+    from kkoma.offline.labels import label_notes
 
     model = StreamingModel(settings, arrays=arrays)
     tracker = NoteTracker(settings)
@@ -464,8 +464,8 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
     come back without the branch's, for :func:`models.network.grow_arrays`; likewise a forward-only model may
     start one with a backward LSTM (:func:`models.network.grow_backward`).
     """
-    from models.inference import load_weights
-    from models.settings import recorded
+    from kkoma.models.inference import load_weights
+    from kkoma.models.settings import recorded
 
     try:
         with np.load(init, allow_pickle=False) as z:
@@ -549,7 +549,7 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
 def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     import keras
 
-    from models import network
+    from kkoma.models import network
 
     t_start = time.time()
     dataset = Path(dataset)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings) -> int:
     import json
     import os
 
-    from models.errors import KkomaError
+    from kkoma.models.errors import KkomaError
 
     overrides = {}
     for name, key in (("epochs", "epochs"), ("steps_per_epoch", "steps_per_epoch"), ("batch_size", "batch_size"),
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, settings) -> int:
     if overrides:
         settings = settings.replace(**overrides)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from offline.train import train
+    from kkoma.offline.train import train
 
     try:
         summary = train(args.dataset, args.out_dir, settings, resume=args.resume, init=args.init,

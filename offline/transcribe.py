@@ -39,8 +39,8 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Callable, Iterable
 
-from models.atomic import atomic_write as _atomic_write
-from models.errors import KkomaError
+from kkoma.models.atomic import atomic_write as _atomic_write
+from kkoma.models.errors import KkomaError
 
 # Extensions picked up when a folder is given (an explicitly named file is tried whatever its extension).
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -213,7 +213,7 @@ class NoteRows(Sequence):
         return len(self.rows)
 
     def __getitem__(self, i):
-        from models.notes import Note
+        from kkoma.models.notes import Note
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
@@ -266,11 +266,11 @@ def make_transcriber(settings):
     The model runs where ``transcribe.device`` says (:func:`models.tf_inference.resolve_device`): the NumPy/Numba
     :class:`~models.inference.StreamingModel` on ``cpu`` (TensorFlow never imported), its TensorFlow twin on ``gpu``.
     """
-    from models.pipeline import Transcriber
+    from kkoma.models.pipeline import Transcriber
 
     if settings.transcribe.device == "cpu":
         return Transcriber(settings)
-    from models.tf_inference import make_model
+    from kkoma.models.tf_inference import make_model
 
     return Transcriber(settings, model=make_model(settings, settings.transcribe.device))
 
@@ -299,7 +299,7 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     ------
     KkomaError : missing, unreadable, corrupt file, or NaN/Inf samples (the message names the file).
     """
-    from models.audio import stream_audio
+    from kkoma.models.audio import stream_audio
 
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
     if transcriber is None:
@@ -322,7 +322,7 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     if hasattr(transcriber, "stream"):
         stream = transcriber.stream(pieces(), threaded=threaded)
     else:  # any object with process/flush (a custom factory's transcriber): one thread
-        from models.pipeline import plain_stream
+        from kkoma.models.pipeline import plain_stream
 
         stream = plain_stream(transcriber, pieces())
     try:
@@ -425,7 +425,7 @@ def check_writable(folder: Path) -> None:
 
 def write_outputs(job: Job, result: Transcription, settings) -> None:
     """Every requested output of ``job``, each written atomically."""
-    from models.notes import write_midi
+    from kkoma.models.notes import write_midi
 
     for ext, path in job.outputs.items():
         if ext == "mid":
@@ -654,7 +654,7 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
         print(f"failed {o.audio}: {o.reason}", file=stream)
 
     if todo:
-        from models.audio import audio_info
+        from kkoma.models.audio import audio_info
 
         expected: dict[str, float] = {}
         for job in todo:

@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from models.errors import KkomaError
-    from offline.transcribe import transcribe_paths
+    from kkoma.models.errors import KkomaError
+    from kkoma.offline.transcribe import transcribe_paths
 
     if args.jobs is not None and args.jobs < 0:
         raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings) -> int:
         settings = settings.replace(transcribe__jobs=str(args.jobs))
     device = args.device or settings.transcribe.device
     if device != "cpu":
-        from models.tf_inference import resolve_device
+        from kkoma.models.tf_inference import resolve_device
 
         # Settled once here, so every worker process runs the model on the same device.
         device = resolve_device(device)

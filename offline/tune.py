@@ -1,4 +1,4 @@
-"""Choose the note tracker's thresholds on a validation split: ``python -m offline.tune DATASET WEIGHTS``.
+"""Choose the note tracker's thresholds on a validation split: ``python -m kkoma.offline.tune DATASET WEIGHTS``.
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
 for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold], restrike_margin) of a grid (the
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import mir_eval
 
-    from models.inference import StreamingModel
-    from models.notes import events_to_notes, notes_to_arrays, read_midi
-    from offline.labels import crop_notes
-    from offline.train import spread_subset
-    from models.settings import load_settings
-    from models.tracker import NoteTracker
+    from kkoma.models.inference import StreamingModel
+    from kkoma.models.notes import events_to_notes, notes_to_arrays, read_midi
+    from kkoma.offline.labels import crop_notes
+    from kkoma.offline.train import spread_subset
+    from kkoma.models.settings import load_settings
+    from kkoma.models.tracker import NoteTracker
 
     settings = load_settings(overrides=[*args.overrides, f"model.weights={json.dumps(str(args.weights))}"],
                              offline=True)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np  # imported before any stream starts: the callback must not trigger imports
 
-from models.errors import KkomaError
-from realtime.ringbuffer import RingBuffer
+from kkoma.models.errors import KkomaError
+from kkoma.realtime.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.settings import Settings
+    from kkoma.models.settings import Settings
 
 
 def _sd():

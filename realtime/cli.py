@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 _API_CHOICES = ("auto", "alsa", "jack", "coremidi", "winmm")
 
@@ -87,7 +87,7 @@ class _Display:
     def update(self, engine) -> None:
         if not self.enabled:
             return
-        from realtime.engine import note_name
+        from kkoma.realtime.engine import note_name
 
         try:  # the processing thread changes this set while we read it
             sounding = sorted(tuple(engine.midi.sounding))
@@ -127,10 +127,10 @@ def _budget_line(engine) -> str:
 # Session
 # ---------------------------------------------------------------------------------------------------------------
 def _session(args, settings, record_path=None, audio_path=None) -> int:
-    from realtime.audio_in import AudioInput, FileInput
-    from realtime.engine import Engine, make_transcriber
-    from realtime.midi_out import MidiOut, NullMidiOut
-    from realtime.recorder import Recorder
+    from kkoma.realtime.audio_in import AudioInput, FileInput
+    from kkoma.realtime.engine import Engine, make_transcriber
+    from kkoma.realtime.midi_out import MidiOut, NullMidiOut
+    from kkoma.realtime.recorder import Recorder
 
     if args.duration is not None and not args.duration > 0:
         raise KkomaError(f"--duration must be a positive number of seconds, not {args.duration}.")
@@ -262,8 +262,8 @@ def run_record(args, settings) -> int:
 # Devices
 # ---------------------------------------------------------------------------------------------------------------
 def run_devices(args, settings) -> int:
-    from realtime.audio_in import input_devices
-    from realtime.midi_out import list_outputs
+    from kkoma.realtime.audio_in import input_devices
+    from kkoma.realtime.midi_out import list_outputs
 
     try:
         inputs = input_devices()

@@ -25,22 +25,22 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from models.errors import KkomaError
-from models.notes import note_name  # noqa: F401  (the display names keys with it)
-from models.resample import Resampler
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import note_name  # noqa: F401  (the display names keys with it)
+from kkoma.models.resample import Resampler
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.notes import NoteEvent
-    from models.settings import Settings
+    from kkoma.models.notes import NoteEvent
+    from kkoma.models.settings import Settings
 
 
 
 def make_transcriber(settings: "Settings"):
     """The streaming pipeline (CQT -> model -> tracker); a module-level hook so tests can substitute a double."""
     try:
-        from models.pipeline import Transcriber
+        from kkoma.models.pipeline import Transcriber
     except ModuleNotFoundError as e:
-        if e.name == "models.pipeline":
+        if e.name == "kkoma.models.pipeline":
             raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
         raise
     t = Transcriber(settings)
@@ -161,7 +161,7 @@ class Engine:
             if math.isfinite(s.cqt.lookahead_ms):
                 b["cqt_lookahead_ms"] = float(s.cqt.lookahead_ms)
             else:
-                from models.cqt import CQT
+                from kkoma.models.cqt import CQT
 
                 b["cqt_lookahead_ms"] = float(CQT(s).lookahead_ms)
             b["model_lookahead_ms"] = s.model_lookahead_ms

@@ -15,11 +15,11 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from models.notes import NoteEvent
-    from models.settings import Settings
+    from kkoma.models.notes import NoteEvent
+    from kkoma.models.settings import Settings
 
 API_CHOICES = ("auto", "alsa", "jack", "coremidi", "winmm")
 _NOTE_ON, _NOTE_OFF, _CC = 0x90, 0x80, 0xB0

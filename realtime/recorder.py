@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from models.errors import KkomaError
+from kkoma.models.errors import KkomaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from models.notes import NoteEvent
-    from models.settings import Settings
+    from kkoma.models.notes import NoteEvent
+    from kkoma.models.settings import Settings
 
 
 class Recorder:
@@ -39,7 +39,7 @@ class Recorder:
 
     def __init__(self, path, settings: "Settings", audio_path=None, audio_rate: int | None = None,
                  clock=time.monotonic):
-        from models.notes import write_midi
+        from kkoma.models.notes import write_midi
 
         self.path = Path(path)
         self.settings = settings
@@ -87,7 +87,7 @@ class Recorder:
 
     # ---- main thread ------------------------------------------------------------------------------------------
     def notes(self):
-        from models.notes import events_to_notes
+        from kkoma.models.notes import events_to_notes
 
         with self._lock:
             events = list(self.events)

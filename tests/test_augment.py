@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.settings import load_settings
-from offline import augment as aug
+from kkoma.models.settings import load_settings
+from kkoma.offline import augment as aug
 
 SR = 16000
 

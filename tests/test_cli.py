@@ -78,7 +78,7 @@ def test_which_commands_get_the_offline_settings(monkeypatch, argv, offline):
     """Files get the offline model and transform (transcribe.overrides); live, record and (without --offline)
     prepare and train get config.toml's own, so the live model is trained and played as it was."""
     from kkoma import cli
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
 
     seen = []
     module = importlib.import_module(cli.COMMANDS[argv[0]][0])

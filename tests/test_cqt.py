@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from models.cqt import CQT
-from models.errors import KkomaError
-from models.settings import load_settings
+from kkoma.models.cqt import CQT
+from kkoma.models.errors import KkomaError
+from kkoma.models.settings import load_settings
 
 SR = load_settings().audio.sample_rate
 HOP = load_settings().audio.hop_length
@@ -281,7 +281,7 @@ def test_channels_and_sample_rates(causal):
 
 def test_numpy_filters_equal_scipy():
     signal = pytest.importorskip("scipy.signal")
-    from models.cqt import _hann, _lowpass
+    from kkoma.models.cqt import _hann, _lowpass
 
     np.testing.assert_allclose(_lowpass(31, 0.25, 8.0), signal.firwin(31, 0.5, window=("kaiser", 8.0)), atol=1e-12)
     for n in (191, 340, 1000):

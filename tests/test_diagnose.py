@@ -1,12 +1,12 @@
-"""offline.diagnose: per-register recall / precision and the kinds of false notes, on hand-made notes; the CLI."""
+"""kkoma.offline.diagnose: per-register recall / precision and the kinds of false notes, on hand-made notes; the CLI."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from models.notes import Note
-from offline.diagnose import KINDS, Diagnosis, main
+from kkoma.models.notes import Note
+from kkoma.offline.diagnose import KINDS, Diagnosis, main
 
 pytest.importorskip("mir_eval")
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from kkoma.cli import main
-from models.notes import Note, write_midi
-from models.settings import load_settings
-from offline.evaluate import piano_roll, score_notes
+from kkoma.models.notes import Note, write_midi
+from kkoma.models.settings import load_settings
+from kkoma.offline.evaluate import piano_roll, score_notes
 
 S = load_settings()
 FR = S.audio.frame_rate
@@ -147,7 +147,7 @@ def test_cli_dataset_runs_the_file_pipeline(tmp_path, monkeypatch, capsys):
     import numpy as np
     import soundfile as sf
 
-    import offline.transcribe as T
+    import kkoma.offline.transcribe as T
     from test_transcribe import EnergyTranscriber, tone_file
 
     monkeypatch.setattr(T, "make_transcriber", EnergyTranscriber)

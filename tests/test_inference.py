@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.errors import KkomaError
-from models.inference import StreamingModel, export_random_weights, load_weights, random_arrays
-from models.settings import load_settings
+from kkoma.models.errors import KkomaError
+from kkoma.models.inference import StreamingModel, export_random_weights, load_weights, random_arrays
+from kkoma.models.settings import load_settings
 
 TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2",
         "model.harmonic_units=5", "model.harmonic_features=2"]
@@ -32,7 +32,7 @@ def _stream(model, f, rng, max_chunk=17):
                                                                (2, 3, 0, True)])
 def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic, offset):
     pytest.importorskip("tensorflow")
-    from models import network
+    from kkoma.models import network
 
     s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}",
                                         f"model.harmonic_units={harmonic}", "model.harmonic_features=2",
@@ -156,7 +156,7 @@ def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, 
 def test_grown_weights_compute_the_old_model_exactly():
     """:func:`models.network.grow_arrays`: a model given the harmonic branch by ``train --init`` starts as the
     model it grew from (the branch's LSTM rows are zero), while the branch itself is live (its arrays random)."""
-    from models.network import grow_arrays
+    from kkoma.models.network import grow_arrays
 
     s0 = load_settings(overrides=TINY + ["model.harmonic_units=0"])
     s1 = load_settings(overrides=TINY + ["model.harmonic_units=5", "model.harmonic_features=2"])
@@ -175,7 +175,7 @@ def test_grown_weights_compute_the_old_model_exactly():
 def test_grown_offset_head_keeps_the_old_outputs_exactly():
     """:func:`models.network.grow_offset`: a model given the offset head by ``train --init`` computes exactly the
     outputs of the model it grew from, plus an offset output that starts low (bias -4) but reads the LSTM."""
-    from models.network import grow_offset
+    from kkoma.models.network import grow_offset
 
     s0 = load_settings(overrides=TINY)
     s1 = load_settings(overrides=TINY + ["model.offset_head=true"])
@@ -219,7 +219,7 @@ def test_backward_blocks_equal_the_keras_model_on_each_block(harmonic):
     its context as one window, from zero backward state at the window's end; in any chunking, and through the
     flush (the last block: the window ends with the stream's look-ahead silence)."""
     pytest.importorskip("tensorflow")
-    from models import network
+    from kkoma.models import network
 
     s = load_settings(overrides=TINY + BACK + [f"model.harmonic_units={harmonic}"])
     arrays = random_arrays(s, seed=4)
@@ -282,8 +282,8 @@ def test_grown_backward_weights_are_the_old_model_plus_the_backward_lstm():
     """:func:`models.network.grow_backward`: a model given a backward LSTM by ``train --init`` keeps every weight of
     the model it grew from; with the heads' rows for the backward LSTM zeroed it computes exactly that model, and
     those rows start non-zero (fresh), so the backward LSTM is trained from the first step."""
-    from models.network import grow_backward
-    from models.notes import N_KEYS
+    from kkoma.models.network import grow_backward
+    from kkoma.models.notes import N_KEYS
 
     s0 = load_settings(overrides=TINY)
     s1 = load_settings(overrides=TINY + BACK)
@@ -306,7 +306,7 @@ def test_grown_backward_weights_are_the_old_model_plus_the_backward_lstm():
 
 
 def test_live_refuses_a_model_with_a_backward_lstm(tmp_path):
-    from realtime.engine import make_transcriber
+    from kkoma.realtime.engine import make_transcriber
 
     s = load_settings(overrides=TINY + BACK)
     path = export_random_weights(tmp_path / "offline.npz", s)

@@ -257,15 +257,15 @@ def test_jack_transcribes_the_example(jack_server, tmp_path):
       periods (PortAudio hands a period to the callback after it is captured; rtmidi sends in the next cycle)
       + 7 ms (FluidSynth renders onsets 2-7 ms late, DESIGN.md §6) + 30 ms for compute and thread wake-ups.
     """
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
 
     settings = load_settings(overrides=SETTINGS_OVERRIDES)
     if not settings.model.weights_path.exists():
         pytest.skip(f"no trained weights yet ({settings.model.weights_path} does not exist)")
     mir_eval = pytest.importorskip("mir_eval")
-    from models.audio import load_audio
-    from models.notes import notes_to_arrays, read_midi
-    from models.pipeline import transcribe_audio
+    from kkoma.models.audio import load_audio
+    from kkoma.models.notes import notes_to_arrays, read_midi
+    from kkoma.models.pipeline import transcribe_audio
 
     audio = load_audio(ROOT / "examples" / "example.flac", settings, RATE)
     ref = read_midi(ROOT / "examples" / "example.mid")
@@ -354,6 +354,6 @@ def test_jack_server_dies_mid_stream(jack_server, tmp_path):
     assert proc.returncode == 1, err
     mine = [line for line in err.splitlines() if line.startswith("kkoma record: ")]
     assert len(mine) == 1 and ("delivered nothing" in mine[0] or "stopped delivering" in mine[0]), err
-    from models.notes import read_midi
+    from kkoma.models.notes import read_midi
 
     read_midi(out)  # still a valid file

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from models.notes import Note, read_midi
-from offline.labels import crop_notes, note_labels, piano_notes, scale_times, time_to_frame
+from kkoma.models.notes import Note, read_midi
+from kkoma.offline.labels import crop_notes, note_labels, piano_notes, scale_times, time_to_frame
 
 FR = 100.0  # frames per second of the default settings (16 kHz, hop 160)
 
 
 def test_default_frame_rate_is_what_these_tests_assume():
-    from models.settings import load_settings
+    from kkoma.models.settings import load_settings
 
     assert load_settings().audio.frame_rate == FR
 
@@ -89,7 +89,7 @@ def test_crop_scale_and_piano_notes():
 def test_label_notes_reads_back_notes_that_do_not_overlap_on_their_key(raw):
     """label_notes(note_labels(notes)) == the notes on the frame grid, when no two notes of a key overlap or touch
     (each key's notes laid end to end with gaps)."""
-    from offline.labels import label_notes
+    from kkoma.offline.labels import label_notes
 
     n = 2000
     cursor: dict[int, int] = {}
@@ -111,7 +111,7 @@ def test_label_notes_cuts_a_note_at_the_next_onset_of_its_key():
     """A key struck again while its first note still sounds (the pedal): the labels show one frame run with two
     onsets, read back as two notes, the first ending at the second's onset; a run ending at the piece's end ends
     there."""
-    from offline.labels import label_notes
+    from kkoma.offline.labels import label_notes
 
     notes = [Note(60, 0.10, 0.80, 70), Note(60, 0.40, 1.00, 90), Note(64, 0.50, 5.0, 50)]
     lab = note_labels(notes, 150, FR)

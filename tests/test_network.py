@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.settings import load_settings
+from kkoma.models.settings import load_settings
 
 pytest.importorskip("tensorflow")
 
@@ -14,7 +14,7 @@ TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "mod
 
 @pytest.fixture(scope="module")
 def tiny():
-    from models import network
+    from kkoma.models import network
 
     s = load_settings(overrides=TINY)
     m = network.build_model(s)
@@ -49,8 +49,8 @@ def test_model_is_causal(tiny):
 def test_harmonic_index_points_at_each_partial():
     """Each key's patch: one semitone of bins (3) around every harmonic h, centred within half a bin of h x the
     key's frequency; bins off either end of the transform are -1 (read as zero), and only those."""
-    from models.cqt import CQT
-    from models.network import harmonic_index
+    from kkoma.models.cqt import CQT
+    from kkoma.models.network import harmonic_index
 
     s = load_settings()
     idx = harmonic_index(s)
@@ -74,7 +74,7 @@ def test_harmonic_index_points_at_each_partial():
 
 
 def test_align_delays_labels_and_pads_features():
-    from models.network import align
+    from kkoma.models.network import align
 
     f = np.arange(10, dtype=np.float32).reshape(5, 2)
     lab = {"onset": np.eye(5, 88, dtype=np.uint8)}
@@ -84,8 +84,8 @@ def test_align_delays_labels_and_pads_features():
 
 
 def test_export_round_trip(tiny, tmp_path):
-    from models import network
-    from models.inference import load_weights
+    from kkoma.models import network
+    from kkoma.models.inference import load_weights
 
     s, m = tiny
     p = network.export_npz(m, tmp_path / "w.npz", s, {"hello": 1})

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from offline.note_set import main, make_note_set, sample_stem
-from offline.sampler import find_samples
+from kkoma.offline.note_set import main, make_note_set, sample_stem
+from kkoma.offline.sampler import find_samples
 
 TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 FREEPATS = "/etc/timidity/freepats.cfg"
@@ -35,7 +35,7 @@ def _check(out: Path, keys, velocities, rate):
 
 
 def test_names_are_what_the_sampler_parses():
-    from offline.sampler import parse_sample_name
+    from kkoma.offline.sampler import parse_sample_name
 
     for p in (21, 60, 61, 108):
         assert parse_sample_name(sample_stem(p, 100)) == (p, 100)

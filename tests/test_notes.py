@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from models.errors import KkomaError
-from models.notes import (Note, NoteEvent, events_to_notes, notes_to_arrays, notes_to_midifile, read_midi,
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import (Note, NoteEvent, events_to_notes, notes_to_arrays, notes_to_midifile, read_midi,
                           write_midi)
-from models.settings import load_settings
+from kkoma.models.settings import load_settings
 
 S = load_settings()
 REPO = Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.inference import export_random_weights
-from models.pipeline import Transcriber, transcribe_audio
-from models.notes import events_to_notes
-from models.settings import load_settings
+from kkoma.models.inference import export_random_weights
+from kkoma.models.pipeline import Transcriber, transcribe_audio
+from kkoma.models.notes import events_to_notes
+from kkoma.models.settings import load_settings
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_streaming_random_blocks_equals_transcribe_audio(setup):
 
 def test_hop_by_hop_equals_batch_probabilities(setup):
     """The model's probabilities streamed hop by hop equal those of the batch features (≤ 1e-4)."""
-    from models.cqt import CQT
-    from models.inference import StreamingModel
+    from kkoma.models.cqt import CQT
+    from kkoma.models.inference import StreamingModel
 
     s, audio = setup
     feats = CQT(s).features(audio)
@@ -92,7 +92,7 @@ def test_empty_audio_gives_no_notes(setup):
 
 
 def test_missing_weights_error(tmp_path):
-    from models.errors import KkomaError
+    from kkoma.models.errors import KkomaError
 
     s = load_settings(overrides=[f"model.weights={tmp_path / 'none.npz'}"])
     with pytest.raises(KkomaError, match="kkoma train"):

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.errors import KkomaError
-from models.notes import read_midi
-from models.settings import load_settings
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import read_midi
+from kkoma.models.settings import load_settings
 
 TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 FLUID = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -73,7 +73,7 @@ def midi_dir(tmp_path):
 # Renderer
 # ----------------------------------------------------------------------------------------------------------------
 def test_audible_onset_of_a_tone_burst():
-    from offline.synth import audible_onset
+    from kkoma.offline.synth import audible_onset
 
     sr = 16000
     x = np.zeros(sr, np.float32)
@@ -85,7 +85,7 @@ def test_audible_onset_of_a_tone_burst():
 
 @needs_sf
 def test_renderer_offset_is_measured_and_removed():
-    from offline.synth import MidiEvent, Renderer, audible_onset, measure_onset_offset
+    from kkoma.offline.synth import MidiEvent, Renderer, audible_onset, measure_onset_offset
 
     sr = 16000
     with Renderer(TIM, sr, 0.8) as r:
@@ -103,8 +103,8 @@ def test_renderer_offset_is_measured_and_removed():
 
 @needs_sf
 def test_missing_soundfont_or_fluidsynth_says_what_to_install(midi_dir, tmp_path, monkeypatch):
-    from offline import synth
-    from offline.prepare import prepare_synth
+    from kkoma.offline import synth
+    from kkoma.offline.prepare import prepare_synth
 
     with pytest.raises(KkomaError, match="apt-get install fluidsynth fluid-soundfont-gm"):
         prepare_synth(midi_dir, tmp_path / "ds", _settings(), soundfonts=[str(tmp_path / "no.sf2")])
@@ -126,7 +126,7 @@ def test_missing_soundfont_or_fluidsynth_says_what_to_install(midi_dir, tmp_path
 # Planning
 # ----------------------------------------------------------------------------------------------------------------
 def test_work_key_folds_repeat_variants_and_holdout_is_by_work():
-    from offline.prepare import holdout_works, piece_id, work_key
+    from kkoma.offline.prepare import holdout_works, piece_id, work_key
 
     assert work_key(Path("Beethoven/Piano_Sonatas/17-1_no_repeat/X.mid")) == "Beethoven/Piano_Sonatas/17-1"
     assert work_key(Path("Beethoven/Piano_Sonatas/24-1_no_2_repeat/X.mid")) == "Beethoven/Piano_Sonatas/24-1"
@@ -140,7 +140,7 @@ def test_work_key_folds_repeat_variants_and_holdout_is_by_work():
 
 
 def test_plan_keeps_held_out_works_and_soundfont_out_of_train(midi_dir):
-    from offline.prepare import plan_synth
+    from kkoma.offline.prepare import plan_synth
 
     s = _settings()
     tasks = plan_synth(midi_dir, s, [TIM, FLUID], FLUID)
@@ -165,7 +165,7 @@ def test_plan_keeps_held_out_works_and_soundfont_out_of_train(midi_dir):
 def test_plan_records_absolute_paths(midi_dir, monkeypatch):
     """A folder given relative to the current one is recorded absolute, so the manifest can be read from anywhere;
     the plan itself does not depend on how the folder was named."""
-    from offline.prepare import plan_synth
+    from kkoma.offline.prepare import plan_synth
 
     s = _settings()
     monkeypatch.chdir(midi_dir.parent)
@@ -176,7 +176,7 @@ def test_plan_records_absolute_paths(midi_dir, monkeypatch):
 
 
 def test_plan_cycles_training_voices_over_programs(midi_dir):
-    from offline.prepare import plan_synth
+    from kkoma.offline.prepare import plan_synth
 
     s = _settings("data.programs=[0, 2]")
     tasks = plan_synth(midi_dir, s, [TIM, FLUID, TIM + "2"], FLUID)
@@ -192,7 +192,7 @@ def test_plan_cycles_training_voices_over_programs(midi_dir):
 
 @needs_sf
 def test_renderer_plays_the_chosen_program():
-    from offline.synth import MidiEvent, Renderer
+    from kkoma.offline.synth import MidiEvent, Renderer
 
     notes = [MidiEvent(0.05, "on", 0, 60, 100), MidiEvent(0.5, "off", 0, 60, 0)]
     spectra = []
@@ -209,7 +209,7 @@ def test_a_piece_renders_the_same_whatever_came_before():
     """FluidSynth starts events on its 64-sample block grid; the renderer starts every piece on a block boundary,
     so rendering another piece of an odd length first does not move this piece's notes. (A remainder of about 1 %
     of the RMS is left, in the first ~20 ms of each note: a FluidSynth voice-reuse effect.)"""
-    from offline.synth import MidiEvent, Renderer
+    from kkoma.offline.synth import MidiEvent, Renderer
 
     piece = [MidiEvent(0.1 + 0.07 * i, "on", 0, 48 + 5 * i, 90) for i in range(8)]
     piece += [MidiEvent(0.9 + 0.07 * i, "off", 0, 48 + 5 * i, 0) for i in range(8)]
@@ -232,7 +232,7 @@ def test_a_piece_renders_the_same_whatever_came_before():
 # ----------------------------------------------------------------------------------------------------------------
 @needs_sf
 def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, capsys):
-    from offline.prepare import prepare_synth
+    from kkoma.offline.prepare import prepare_synth
 
     (midi_dir / "Bad" / "Work" / "w").mkdir(parents=True)
     bad = midi_dir / "Bad" / "Work" / "w" / "Broken.mid"
@@ -248,7 +248,7 @@ def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, ca
     assert m["settings"]["audio"] == dataclasses.asdict(s.audio)
     assert [x["path"] for x in m["skipped"]] == [str(bad)]
     pieces = m["pieces"]
-    from offline.prepare import voice_name
+    from kkoma.offline.prepare import voice_name
 
     voices = {voice_name(p["soundfont"], p["program"]) for p in pieces}
     assert {TIM, FLUID} <= voices and set(m["renderer_offsets_ms"]) == voices  # one offset per voice used
@@ -304,7 +304,7 @@ def test_prepare_synth_end_to_end_resume_and_corrupt_file(midi_dir, tmp_path, ca
 
 @needs_sf
 def test_interrupt_saves_progress_and_says_how_to_resume(midi_dir, tmp_path, monkeypatch, capsys):
-    from offline import prepare
+    from kkoma.offline import prepare
 
     real = prepare.make_piece
     calls = []
@@ -356,7 +356,7 @@ def maestro_root(tmp_path):
 
 
 def test_prepare_maestro_fixture(maestro_root, tmp_path):
-    from offline.prepare import prepare_maestro
+    from kkoma.offline.prepare import prepare_maestro
 
     out = tmp_path / "ds"
     summary = prepare_maestro(maestro_root, out, _settings(), max_seconds=1.5, jobs=1, quiet=True)
@@ -380,7 +380,7 @@ def test_prepare_maestro_fixture(maestro_root, tmp_path):
 
 
 def test_maestro_bad_audio_is_skipped_and_bad_csv_is_an_error(maestro_root, tmp_path):
-    from offline.prepare import prepare_maestro
+    from kkoma.offline.prepare import prepare_maestro
 
     (maestro_root / "2018" / "MIDI-Unprocessed_01.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
     summary = prepare_maestro(maestro_root, tmp_path / "ds", _settings(), max_seconds=1.0, jobs=1, quiet=True,
@@ -414,7 +414,7 @@ def test_cli(midi_dir, tmp_path, capsys):
 @needs_sf
 def test_split_makes_only_those_pieces_and_a_later_run_adds_the_rest(midi_dir, tmp_path, capsys):
     from kkoma.cli import main
-    from offline.prepare import plan_synth, select_splits
+    from kkoma.offline.prepare import plan_synth, select_splits
 
     s = _settings()
     plan = plan_synth(midi_dir, s, [TIM], FLUID)
@@ -448,8 +448,8 @@ def test_a_manifest_older_than_a_key_reads_as_its_old_value(tmp_path, cap, ok):
     accept it under inf and refuse it, naming the key, under a cap; another changed key is refused too."""
     from dataclasses import asdict
 
-    from offline.prepare import read_existing
-    from offline.train import read_manifest
+    from kkoma.offline.prepare import read_existing
+    from kkoma.offline.train import read_manifest
 
     s = load_settings(overrides=[f"cqt.max_window_ms={cap}"])
     cqt = asdict(s.cqt)

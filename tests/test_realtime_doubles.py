@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.notes import N_KEYS, PIANO_MIN_MIDI  # noqa: E402
-from models.tracker import NoteTracker  # noqa: E402
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI  # noqa: E402
+from kkoma.models.tracker import NoteTracker  # noqa: E402
 
 C4 = 60
 LOUD_RMS = 0.05
@@ -66,7 +66,7 @@ def tone(seconds, sr, bursts, freq=261.63, channels=1, amp=0.5):
 
 
 def main(argv):
-    import realtime.engine as E
+    import kkoma.realtime.engine as E
     from kkoma.cli import main as kkoma_main
 
     E.make_transcriber = EnergyTranscriber

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import realtime.engine as E
+import kkoma.realtime.engine as E
 from kkoma.cli import main
-from models.errors import KkomaError
-from models.notes import read_midi
-from models.settings import load_settings
-from realtime.audio_in import FileInput
-from realtime.midi_out import NullMidiOut
-from realtime.ringbuffer import RingBuffer
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import read_midi
+from kkoma.models.settings import load_settings
+from kkoma.realtime.audio_in import FileInput
+from kkoma.realtime.midi_out import NullMidiOut
+from kkoma.realtime.ringbuffer import RingBuffer
 from test_realtime_doubles import C4, EnergyTranscriber, tone
 
 S = load_settings()
@@ -214,7 +214,7 @@ def test_faults_are_one_sentence_exit_1(double, tone_file, tmp_path, capsys, arg
 
 
 def test_no_input_device_is_one_sentence(double, monkeypatch):
-    import realtime.audio_in as A
+    import kkoma.realtime.audio_in as A
 
     monkeypatch.setattr(A, "input_devices", lambda: [])
     with pytest.raises(KkomaError, match="no audio input device"):
@@ -223,7 +223,7 @@ def test_no_input_device_is_one_sentence(double, monkeypatch):
 
 def test_device_lost_mid_stream_keeps_the_recording(double, tone_file, tmp_path, monkeypatch, capsys):
     """A device that dies after 1 s: exit 1, one sentence, the notes so far are in the file."""
-    import realtime.audio_in as A
+    import kkoma.realtime.audio_in as A
 
     class DyingInput(FileInput):
         is_file = False
@@ -274,10 +274,10 @@ def test_devices_command_lists_without_failing(capsys):
 
 def test_real_pipeline_runs_live(tmp_path, tone_file):
     """Plumbing with the real Transcriber (tiny random weights unless shipped weights exist): runs, valid events."""
-    pytest.importorskip("models.pipeline")
+    pytest.importorskip("kkoma.models.pipeline")
     over = []
     if not S.model.weights_path.exists():
-        from models.inference import export_random_weights
+        from kkoma.models.inference import export_random_weights
 
         export_random_weights(tmp_path / "w.npz", S)
         over = ["--set", f"model.weights={tmp_path / 'w.npz'}"]
@@ -305,8 +305,8 @@ def test_live_and_offline_give_identical_notes(tmp_path, rate):
     resampler, CQT, model and tracker: on the bundled piece they give the same notes, to the frame. Real weights."""
     import soxr
 
-    from models.notes import events_to_notes
-    from offline.transcribe import transcribe_file
+    from kkoma.models.notes import events_to_notes
+    from kkoma.offline.transcribe import transcribe_file
 
     if not S.model.weights_path.exists():
         pytest.skip("no shipped weights")
@@ -333,7 +333,7 @@ def test_device_busy_is_one_sentence_exit_1(double, monkeypatch, capsys, tmp_pat
     the likely cause, exit 1, and the recording file (empty but valid) is kept."""
     import types
 
-    import realtime.audio_in as A
+    import kkoma.realtime.audio_in as A
 
     class PortAudioError(Exception):
         pass

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from models.errors import KkomaError
-from models.notes import NoteEvent, read_midi
-from models.settings import load_settings
-from realtime.midi_out import NullMidiOut, find_port, velocity_curve
-from realtime.recorder import Recorder
-from realtime.ringbuffer import RingBuffer
+from kkoma.models.errors import KkomaError
+from kkoma.models.notes import NoteEvent, read_midi
+from kkoma.models.settings import load_settings
+from kkoma.realtime.midi_out import NullMidiOut, find_port, velocity_curve
+from kkoma.realtime.recorder import Recorder
+from kkoma.realtime.ringbuffer import RingBuffer
 
 S = load_settings()
 
@@ -137,7 +137,7 @@ def test_null_midi_tracks_sounding():
 
 
 def test_unavailable_midi_api_is_one_sentence():
-    from realtime.midi_out import MidiOut, compiled_apis
+    from kkoma.realtime.midi_out import MidiOut, compiled_apis
 
     if "alsa" in compiled_apis():
         import os
@@ -204,7 +204,7 @@ def test_recorder_missing_folder(tmp_path):
 
 def test_hop_stats_are_bounded_and_accurate():
     """Per-hop statistics keep constant memory over any session and read percentiles within one bin (1.2 %)."""
-    from realtime.engine import HopStats
+    from kkoma.realtime.engine import HopStats
 
     h = HopStats()
     size = h.counts.nbytes

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from models.resample import Resampler, resample
-from models.settings import load_settings
+from kkoma.models.resample import Resampler, resample
+from kkoma.models.settings import load_settings
 
 S = load_settings()
 OUT = S.audio.sample_rate

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.errors import KkomaError
-from models.settings import load_settings
-from offline.synth import MidiEvent, SetupError
+from kkoma.models.errors import KkomaError
+from kkoma.models.settings import load_settings
+from kkoma.offline.synth import MidiEvent, SetupError
 
 SR = 16000
 LEAD_S = 0.02  # [s] silence before each recorded note
@@ -31,7 +31,7 @@ def _tone(pitch: int, sr: int = 44100, seconds: float = 3.0, level: float = 0.4)
 
 def make_sample_set(folder: Path, names=("C4v10", "D#4v10", "F#4v10", "A4v10"), layers=()) -> Path:
     """WAV tones at 44.1 kHz named like the Salamander set; ``layers``: extra (name, level) velocity layers."""
-    from offline.sampler import parse_sample_name
+    from kkoma.offline.sampler import parse_sample_name
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -52,7 +52,7 @@ def _rms(x: np.ndarray) -> float:
 
 
 def test_sample_names_parse_to_midi_pitch_and_layer():
-    from offline.sampler import parse_sample_name
+    from kkoma.offline.sampler import parse_sample_name
 
     assert parse_sample_name("A0v10") == (21, 10)
     assert parse_sample_name("C4") == (60, 0)
@@ -70,7 +70,7 @@ def test_sample_names_parse_to_midi_pitch_and_layer():
 
 
 def test_missing_or_empty_sample_set_is_one_clear_error(tmp_path):
-    from offline.sampler import SampleRenderer, find_samples
+    from kkoma.offline.sampler import SampleRenderer, find_samples
 
     with pytest.raises(SetupError, match="is not a folder"):
         find_samples(tmp_path / "nothing")
@@ -85,8 +85,8 @@ def test_missing_or_empty_sample_set_is_one_clear_error(tmp_path):
 
 
 def test_notes_sound_at_their_pitch_and_time(tmp_path):
-    from offline.sampler import SampleRenderer
-    from offline.synth import audible_onset, measure_onset_offset
+    from kkoma.offline.sampler import SampleRenderer
+    from kkoma.offline.synth import audible_onset, measure_onset_offset
 
     r = SampleRenderer(make_sample_set(tmp_path / "set"), SR, 0.8)
     # 61 and 62 are shifted from C4 (the nearest recorded key is 60 / 63); 69 is recorded.
@@ -100,7 +100,7 @@ def test_notes_sound_at_their_pitch_and_time(tmp_path):
 
 
 def test_velocity_damping_pedal_and_restrike(tmp_path):
-    from offline.sampler import SampleRenderer
+    from kkoma.offline.sampler import SampleRenderer
 
     r = SampleRenderer(make_sample_set(tmp_path / "set"), SR, 0.8)
 
@@ -130,7 +130,7 @@ def test_velocity_damping_pedal_and_restrike(tmp_path):
 
 
 def test_velocity_layers_are_chosen_by_velocity(tmp_path):
-    from offline.sampler import SampleRenderer
+    from kkoma.offline.sampler import SampleRenderer
 
     # Layer 1 is recorded 20x quieter than layer 10: soft notes must come from it.
     folder = make_sample_set(tmp_path / "set", names=("C4v10",), layers=[("C4v1", 0.02)])
@@ -141,7 +141,7 @@ def test_velocity_layers_are_chosen_by_velocity(tmp_path):
 
 
 def test_iowa_named_dynamics_are_velocity_layers(tmp_path):
-    from offline.sampler import SampleRenderer, find_samples
+    from kkoma.offline.sampler import SampleRenderer, find_samples
 
     # Piano.pp.C4 recorded 20x quieter than Piano.ff.C4: soft notes come from pp, as v1/v10 above.
     folder = make_sample_set(tmp_path / "iowa", names=("Piano.ff.C4",), layers=[("Piano.pp.C4", 0.02)])
@@ -153,7 +153,7 @@ def test_iowa_named_dynamics_are_velocity_layers(tmp_path):
 
 
 def test_plan_adds_sample_copies_without_touching_the_rotation(tmp_path):
-    from offline.prepare import plan_synth
+    from kkoma.offline.prepare import plan_synth
     from tests.test_prepare import write_midi_file
 
     root = tmp_path / "midi"
@@ -181,8 +181,8 @@ def test_plan_adds_sample_copies_without_touching_the_rotation(tmp_path):
 @pytest.mark.skipif(not Path("/usr/share/sounds/sf2/TimGM6mb.sf2").is_file(), reason="TimGM6mb soundfont missing")
 def test_prepare_with_a_sample_set_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("fluidsynth", reason="pyfluidsynth / libfluidsynth not installed")
-    from offline import prepare
-    from offline.prepare import prepare_synth
+    from kkoma.offline import prepare
+    from kkoma.offline.prepare import prepare_synth
 
     # jobs=1 renders in this process: keep its renderers out of later tests (a FluidSynth renderer's output
     # was measured to depend on what it rendered before, so a shared one makes results depend on test order).

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from models.settings import ConfigError, load_settings
+from kkoma.models.settings import ConfigError, load_settings
 
 
 def test_defaults_load_and_derive():
@@ -69,7 +69,7 @@ def test_bad_files(tmp_path):
 
 # ---- the offline profile (transcribe.overrides) -------------------------------------------------------------------
 def _profile(s):
-    from models.settings import parse_override
+    from kkoma.models.settings import parse_override
 
     return [parse_override(o) for o in s.transcribe.overrides]
 
@@ -118,11 +118,11 @@ def test_bad_profile_names_the_key(profile, message):
 def test_relative_weights_path_is_looked_up_here_then_in_the_repository(tmp_path, monkeypatch):
     """`--set model.weights=run/kkoma.npz` means the file in the current folder when it is there; config.toml's own
     relative paths (models/weights/...) still find the shipped files from any folder."""
-    from models.settings import REPO_ROOT
+    from kkoma.models.settings import PACKAGE_ROOT
 
     monkeypatch.chdir(tmp_path)
     s = load_settings()
-    assert s.model.weights_path == REPO_ROOT / s.model.weights
+    assert s.model.weights_path == PACKAGE_ROOT / s.model.weights
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "kkoma.npz").write_bytes(b"x")
     assert load_settings(overrides=["model.weights=run/kkoma.npz"]).model.weights_path == tmp_path / "run" / "kkoma.npz"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.settings import load_settings
+from kkoma.models.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.05
@@ -25,7 +25,7 @@ SHIPPED = {
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_weights_load_with_the_shipped_settings_and_are_small(name):
-    from models.inference import load_weights
+    from kkoma.models.inference import load_weights
 
     overrides, offline, _ = SHIPPED[name]
     s = load_settings(overrides=overrides, offline=offline)
@@ -41,8 +41,8 @@ def test_weights_load_with_the_shipped_settings_and_are_small(name):
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_bundled_example_onset_f1_does_not_regress(name):
     mir_eval = pytest.importorskip("mir_eval")
-    from models.notes import notes_to_arrays, read_midi
-    from offline.transcribe import transcribe_file
+    from kkoma.models.notes import notes_to_arrays, read_midi
+    from kkoma.offline.transcribe import transcribe_file
 
     overrides, offline, shipped_f1 = SHIPPED[name]
     est = list(transcribe_file(ROOT / "examples" / "example.flac",
@@ -59,8 +59,8 @@ def test_live_weights_with_offline_settings_name_the_switch(tmp_path, capsys):
     """The live model given to files under the offline transform (or the reverse, live): one sentence that names
     transcribe.overrides, not just the first key of the transform that differs."""
     from kkoma.cli import main
-    from models.errors import KkomaError
-    from models.inference import load_weights
+    from kkoma.models.errors import KkomaError
+    from kkoma.models.inference import load_weights
 
     live, offline = load_settings(), load_settings(offline=True)
     with pytest.raises(KkomaError, match="transcribe.overrides=\\[\\]"):

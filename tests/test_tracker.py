@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent, events_to_notes
-from models.settings import load_settings
-from models.tracker import NoteTracker
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, NoteEvent, events_to_notes
+from kkoma.models.settings import load_settings
+from kkoma.models.tracker import NoteTracker
 
 # The hand-made cases below are written for these thresholds; the shipped defaults are tuned per model.
 S = load_settings(overrides=["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3",

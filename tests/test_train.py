@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.settings import load_settings
+from kkoma.models.settings import load_settings
 
 pytest.importorskip("tensorflow")
 
@@ -61,7 +61,7 @@ def make_dataset(root: Path, settings, n_train: int = 6, n_valid: int = 2, n_fra
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from offline.train import train
+    from kkoma.offline.train import train
 
     s = load_settings(overrides=TINY + ["train.epochs=3", "train.steps_per_epoch=30"])
     root = tmp_path_factory.mktemp("train")
@@ -89,8 +89,8 @@ def test_loss_falls_and_outputs_written(trained):
 
 
 def test_exported_weights_load_and_match_best_checkpoint(trained):
-    from models import network
-    from models.inference import StreamingModel, load_weights
+    from kkoma.models import network
+    from kkoma.models.inference import StreamingModel, load_weights
 
     s, ds, run, summary, _ = trained
     arrays, meta = load_weights(run / "kkoma.npz", s)
@@ -109,8 +109,8 @@ def test_exported_weights_load_and_match_best_checkpoint(trained):
 def test_existing_run_needs_resume_and_resume_continues(trained, tmp_path):
     import shutil
 
-    from models.errors import KkomaError
-    from offline.train import train
+    from kkoma.models.errors import KkomaError
+    from kkoma.offline.train import train
 
     s, ds, run, summary, _ = trained
     with pytest.raises(KkomaError, match="--resume"):
@@ -126,8 +126,8 @@ def test_existing_run_needs_resume_and_resume_continues(trained, tmp_path):
 
 
 def test_dataset_settings_mismatch_is_named(tmp_path):
-    from models.errors import KkomaError
-    from offline.train import read_manifest
+    from kkoma.models.errors import KkomaError
+    from kkoma.offline.train import read_manifest
 
     s = load_settings(overrides=TINY)
     ds = make_dataset(tmp_path / "ds", s, n_train=1, n_valid=0)
@@ -151,8 +151,8 @@ def test_init_starts_from_given_weights(trained, tmp_path):
     """--init: a new run starts from a weights file (statistics included); with a vanishing learning rate (1e-30)
     nothing moves, so the exported weights are the initial ones exactly, and a run from random weights differs; the
     same holds when the new run has another look-ahead."""
-    from models.inference import load_weights
-    from offline.train import train
+    from kkoma.models.inference import load_weights
+    from kkoma.offline.train import train
 
     s, ds, run, _, _ = trained
     s0 = s.replace(train__epochs="1", train__steps_per_epoch="2", train__learning_rate="1e-30")
@@ -180,8 +180,8 @@ def test_init_starts_from_given_weights(trained, tmp_path):
 def test_harmonic_branch_trains(trained, tmp_path):
     """The model with the harmonic branch trains end to end: the loss falls and the
     exported weights load with the branch."""
-    from models.inference import load_weights
-    from offline.train import train
+    from kkoma.models.inference import load_weights
+    from kkoma.offline.train import train
 
     _, ds, _, _, _ = trained
     s = load_settings(overrides=TINY + BRANCH + ["train.epochs=2", "train.steps_per_epoch=30"])
@@ -196,8 +196,8 @@ def test_harmonic_branch_trains(trained, tmp_path):
 def test_init_without_the_harmonic_branch_grows_one(trained, tmp_path):
     """--init from weights without the harmonic branch: every array carries over, the branch's LSTM input rows start
     at zero (so the run starts from exactly that model), the branch's own weights are trained from there."""
-    from models.inference import export_random_weights, load_weights
-    from offline.train import train
+    from kkoma.models.inference import export_random_weights, load_weights
+    from kkoma.offline.train import train
 
     s_old, ds, _, _, _ = trained
     assert s_old.model.harmonic_units == 0
@@ -225,8 +225,8 @@ def test_init_without_a_backward_lstm_grows_one_and_trains_it(trained, tmp_path)
     """--init from forward-only weights with model.backward_units > 0: every array carries over, the heads gain
     rows for the backward LSTM (fresh, non-zero); then a few steps train it and the exported weights load with
     it."""
-    from models.inference import load_weights
-    from offline.train import train
+    from kkoma.models.inference import load_weights
+    from kkoma.offline.train import train
 
     s_old, ds, run, _, _ = trained
     assert s_old.model.backward_units == 0
@@ -261,8 +261,8 @@ def test_init_without_an_offset_head_grows_one_that_learns_offsets(trained, tmp_
     """--init from weights without the offset head with model.offset_head = true: every array carries over and the
     head starts at bias -4; a few epochs train it to tell the offset frames (the toy's keys go dark after them)
     from the others, and validation tracks notes with it."""
-    from models.inference import StreamingModel, load_weights
-    from offline.train import load_piece, train
+    from kkoma.models.inference import StreamingModel, load_weights
+    from kkoma.offline.train import load_piece, train
 
     s_old, ds, run, _, _ = trained
     s = load_settings(overrides=TINY + ["model.offset_head=true"])
@@ -291,8 +291,8 @@ def test_init_from_other_features_recomputes_statistics(trained, tmp_path):
     """--init from a model trained on other features of the same shape (here cqt.max_window_ms): the network's
     weights carry over, the per-bin statistics are those of the new dataset, and the new weights record the new
     transform."""
-    from models.inference import load_weights
-    from offline.train import feature_stats, read_manifest, train
+    from kkoma.models.inference import load_weights
+    from kkoma.offline.train import feature_stats, read_manifest, train
 
     s, _, run, _, _ = trained
     assert s.cqt.max_window_ms == 120
@@ -315,7 +315,7 @@ def test_init_from_other_features_recomputes_statistics(trained, tmp_path):
 
 
 def test_spectral_envelope_is_bounded_and_smooth():
-    from offline.train import spectral_envelope
+    from kkoma.offline.train import spectral_envelope
 
     rng = np.random.default_rng(3)
     curves = np.array([spectral_envelope(264, 36, 12.0, rng) for _ in range(200)])
@@ -327,7 +327,7 @@ def test_spectral_envelope_is_bounded_and_smooth():
 
 
 def test_recolour_scales_magnitudes_exactly_and_keeps_silence():
-    from offline.train import recolour
+    from kkoma.offline.train import recolour
 
     rng = np.random.default_rng(4)
     f = rng.uniform(0, 8, (50, 264)).astype(np.float32)
@@ -341,7 +341,7 @@ def test_recolour_scales_magnitudes_exactly_and_keeps_silence():
 
 
 def test_crop_stream_recolours_and_rooms_features_only(tmp_path):
-    from offline.train import crop_stream
+    from kkoma.offline.train import crop_stream
 
     s = load_settings(overrides=TINY)
     ds = make_dataset(tmp_path / "ds", s, n_train=3, n_valid=0)
@@ -371,7 +371,7 @@ def test_room_tail_decays_at_its_rt60_and_noise_sits_at_its_snr():
     """add_room on a tone held in one 1 kHz bin (no noise: SNR 300 dB): while held, the bin's power rises to
     (1 + wet) times the tone's; after, it falls by 60 dB in RT60; other bins stay silent. With noise, the silent
     bins' mean power is SNR below the crop's mean power."""
-    from offline.train import add_room
+    from kkoma.offline.train import add_room
 
     hz = 1000.0 * 2.0 ** ((np.arange(72) - 36) / 36)
     m = np.zeros((300, 72))
@@ -394,7 +394,7 @@ def test_weight_average_follows_its_formula_and_swaps_back():
     and gives its own weights back after, even when the block raises."""
     import keras
 
-    from offline.train import _WeightAverage
+    from kkoma.offline.train import _WeightAverage
 
     v = keras.Variable(np.zeros(3, np.float32))
     avg = _WeightAverage([v], decay=0.5)
@@ -417,9 +417,9 @@ def test_averaged_run_exports_the_average_and_resumes_it(trained, tmp_path):
     """With train.average_decay: the step's own weights are scored beside the average; the best checkpoint and the
     exported weights are the average (not the last step's weights); resume carries the average on. (Rooms on the fly
     are on too, to run them through the tf.data pipeline.)"""
-    from models import network
-    from models.inference import load_weights
-    from offline.train import train
+    from kkoma.models import network
+    from kkoma.models.inference import load_weights
+    from kkoma.offline.train import train
 
     s, ds, _, _, _ = trained
     sa = s.replace(train__epochs="2", train__steps_per_epoch="10", train__average_decay="0.9",
@@ -448,8 +448,8 @@ def test_validation_scores_notes_with_the_tracker_and_selects_by_them(trained, m
     """validate() reports note-level F1 (tracker + mir_eval against the labels' notes) beside the frame-level
     scores, and train.selection picks which the score is made of. A model that outputs the labels themselves
     scores (nearly) 1 on notes; one that never fires an onset scores 0."""
-    import offline.train as T
-    from models.inference import StreamingModel, load_weights
+    import kkoma.offline.train as T
+    from kkoma.models.inference import StreamingModel, load_weights
 
     s, ds, run, _, _ = trained
     arrays, _ = load_weights(run / "kkoma.npz", s)
@@ -488,7 +488,7 @@ def test_validation_scores_notes_with_the_tracker_and_selects_by_them(trained, m
 
 
 def test_validation_subsets_spread_over_the_split():
-    from offline.train import spread_subset
+    from kkoma.offline.train import spread_subset
 
     split = [f"{c}{i}" for c in "ABCD" for i in range(25)]  # listed by composer, as manifests are
     sub = spread_subset(split, 8)
@@ -500,10 +500,10 @@ def test_validation_subsets_spread_over_the_split():
 
 
 def test_tune_scans_the_restrike_margin_on_a_spread_subset(trained, tmp_path, capsys):
-    """python -m offline.tune on the toy run: references written from the labels, one row per grid point (restrike
+    """python -m kkoma.offline.tune on the toy run: references written from the labels, one row per grid point (restrike
     margins included, those that would pass 1 left out), the best named, pieces counted."""
-    from models.notes import Note, write_midi
-    from offline import tune
+    from kkoma.models.notes import Note, write_midi
+    from kkoma.offline import tune
 
     s, ds, run, _, _ = trained
     manifest = json.loads((ds / "manifest.json").read_text())

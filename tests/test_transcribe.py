@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 
 from kkoma.cli import main
-from models.notes import N_KEYS, PIANO_MIN_MIDI, read_midi
-from models.settings import load_settings
-from models.tracker import NoteTracker
-import offline.transcribe as T
+from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, read_midi
+from kkoma.models.settings import load_settings
+from kkoma.models.tracker import NoteTracker
+import kkoma.offline.transcribe as T
 
 S = load_settings()
 SR = 22050
@@ -272,13 +272,13 @@ def test_find_inputs_order_and_dedup(tmp_path):
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     """Settings overrides pointing model.weights at tiny random weights (shipped weights if they exist)."""
-    pipeline = pytest.importorskip("models.pipeline")
+    pipeline = pytest.importorskip("kkoma.models.pipeline")
     if S.model.weights_path.exists():
         return []
-    inference = pytest.importorskip("models.inference")
+    inference = pytest.importorskip("kkoma.models.inference")
     export = getattr(inference, "export_random_weights", None)
     if export is None:
-        pytest.skip("models.inference has no export_random_weights yet")
+        pytest.skip("kkoma.models.inference has no export_random_weights yet")
     path = tmp_path_factory.mktemp("w") / "random.npz"
     export(path, S)
     del pipeline
@@ -301,8 +301,8 @@ def test_real_pipeline_one_and_many_files(random_weights, tmp_path):
 
 def test_real_pipeline_file_equals_transcribe_audio(random_weights, tmp_path):
     """The streamed file path (small chunks) gives the notes of models.pipeline.transcribe_audio on the whole."""
-    from models.audio import load_audio
-    from models.pipeline import transcribe_audio
+    from kkoma.models.audio import load_audio
+    from kkoma.models.pipeline import transcribe_audio
 
     s = load_settings(overrides=[a for a in random_weights if a != "--set"] + ["transcribe.chunk_frames=37"])
     f = tone_file(tmp_path / "x.wav", seconds=2.0, bursts=((0.1, 0.6), (0.9, 1.5)))
@@ -312,7 +312,7 @@ def test_real_pipeline_file_equals_transcribe_audio(random_weights, tmp_path):
 
 
 def _no_nvidia_driver() -> bool:
-    from models.tf_inference import nvidia_driver_present
+    from kkoma.models.tf_inference import nvidia_driver_present
 
     return not nvidia_driver_present()
 

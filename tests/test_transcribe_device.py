@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from kkoma.cli import main
-from models.errors import KkomaError
-from models.inference import StreamingModel, export_random_weights
-from models.settings import load_settings
+from kkoma.models.errors import KkomaError
+from kkoma.models.inference import StreamingModel, export_random_weights
+from kkoma.models.settings import load_settings
 
 pytest.importorskip("tensorflow")
-import models.tf_inference as TI  # noqa: E402
+import kkoma.models.tf_inference as TI  # noqa: E402
 
 # Random weights: thresholds of their own (the shipped ones are tuned for the trained model), so notes happen.
 TINY = ["model.units=12", "model.input_units=20", "tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3"]
@@ -51,7 +51,7 @@ def _settings(tmp_path, extra=(), seed=0):
                                     "model.offset_head=true"]])
 def test_tf_probabilities_equal_numpy(tmp_path, extra):
     """Chunked, stateful TF inference (conv context and LSTM state carried, look-ahead flushed) == NumPy path."""
-    from models.cqt import CQT
+    from kkoma.models.cqt import CQT
 
     s = _settings(tmp_path, extra)
     f = CQT(s).features(_audio(s.audio.sample_rate))
@@ -65,7 +65,7 @@ def test_tf_probabilities_equal_numpy(tmp_path, extra):
 
 
 def test_tf_model_in_the_pipeline_gives_identical_notes(tmp_path):
-    from models.pipeline import Transcriber, transcribe_audio
+    from kkoma.models.pipeline import Transcriber, transcribe_audio
 
     s = _settings(tmp_path, ["transcribe.chunk_frames=64"], seed=3)
     audio = _audio(s.audio.sample_rate)
