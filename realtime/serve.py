@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, settings) -> int:
             print("kkoma serve: a phone's browser opens the microphone only on https:// pages: add --https.",
                   file=sys.stderr, flush=True)
         print("kkoma serve: Ctrl-C stops the server.", file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets",
+        config = uvicorn.Config(app, log_level="warning", lifespan="off",
                                 ws_max_size=4 * 1024 * 1024, **ssl)
         server = uvicorn.Server(config)
         try:

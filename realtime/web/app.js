@@ -149,9 +149,7 @@ async function startLive() {
   try {
     if (!navigator.mediaDevices || !window.AudioWorkletNode)
       throw new Error("this browser opens the microphone only on https:// pages (start kkoma serve with --https)");
-    setStatus("opening the microphone...");
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+    // The engine is made ready before the microphone opens, so the stream starts with the first sample captured.
     ctx = new AudioContext({ latencyHint: "interactive" });
     await ctx.audioWorklet.addModule(withToken("/static/worklet.js"));
     L.rate = ctx.sampleRate;
@@ -170,6 +168,10 @@ async function startLive() {
     });
     ws.onmessage = (e) => onLiveMessage(JSON.parse(e.data));
     ws.onclose = () => { if (!L.ended && !L.error) fail("the connection to the server was lost"); stopAudio(); };
+    if (L.recording) ws.send(JSON.stringify({ type: "record", on: true }));   // armed before the start
+    setStatus("opening the microphone...");
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
     source = ctx.createMediaStreamSource(stream);
     node = new AudioWorkletNode(ctx, "kkoma-capture");
     node.port.onmessage = (e) => {
@@ -179,22 +181,21 @@ async function startLive() {
     };
     source.connect(node);
     node.connect(ctx.destination);   // silent: keeps the node pulled on every browser
-    $("record").disabled = false;
     $("stop").disabled = false;
-    setStatus(`listening (${ctx.sampleRate} Hz)`);
+    setStatus(`listening (${ctx.sampleRate} Hz)${L.recording ? ", recording" : ""}`);
     requestAnimationFrame(drawLive);
   } catch (err) {
     fail(err.message || String(err));
     stopAudio();
     if (ws) ws.close();
-    $("start").disabled = false;
   }
 }
 
+// Record before Start arms it: the take then holds the whole stream.
 function toggleRecord() {
   const L = kkoma.live;
   L.recording = !L.recording;
-  ws.send(JSON.stringify({ type: "record", on: L.recording }));
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "record", on: L.recording }));
   $("record").classList.toggle("on", L.recording);
   $("record").textContent = L.recording ? "Stop recording" : "Record";
   if (L.recording) { kkoma.take = null; $("take").hidden = true; }
@@ -206,7 +207,7 @@ function stopAudio() {
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
   source = node = stream = ctx = null;
-  $("record").disabled = true;
+  kkoma.live.recording = false;
   $("stop").disabled = true;
   $("start").disabled = false;
   $("record").classList.remove("on");
