@@ -15,8 +15,8 @@ Routes (every one needs the access token, as ``?token=`` or an ``X-Kkoma-Token``
   the result, what the page uses).
 * ``GET /api/take/<id>.<mid|csv|wav>`` a recorded take.
 
-Only the standard library is imported at module level except Starlette (this module is loaded by ``kkoma serve``
-once the ``web`` extra is known to be installed).
+This module imports Starlette and NumPy at module level: ``kkoma serve`` loads it only once it has checked that the
+``web`` extra is installed (and ``kkoma --help`` never loads it).
 """
 from __future__ import annotations
 
@@ -421,6 +421,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
             await ws.send_json({"type": "error", "message": "the stream must begin with "
                                                            "{\"type\": \"start\", \"rate\": Hz} (8000 to 384000)."})
             return
+        from kkoma.models.audio import check_finite
         from kkoma.realtime.engine import Engine, make_transcriber
         from kkoma.realtime.midi_out import NullMidiOut
 
@@ -455,8 +456,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
                         raise KkomaError("an audio message must hold whole float32 samples (at most "
                                          f"{_MAX_BLOCK} of them).")
                     x = np.frombuffer(data, dtype="<f4")
-                    if not np.isfinite(x).all():
-                        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                    check_finite(x, "the page's audio")
                     if engine.error is not None or not engine.running:
                         raise KkomaError(f"the live engine stopped ({engine.error}).")
                     if take_file is not None:
