@@ -214,6 +214,7 @@ class ServeSettings:
     port: int = _f(lo=0, hi=65535)
     max_clients: int = _f(lo=1, hi=256)
     max_upload_mb: float = _f(lo=0.0, lo_open=True, unit="MB")
+    keep_takes: int = _f(lo=1, hi=10000)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,12 @@ class Server:
     def close(self) -> None:
         self._tmp.cleanup()
 
+    def forget_old_takes(self) -> None:
+        """Make room for one more take: delete the oldest finished ones beyond ``serve.keep_takes``."""
+        done = [k for k, t in self.takes.items() if t.midi]
+        for k in done[:max(0, len(self.takes) + 1 - self.settings.serve.keep_takes)]:
+            self.takes.pop(k).wav.unlink(missing_ok=True)
+
     # ---- the files model ----------------------------------------------------------------------------------------
     def transcribe_file(self, path: Path, progress=None):
         """The files model's :class:`offline.transcribe.Transcription` of ``path`` (``kkoma transcribe``'s notes).
@@ -472,6 +478,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
                     import soundfile as sf
 
                     take_id = secrets.token_hex(4)
+                    server.forget_old_takes()
                     wav = server.tmp / f"take-{take_id}.wav"
                     take_file = sf.SoundFile(str(wav), "w", samplerate=rate, channels=1, subtype="FLOAT")
                     server.takes[take_id] = Take(wav)

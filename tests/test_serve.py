@@ -219,6 +219,32 @@ def test_the_client_limit_turns_away_one_more_browser():
         app.state.server.close()
 
 
+@pytest.mark.slow
+def test_old_takes_are_deleted_beyond_keep_takes():
+    app = make_app(S.replace(serve__keep_takes="1"), S_OFF, TOKEN)
+    x, sr = sf.read(EXAMPLE, dtype="float32", frames=2 * 16000)
+    ids = []
+    try:
+        with TestClient(app) as c:
+            with c.websocket_connect(f"/ws/live?token={TOKEN}") as ws:
+                ws.send_json({"type": "start", "rate": sr})
+                assert ws.receive_json()["type"] == "ready"
+                for _ in range(2):
+                    ws.send_json({"type": "record", "on": True})
+                    ws.send_bytes(x.tobytes())
+                    ws.send_json({"type": "record", "on": False})
+                    while (m := ws.receive_json())["type"] != "take":
+                        assert m["type"] != "error", m
+                    ids.append(m["id"])
+                ws.send_json({"type": "end"})
+                while ws.receive_json()["type"] != "ended":
+                    pass
+            assert c.get(f"/api/take/{ids[1]}.mid?token={TOKEN}").status_code == 200
+            assert c.get(f"/api/take/{ids[0]}.mid?token={TOKEN}").status_code == 404
+    finally:
+        app.state.server.close()
+
+
 def test_a_stream_must_start_with_its_rate(client):
     with client.websocket_connect(f"/ws/live?token={TOKEN}") as ws:
         ws.send_json({"type": "start"})
@@ -313,7 +339,7 @@ def _browser(tmp_path: Path, wav: Path):
     opts.binary_location = CHROMIUM
     for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1280",
+              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1420",
               "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
               f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required"):
         opts.add_argument(a)

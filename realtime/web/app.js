@@ -82,7 +82,7 @@ function fromRows(rows) {   // [[pitch, onset, offset, velocity], ...] -> note o
 }
 
 // ---- live --------------------------------------------------------------------------------------------------------
-let ctx = null, ws = null, stream = null, node = null, source = null;
+let ctx = null, ws = null, stream = null, node = null, source = null, wakeLock = null;
 
 function median(a) {
   if (!a.length) return null;
@@ -133,12 +133,10 @@ function fail(message) {
 }
 
 function showTake(take) {
-  const el = $("take");
   const link = (kind, label) => `<a href="${withToken(`/api/take/${take.id}.${kind}`)}" download>${label}</a>`;
-  el.innerHTML = `<span>take: ${take.notes.length} notes in ${take.seconds.toFixed(1)} s (files model)</span>`
-    + link("mid", "MIDI") + link("csv", "CSV") + link("wav", "audio");
-  el.hidden = false;
-  showFile({ name: `take ${take.id}`, notes: take.notes, seconds: take.seconds }, null, null);
+  showResult($("take"), $("take-roll"), take.notes, take.seconds,
+             `take: ${take.notes.length} notes in ${take.seconds.toFixed(1)} s (files model)`,
+             link("mid", "MIDI") + link("csv", "CSV") + link("wav", "audio"));
   setStatus(`take ready: ${take.notes.length} notes`);
 }
 
@@ -182,6 +180,7 @@ async function startLive() {
     source.connect(node);
     node.connect(ctx.destination);   // silent: keeps the node pulled on every browser
     $("stop").disabled = false;
+    try { wakeLock = await navigator.wakeLock.request("screen"); } catch (e) { wakeLock = null; }  // phone: stay on
     setStatus(`listening (${ctx.sampleRate} Hz)${L.recording ? ", recording" : ""}`);
     requestAnimationFrame(drawLive);
   } catch (err) {
@@ -198,7 +197,7 @@ function toggleRecord() {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "record", on: L.recording }));
   $("record").classList.toggle("on", L.recording);
   $("record").textContent = L.recording ? "Stop recording" : "Record";
-  if (L.recording) { kkoma.take = null; $("take").hidden = true; }
+  if (L.recording) { kkoma.take = null; $("take").hidden = $("take-roll").hidden = true; }
 }
 
 function stopAudio() {
@@ -206,7 +205,8 @@ function stopAudio() {
   if (node) { node.port.onmessage = null; node.disconnect(); }
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
-  source = node = stream = ctx = null;
+  if (wakeLock) wakeLock.release().catch(() => {});
+  source = node = stream = ctx = wakeLock = null;
   kkoma.live.recording = false;
   $("stop").disabled = true;
   $("start").disabled = false;
@@ -235,25 +235,29 @@ function drawLive() {
 // ---- files -------------------------------------------------------------------------------------------------------
 let playback = null;
 
-function showFile(result, midiB64, csv) {
-  const notes = fromRows(result.notes);
-  const end = Math.max(result.seconds, ...notes.map((n) => n.off), 1);
-  const canvas = $("file-roll");
+// A finished transcription (a take or a file): its summary, download links and a Play button in `el`, its notes on
+// the piano roll `canvas`.
+function showResult(el, canvas, rows, seconds, summary, links) {
+  const notes = fromRows(rows);
+  const end = Math.max(seconds, ...notes.map((n) => n.off), 1);
   canvas.hidden = false;
   drawRoll(canvas, notes, 0, end);
-  if (midiB64 === null) return;
+  el.innerHTML = `<span>${summary}</span>${links}<button>Play</button>`;
+  el.hidden = false;
+  const button = el.querySelector("button");
+  button.onclick = () => togglePlay(notes, end, canvas, button);
+}
+
+function showFile(result) {
   kkoma.file = result;
   const stem = result.name.replace(/\.[^.]*$/, "") || "kkoma";
-  const midi = Uint8Array.from(atob(midiB64), (c) => c.charCodeAt(0));
+  const midi = Uint8Array.from(atob(result.midi), (c) => c.charCodeAt(0));
   const midiUrl = URL.createObjectURL(new Blob([midi], { type: "audio/midi" }));
-  const csvUrl = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
-  const el = $("file-result");
-  el.innerHTML = `<span>${escapeHtml(result.name)}: ${notes.length} notes in ${result.seconds.toFixed(1)} s</span>`
-    + `<a href="${midiUrl}" download="${escapeHtml(stem)}.mid">MIDI</a>`
-    + `<a href="${csvUrl}" download="${escapeHtml(stem)}.csv">CSV</a>`
-    + `<button id="play">Play</button>`;
-  el.hidden = false;
-  $("play").onclick = () => togglePlay(notes, end);
+  const csvUrl = URL.createObjectURL(new Blob([result.csv], { type: "text/csv" }));
+  showResult($("file-result"), $("file-roll"), result.notes, result.seconds,
+             `${escapeHtml(result.name)}: ${result.notes.length} notes in ${result.seconds.toFixed(1)} s`,
+             `<a href="${midiUrl}" download="${escapeHtml(stem)}.mid">MIDI</a>`
+             + `<a href="${csvUrl}" download="${escapeHtml(stem)}.csv">CSV</a>`);
 }
 
 function escapeHtml(s) {
@@ -262,8 +266,12 @@ function escapeHtml(s) {
 
 // Playback with a small synthesised piano tone (two detuned partials, fast attack, exponential decay), scheduled a
 // second ahead at a time so long pieces cost nothing up front.
-function togglePlay(notes, end) {
-  if (playback) { playback.stop(); return; }
+function togglePlay(notes, end, canvas, button) {
+  if (playback) {
+    const same = playback.button === button;
+    playback.stop();
+    if (same) return;
+  }
   const ac = new AudioContext();
   const out = ac.createGain();
   out.gain.value = 0.25;
@@ -294,20 +302,21 @@ function togglePlay(notes, end) {
       }
     }
     const pos = ac.currentTime - t0;
-    drawRoll($("file-roll"), notes, 0, end, null, Math.max(0, pos));
+    drawRoll(canvas, notes, 0, end, null, Math.max(0, pos));
     if (pos > end + 0.5) playback.stop();
   };
   const timer = setInterval(tick, 50);
   playback = {
+    button,
     stop() {
       clearInterval(timer);
       ac.close();
       playback = null;
-      $("play").textContent = "Play";
-      drawRoll($("file-roll"), notes, 0, end);
+      button.textContent = "Play";
+      drawRoll(canvas, notes, 0, end);
     },
   };
-  $("play").textContent = "Stop";
+  button.textContent = "Stop";
   tick();
 }
 
@@ -335,7 +344,7 @@ function upload(file) {
       if (msg.error) { fail(msg.error); bar.hidden = true; }
       else if (msg.notes) {
         bar.value = 1;
-        showFile(msg, msg.midi, msg.csv);
+        showFile(msg);
         setStatus(`${msg.name}: ${msg.notes.length} notes`);
         bar.hidden = true;
       } else if ("progress" in msg) {
