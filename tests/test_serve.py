@@ -306,6 +306,22 @@ def test_kkoma_serve_https_prints_one_url_with_the_token():
         assert status == 200 and b"kkoma" in body
         status, body = _get(served.url.split("?")[0], ctx)
         assert status == 401
+
+        # The live socket over TLS (wss://), as a phone's page opens it.
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        base = served.url.replace("https://", "wss://").split("/?")[0]
+        with connect(f"{base}/ws/live?token={served.url.split('token=')[1]}", ssl=ctx) as ws:
+            ws.send(json.dumps({"type": "start", "rate": 48000}))
+            assert json.loads(ws.recv(timeout=60))["type"] == "ready"
+            ws.send(np.zeros(4800, "<f4").tobytes())
+            ws.send(json.dumps({"type": "end"}))
+            while json.loads(ws.recv(timeout=60))["type"] != "ended":
+                pass
+        with pytest.raises(InvalidStatus) as e:
+            connect(f"{base}/ws/live", ssl=ctx)
+        assert e.value.response.status_code == 403
     finally:
         served.close()
 
