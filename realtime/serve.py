@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from kkoma.models.errors import KkomaError
@@ -156,9 +158,22 @@ def run(args: argparse.Namespace, settings) -> int:
         config = uvicorn.Config(app, log_level="warning", lifespan="off",
                                 ws_max_size=4 * 1024 * 1024, **ssl)
         server = uvicorn.Server(config)
+        # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler it found: make
+        # that one an exception, so the temporary files (takes, certificate) are removed here, as after Ctrl-C.
+        prev_term = None
+        if threading.current_thread() is threading.main_thread():
+            prev_term = signal.signal(signal.SIGTERM, _terminated)
         try:
             server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop
+            pass
         finally:
+            if prev_term is not None:
+                signal.signal(signal.SIGTERM, prev_term)
             app.state.server.close()
             sock.close()
     return 0
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt()

@@ -275,13 +275,15 @@ class _Served:
         if "--https" in args:
             self.lines.append(self.proc.stdout.readline())
 
-    def close(self):
-        self.proc.terminate()
+    def close(self) -> int:
+        """SIGTERM (as a service manager stops it); returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
-            self.proc.wait(20)
+            return self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            return self.proc.wait()
 
 
 def _get(url: str, context=None) -> tuple[int, bytes]:
@@ -322,6 +324,7 @@ def test_kkoma_serve_https_prints_one_url_with_the_token():
         with pytest.raises(InvalidStatus) as e:
             connect(f"{base}/ws/live", ssl=ctx)
         assert e.value.response.status_code == 403
+        assert served.close() == 0  # SIGTERM stops it cleanly
     finally:
         served.close()
 
