@@ -165,6 +165,7 @@ class Server:
         self.token = token
         self.live_clients = 0
         self.takes: dict[str, Take] = {}
+        self.background: set = set()  # tasks nobody awaits (asyncio keeps only weak references to tasks)
         self._tmp = tempfile.TemporaryDirectory(prefix="kkoma-serve-")
         self.tmp = Path(self._tmp.name)
         self._files_lock = threading.Lock()
@@ -412,7 +413,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
         await ws.close(code=1013)
         return
     server.live_clients += 1
-    engine = source = take_file = None
+    engine = source = take_file = sender = None
     take_id = None
     finishing: list = []  # takes being transcribed
     loop = asyncio.get_running_loop()
@@ -507,12 +508,17 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
         await _try_send(ws, {"type": "error", "message": str(e)})
     finally:
         server.live_clients -= 1
-        if take_file is not None:
-            take_file.close()
+        if sender is not None and not sender.done():
+            sender.cancel()
         if source is not None:
             source.end()
         if engine is not None:
             engine.stop()
+        if take_file is not None:  # ended by an error: what was recorded is still transcribed and kept
+            take_file.close()
+            task = asyncio.create_task(_finish_take(server, take_id, asyncio.Queue()))
+            server.background.add(task)
+            task.add_done_callback(server.background.discard)
         try:
             await ws.close()
         except Exception:

@@ -245,6 +245,20 @@ def test_old_takes_are_deleted_beyond_keep_takes():
         app.state.server.close()
 
 
+def test_a_broken_audio_message_ends_the_stream_with_one_sentence(client):
+    with client.websocket_connect(f"/ws/live?token={TOKEN}") as ws:
+        ws.send_json({"type": "start", "rate": 48000})
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(b"abc")  # not whole float32 samples
+        while (m := ws.receive_json())["type"] != "error":
+            pass
+        assert _one_sentence(m["message"]) and "float32" in m["message"]
+    deadline = time.monotonic() + 10
+    while client.app.state.server.live_clients and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.app.state.server.live_clients == 0
+
+
 def test_a_stream_must_start_with_its_rate(client):
     with client.websocket_connect(f"/ws/live?token={TOKEN}") as ws:
         ws.send_json({"type": "start"})
