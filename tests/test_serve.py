@@ -1,5 +1,5 @@
-"""``kkoma serve``: the access token, the upload API (same notes as ``kkoma transcribe``), the live socket (same notes as
-``kkoma live`` on the same audio), the take (the files model's notes on the recorded audio), the client limit, the
+"""``kkoma serve``: the access token, the upload API (same notes as ``kkoma transcribe``), the live socket (same notes
+as ``kkoma live`` on the same audio), the take (the files model's notes on the recorded audio), the client limit, the
 command itself over HTTPS, and the page in headless Chromium with a fake microphone playing the example.
 
 Everything runs the shipped models on ``examples/example.flac`` (12.5 s). The browser test needs Debian's

@@ -154,7 +154,10 @@ async function startLive() {
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     ws = new WebSocket(proto + location.host + withToken("/ws/live"));
     ws.binaryType = "arraybuffer";
-    await new Promise((ok, bad) => { ws.onopen = ok; ws.onerror = () => bad(new Error("the server refused the socket")); });
+    await new Promise((ok, bad) => {
+      ws.onopen = ok;
+      ws.onerror = () => bad(new Error("the server refused the socket"));
+    });
     ws.send(JSON.stringify({ type: "start", rate: ctx.sampleRate }));
     setStatus("starting the live engine...");
     await new Promise((ok, bad) => {
@@ -355,7 +358,11 @@ function upload(file) {
   };
   xhr.onprogress = handle;
   xhr.onload = () => {
-    if (xhr.status !== 200) { fail(xhr.responseText.trim() || `the server answered ${xhr.status}`); bar.hidden = true; return; }
+    if (xhr.status !== 200) {
+      fail(xhr.responseText.trim() || `the server answered ${xhr.status}`);
+      bar.hidden = true;
+      return;
+    }
     handle();
   };
   xhr.onerror = () => { fail("the upload failed (is the server still running?)"); bar.hidden = true; };
