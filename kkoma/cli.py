@@ -41,17 +41,27 @@ def _load(name: str):
         raise
 
 
+def _add_global_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
+    """``--config`` and ``--set``: on the main parser, and again on every subcommand (``after``) so that they may
+    come after the subcommand too. After it they go to their own ``dest`` (absent unless given, so the subcommand
+    never resets what came before it); :func:`main` joins both places."""
+    pre, extra = ("sub_", {"default": argparse.SUPPRESS}) if after else ("", {})
+    parser.add_argument("--config", metavar="FILE", dest=f"{pre}config", **extra,
+                        help="a TOML file with the settings to change (same sections as config.toml)")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", dest=f"{pre}overrides",
+                        **(extra or {"default": []}),
+                        help="override one setting, e.g. --set cqt.lookahead_ms=10 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kkoma",
         description="kkoma: real-time piano transcription (microphone or audio files -> MIDI).",
-        epilog="Settings come from config.toml; see `kkoma --config FILE` and `--set section.key=value`.",
+        epilog="Settings come from config.toml; see `kkoma --config FILE` and `--set section.key=value` "
+               "(before or after the command).",
     )
     parser.add_argument("--version", action="version", version=f"kkoma {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help="a TOML file with the settings to change (same sections as config.toml)")
-    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one setting, e.g. --set cqt.lookahead_ms=10 (repeatable)")
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         module = _load(name)
@@ -60,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p) if not hasattr(module, f"add_{name}_arguments") else \
             getattr(module, f"add_{name}_arguments")(p)
+        _add_global_options(p.add_argument_group("settings (also accepted before the command)"), after=True)
         p.set_defaults(_module=module)
     return parser
 
@@ -75,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "sub_config", None) is not None:
+            if args.config is not None:
+                raise ConfigError("--config is given twice (before and after the command); give one file.")
+            args.config = args.sub_config
+        args.overrides = list(args.overrides) + list(getattr(args, "sub_overrides", []))
         offline = args.command in OFFLINE_COMMANDS or bool(getattr(args, "offline", False))
         settings = load_settings(args.config, args.overrides, offline=offline)
         module = args._module

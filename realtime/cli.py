@@ -3,7 +3,7 @@
 Only the standard library (and kkoma's settings/errors) is imported here at module level so ``kkoma --help`` stays
 instant; numpy, sounddevice, rtmidi and the pipeline load inside the ``run_*`` functions.
 
-Stopping: Ctrl-C (SIGINT) and SIGTERM end a session the same way: the processing thread flushes the transcriber
+Stopping: Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) end a session the same way: the processing thread flushes the transcriber
 (closing sounding notes), every note gets its note-off on the MIDI port, the recording is finalised, and the command
 exits 0. A fault (no device, device lost, MIDI port gone, disk full...) prints one sentence and exits 1, after the
 same clean-up, keeping the recording as far as it got.
@@ -23,7 +23,11 @@ _API_CHOICES = ("auto", "alsa", "jack", "coremidi", "winmm")
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into the Ctrl-C path."""
+    """SIGTERM or SIGHUP, turned into the Ctrl-C path."""
+
+
+#: Signals that end a session like Ctrl-C (all notes off, recording kept); SIGHUP does not exist on Windows.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,6 +70,8 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT.mid", help="MIDI file to write (kept valid on disk at every moment)")
     p.add_argument("--audio", metavar="OUT.wav", default=None,
                    help="also write the input audio (mono, at the device rate) to this file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT.mid (and the --audio file) if they exist; without it an existing file is an error")
     _add_session_arguments(p)
 
 
@@ -104,13 +110,18 @@ class _Display:
                 f" | hop {last} ms | overflows {ring.overflows + getattr(engine.source, 'overflows', 0)}")
         pad = max(0, self._width - len(line))
         self._width = len(line)
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
+        self._write("\r" + line + " " * pad)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # the terminal is gone (SIGHUP): the session goes on without a display
+            self.enabled = False
 
     def close(self) -> None:
         if self.enabled and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
 
 
 def _budget_line(engine) -> str:
@@ -136,11 +147,11 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
         raise KkomaError(f"--duration must be a positive number of seconds, not {args.duration}.")
     # The PortAudio callback needs the GIL: switch threads often so a long numpy/Numba call cannot starve it.
     sys.setswitchinterval(0.001)
-    prev_term = None
+    prev_term: dict = {}
     if threading.current_thread() is threading.main_thread():
         def _on_term(signum, frame):
             raise _Terminated()
-        prev_term = signal.signal(signal.SIGTERM, _on_term)
+        prev_term = {sig: signal.signal(sig, _on_term) for sig in _STOP_SIGNALS}
 
     quiet = args.quiet
     display = _Display(settings.live.display and not quiet and sys.stdout.isatty())
@@ -173,7 +184,7 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
                 display.update(engine)
                 if recorder is not None:
                     recorder.autosave()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to end a live session
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the normal way to end a live session
             pass
         engine.stop()
         engine.join()
@@ -182,23 +193,31 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
     except BaseException as e:
         error = e
     finally:
-        # Never interrupted half-way: a second Ctrl-C/SIGTERM during clean-up is ignored.
+        # Never interrupted half-way: a second Ctrl-C/SIGTERM/SIGHUP during clean-up is ignored.
         try:
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if prev_term is not None else None
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if prev_term else None
         except ValueError:
             old_int = None
-        if prev_term is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in prev_term:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             error = _cleanup(engine, source, midi, recorder, jsonl, display, args, error)
         finally:
-            if prev_term is not None:
-                signal.signal(signal.SIGTERM, prev_term)
+            for sig, handler in prev_term.items():
+                signal.signal(sig, handler)
             if old_int is not None:
                 signal.signal(signal.SIGINT, old_int)
     if error is not None:
         raise error
     return 0
+
+
+def _say(*args, **kw) -> None:
+    """print() that outlives a closed terminal (after SIGHUP a write to it may fail; the clean-up must go on)."""
+    try:
+        print(*args, **kw)
+    except (OSError, ValueError):
+        pass
 
 
 def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
@@ -238,12 +257,12 @@ def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
     if engine is not None and not args.quiet:
         h = engine.stats.summary()
         if h["hops"]:
-            print(f"kkoma {args.command}: {engine.hops} hops, compute per hop p50 {h['p50_ms']:.2f} ms, p99 "
+            _say(f"kkoma {args.command}: {engine.hops} hops, compute per hop p50 {h['p50_ms']:.2f} ms, p99 "
                   f"{h['p99_ms']:.2f} ms, max {h['max_ms']:.2f} ms; overflows {engine.source.ring.overflows} "
                   f"(ring) + {getattr(engine.source, 'overflows', 0)} (driver); {engine.events_sent} MIDI events",
                   file=sys.stderr)
     if isinstance(error, KeyboardInterrupt):
-        error = None  # Ctrl-C / SIGTERM is the normal way to stop
+        error = None  # Ctrl-C / SIGTERM / SIGHUP is the normal way to stop
     return error
 
 
@@ -257,6 +276,10 @@ def run_record(args, settings) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".mid", ".midi"):
         raise KkomaError(f"the recording must be a .mid file, not {out.name}.")
+    # Checked before anything opens: a take already on disk is never replaced by accident.
+    for path in (out, Path(args.audio) if args.audio else None):
+        if path is not None and path.exists() and not args.overwrite:
+            raise KkomaError(f"{path} already exists; choose another name or add --overwrite to replace it.")
     return _session(args, settings, record_path=out, audio_path=args.audio)
 
 

@@ -87,3 +87,23 @@ def test_which_commands_get_the_offline_settings(monkeypatch, argv, offline):
     assert cli.main(argv) == 0
     assert seen == [load_settings(offline=offline)]
     assert (seen[0] == load_settings()) is not offline
+
+
+def test_global_options_after_the_command(monkeypatch, tmp_path, capsys):
+    """--set and --config work after the subcommand as before it; both places add up (the later --set wins)."""
+    from kkoma import cli
+    from kkoma.models.settings import load_settings
+
+    cfg = tmp_path / "my.toml"
+    cfg.write_text("[midi]\nchannel = 5\n")
+    seen = []
+    module = importlib.import_module(cli.COMMANDS["live"][0])
+    monkeypatch.setattr(module, "run_live", lambda args, settings: seen.append(settings) or 0)
+    assert cli.main(["--set", "midi.velocity_max=100", "live", "--no-midi", "--config", str(cfg),
+                     "--set", "midi.velocity_min=10", "--set", "midi.velocity_max=90"]) == 0
+    want = load_settings(cfg, ["midi.velocity_max=100", "midi.velocity_min=10", "midi.velocity_max=90"])
+    assert seen == [want] and want.midi.channel == 5 and want.midi.velocity_max == 90
+    assert cli.main(["--config", str(cfg), "live", "--config", str(cfg)]) == 2
+    assert "--config is given twice" in capsys.readouterr().err
+    assert cli.main(["live", "--set", "midi.channel=99"]) == 2
+    assert "midi.channel must be" in capsys.readouterr().err

@@ -192,6 +192,23 @@ def test_record_command_writes_midi_and_audio(double, tone_file, tmp_path):
     assert info.samplerate == 44100 and info.channels == 1 and info.frames == 2 * 44100
 
 
+def test_record_never_replaces_a_file_without_overwrite(double, tone_file, tmp_path, capsys):
+    out, wav = tmp_path / "take.mid", tmp_path / "take.wav"
+    for path in (out, wav):
+        path.write_bytes(b"an earlier take")
+        argv = ["record", str(out), "--audio", str(wav), "--input", str(tone_file), "--speed", "max", "--no-midi",
+                "-q"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{path} already exists" in err and "--overwrite" in err and "Traceback" not in err
+        assert path.read_bytes() == b"an earlier take"
+        path.unlink()
+    out.write_bytes(b"an earlier take")
+    wav.write_bytes(b"an earlier take")
+    assert main(argv + ["--overwrite"]) == 0
+    assert [n.pitch for n in read_midi(out)] == [C4, C4] and sf.info(wav).frames == 2 * 44100
+
+
 def test_duration_stops_early(double, tone_file, tmp_path):
     ev = tmp_path / "ev.jsonl"
     assert main(["live", "--input", str(tone_file), "--speed", "max", "--no-midi", "--duration", "0.5", "-q",

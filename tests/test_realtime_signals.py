@@ -1,4 +1,4 @@
-"""``kkoma record`` stopped by SIGINT, SIGTERM and SIGKILL: the file on disk stays a valid MIDI file.
+"""``kkoma record`` stopped by SIGINT, SIGTERM, SIGHUP and SIGKILL: the file on disk stays a valid MIDI file.
 
 Each test runs ``kkoma record --input TONE --no-midi --speed realtime`` in a subprocess (with the EnergyTranscriber
 double, tests/test_realtime_doubles.py, so no weights are needed), waits until the recording holds a note, sends
@@ -67,7 +67,7 @@ def finish(proc, timeout=20.0):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_finalises_the_recording(tmp_path, tone_file, sig):
     proc, out, ev = start(tmp_path, tone_file)
     try:
