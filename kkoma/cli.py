@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("kkoma.realtime.cli", "live, and write the stream to a MIDI file"),
     "devices": ("kkoma.realtime.cli", "list audio inputs and MIDI outputs"),
     "serve": ("kkoma.realtime.serve", "a local web page: a browser's microphone -> live notes, audio files -> MIDI"),
+    "models": ("kkoma.models.catalog", "list the shipped models (--model NAME): purpose, look-ahead, accuracy"),
     "cqt": ("kkoma.models.cqt_cli", "compute the CQT of an audio file and summarise it"),
     "prepare": ("kkoma.offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
     "train": ("kkoma.offline.train_cli", "train the onset/frame/velocity model"),
@@ -42,7 +43,7 @@ def _load(name: str):
 
 
 def _add_global_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
-    """``--config`` and ``--set``: on the main parser, and again on every subcommand (``after``) so that they may
+    """``--config``, ``--set`` and ``--model``: on the main parser, and again on every subcommand (``after``) so that they may
     come after the subcommand too. After it they go to their own ``dest`` (absent unless given, so the subcommand
     never resets what came before it); :func:`main` joins both places."""
     pre, extra = ("sub_", {"default": argparse.SUPPRESS}) if after else ("", {})
@@ -51,6 +52,9 @@ def _add_global_options(parser: argparse.ArgumentParser, after: bool = False) ->
     parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", dest=f"{pre}overrides",
                         **(extra or {"default": []}),
                         help="override one setting, e.g. --set cqt.lookahead_ms=10 (repeatable)")
+    parser.add_argument("--model", metavar="NAME|FILE", dest=f"{pre}model", **(extra or {"default": None}),
+                        help="the model: a shipped one by name (`kkoma models`) or a weights file; it brings the "
+                             "settings it was trained with (default: live for live/record, offline for files)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--config is given twice (before and after the command); give one file.")
             args.config = args.sub_config
         args.overrides = list(args.overrides) + list(getattr(args, "sub_overrides", []))
+        args.model = getattr(args, "sub_model", None) or args.model
         offline = args.command in OFFLINE_COMMANDS or bool(getattr(args, "offline", False))
-        settings = load_settings(args.config, args.overrides, offline=offline)
+        settings = load_settings(args.config, args.overrides, offline=offline, model=args.model)
         module = args._module
         run = getattr(module, f"run_{args.command}", None) or module.run
         return int(run(args, settings) or 0)

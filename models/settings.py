@@ -475,7 +475,15 @@ def _apply(s: Settings, overrides: Iterable[str]) -> Settings:
 _DEFAULTS: Settings | None = None
 
 
-def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False) -> Settings:
+def _explicit_keys(user: Mapping[str, Any] | None, overrides: Iterable[str]) -> set[tuple[str, str]]:
+    """(section, key) of every setting the user gave (their file and --set): a weights file's record never
+    overrides those."""
+    keys = {(sec, k) for sec, table in (user or {}).items() if isinstance(table, dict) for k in table}
+    return keys | {parse_override(o)[:2] for o in overrides}
+
+
+def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False,
+                  model: str | None = None) -> Settings:
     """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
 
     Parameters
@@ -486,6 +494,14 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         (as they stand after ``path`` and ``overrides``) replace ``config.toml``'s values first, and the user's file
         and ``overrides`` still win over them. This is how files get the offline model and its features while
         ``kkoma live`` keeps the live ones.
+    model : ``--model``: a shipped model's name (``models/weights/models.toml``) or a weights file, put in
+        ``model.weights`` under the user's file and overrides. A shipped model also decides ``offline``: the one
+        ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them.
+
+    The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
+    trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
+    file and ``overrides`` do not set, so a model needs no ``--set`` of its own. A user's value that differs from the
+    record is kept, and loading the weights then says which key does not match.
 
     Raises
     ------
@@ -496,16 +512,50 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         _DEFAULTS = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG.name)
     overrides = list(overrides)
     user = _read_toml(Path(path)) if path is not None else None
+    if model is not None:
+        from kkoma.models.catalog import resolve_model
+
+        model_path, shipped = resolve_model(model)
+        overrides = [f"model.weights={_toml_string(str(model_path))}"] + overrides
 
     def layered(base: Settings) -> Settings:
         s = base if user is None else _build(_merge(_as_raw(base), user), str(path))
         return _apply(s, overrides) if overrides else s
 
-    s = layered(_DEFAULTS)
-    if offline and s.transcribe.overrides:
+    def offline_base(s: Settings) -> Settings:
         try:
-            base = _apply(_DEFAULTS, s.transcribe.overrides)
+            return _apply(_DEFAULTS, s.transcribe.overrides)
         except ConfigError as e:
             raise ConfigError(f"transcribe.overrides: {e}") from None
+
+    s = layered(_DEFAULTS)
+    if model is not None and shipped is not None:
+        offline = s.transcribe.overrides != () and \
+            offline_base(s).model.weights_path.resolve() == model_path.resolve()
+    base = _DEFAULTS
+    if offline and s.transcribe.overrides:
+        base = offline_base(s)
         s = layered(base)
+    from kkoma.models.catalog import record_table, weights_record
+
+    record = weights_record(s.model.weights_path)
+    if record:
+        explicit = _explicit_keys(user, overrides)
+        table = {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()
+                       if (sec, k) not in explicit and k in {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])}}
+                 for sec, keys in record_table(record).items()}
+        try:
+            with_record = _build(_merge(_as_raw(base), table), base.source)
+        except ConfigError as e:
+            raise ConfigError(f"model weights {s.model.weights_path} carry settings this kkoma refuses ({e})") \
+                from None
+        if with_record != base:
+            s = layered(with_record)
     return s
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string holding ``text`` (for an override built from a path)."""
+    import json
+
+    return json.dumps(text)

@@ -1,0 +1,96 @@
+"""Models by name: ``kkoma models``, ``--model NAME|FILE`` on any command, and weights files that bring the settings
+they were trained with (models/catalog.py, models.settings.load_settings)."""
+import dataclasses
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from kkoma import cli
+from kkoma.models.catalog import record_table, resolve_model, shipped_models, weights_record
+from kkoma.models.inference import StreamingModel, export_random_weights
+from kkoma.models.settings import ConfigError, load_settings
+
+MODELS = shipped_models()
+
+
+def norm(s):
+    """Settings with model.weights as the file it names (a name gives an absolute path, config.toml a relative one)."""
+    return dataclasses.replace(s, model=dataclasses.replace(s.model, weights=str(s.model.weights_path.resolve())))
+
+
+def test_every_shipped_model_is_listed_and_loads_by_name_alone():
+    assert {m.name for m in MODELS} >= {"live", "offline", "harmonic"}
+    for m in MODELS:
+        assert m.path.is_file() and m.onset_f1 and m.purpose
+        s = load_settings(model=m.name)
+        assert s.model.weights_path == m.path
+        StreamingModel(s)  # the file's own settings match: loading checks every recorded key
+        # its record is applied, so nothing in it differs from the settings
+        for sec, keys in record_table(weights_record(m.path)).items():
+            for k, v in keys.items():
+                have = getattr(getattr(s, sec), k)
+                assert (list(have) if isinstance(have, tuple) else have) == v, (m.name, sec, k)
+
+
+def test_the_models_own_settings_replace_a_second_set():
+    h = load_settings(overrides=["model.weights=models/weights/kkoma_harmonic.npz"])
+    assert h.model.harmonic_units == 16 and norm(h) == norm(load_settings(model="harmonic"))
+    assert norm(load_settings(model="kkoma_harmonic")) == norm(h)  # the file's stem works as a name
+    # what the user sets explicitly is kept (and the weights then refuse to load, naming the key)
+    assert load_settings(model="harmonic", overrides=["model.harmonic_units=8"]).model.harmonic_units == 8
+
+
+def test_files_model_brings_its_transform_and_tracker_everywhere():
+    files = load_settings(offline=True)
+    assert norm(load_settings(model="offline")) == norm(files)  # `kkoma live --model offline`: the files model as files get it
+    live = load_settings()
+    t = load_settings(model="live", offline=True)  # `kkoma transcribe --model live`: exactly what live plays
+    assert norm(t) == norm(live)
+
+
+def test_a_weights_file_by_path_carries_its_shape(tmp_path):
+    small = load_settings(overrides=["model.units=8", "model.input_units=16"])
+    path = export_random_weights(tmp_path / "small.npz", small)
+    s = load_settings(model=str(path))
+    assert (s.model.units, s.model.input_units) == (8, 16) and s.model.weights_path == path
+    assert s.tracker == load_settings().tracker  # a file of one's own: the command's usual settings otherwise
+    assert load_settings(model=str(path), offline=True).cqt.lookahead_ms == 0.0  # its record beats the overrides'
+    StreamingModel(s)
+
+
+def test_unknown_model_is_one_sentence_exit_2(capsys):
+    with pytest.raises(ConfigError):
+        resolve_model("no-such-model")
+    assert cli.main(["models", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "no such model" in err and "live" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--model", "harmonic", "transcribe", "x.wav"],
+                                  ["transcribe", "x.wav", "--model", "harmonic"],
+                                  ["live", "--no-midi", "--model", "harmonic"],
+                                  ["evaluate", "--pred", "p", "--ref", "r", "--model", "harmonic"]])
+def test_model_option_reaches_every_command(monkeypatch, argv):
+    seen = []
+    name = argv[0] if argv[0] != "--model" else argv[2]
+    module = importlib.import_module(cli.COMMANDS[name][0])
+    for fn in ("run", f"run_{name}"):
+        monkeypatch.setattr(module, fn, lambda args, settings: seen.append(settings) or 0, raising=False)
+    assert cli.main(argv) == 0
+    assert [norm(s) for s in seen] == [norm(load_settings(model="harmonic"))]
+
+
+def test_models_command(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for m in MODELS:
+        assert m.name in out and m.file in out
+    assert "look-ahead 20 ms" in out and "look-ahead 268" in out
+    assert cli.main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by = {r["name"]: r for r in rows}
+    assert by["offline"]["lookahead_ms"]["transform"] > 200 and by["live"]["lookahead_ms"]["transform"] == 0
+    assert by["harmonic"]["settings"]["model.harmonic_units"] == 16
+    assert np.isclose(by["offline"]["onset_f1"]["valid_room"], 78.0)
