@@ -70,6 +70,10 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT.mid", help="MIDI file to write (kept valid on disk at every moment)")
     p.add_argument("--audio", metavar="OUT.wav", default=None,
                    help="also write the input audio (mono, at the device rate) to this file")
+    p.add_argument("--notes", choices=("files", "live"), default="files",
+                   help="what the file gets: files = the files model's notes (the offline model, run beside the live "
+                        "one on the same audio: more accurate, written ~270 ms behind the port; default), live = "
+                        "exactly the notes sent to the MIDI port")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT.mid (and the --audio file) if they exist; without it an existing file is an error")
     _add_session_arguments(p)
@@ -129,17 +133,40 @@ def _budget_line(engine) -> str:
     parts = " + ".join(f"{k[:-3].replace('_', ' ')} {v:.1f}" for k, v in b.items() if k != "total_ms")
     off = getattr(engine.transcriber, "note_off_delay_ms", 0.0)
     offs = f"; note-offs up to {off:.0f} ms later (tracker.offset_hold_ms)" if off else ""
-    return (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute){offs}; input {engine.source.name} at "
+    line = (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute){offs}; input {engine.source.name} at "
             f"{engine.source.sample_rate} Hz, {engine.source.channels} ch; MIDI {engine.midi.port_name} "
             f"({engine.midi.api})")
+    if engine.recorder is not None:
+        ft = engine.file_transcriber
+        if ft is None:
+            line += "; the file gets the notes sent"
+        else:
+            fb = getattr(ft, "latency_budget", None)
+            behind = f", {fb()['total_ms']:.0f} ms behind" if callable(fb) else ""
+            name = getattr(getattr(ft, "settings", None), "model", None)
+            name = f" ({name.weights_path.name})" if name is not None else ""
+            line += f"; the file gets the files model's notes{name}{behind} (--notes live: the notes sent)"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Session
 # ---------------------------------------------------------------------------------------------------------------
+def _file_settings(args, settings):
+    """The settings of the model whose notes ``kkoma record`` writes (``--notes files``): the files' ones (config.toml's
+    transcribe.overrides under the user's --config and --set, as `kkoma transcribe` gets them), or None when they are
+    the live ones (the file would get the same notes)."""
+    from kkoma.models.settings import load_settings
+
+    if getattr(args, "notes", "live") != "files":
+        return None
+    files = load_settings(getattr(args, "config", None), getattr(args, "overrides", ()), offline=True)
+    return None if files == settings else files
+
+
 def _session(args, settings, record_path=None, audio_path=None) -> int:
     from kkoma.realtime.audio_in import AudioInput, FileInput
-    from kkoma.realtime.engine import Engine, make_transcriber
+    from kkoma.realtime.engine import Engine, make_file_transcriber, make_transcriber
     from kkoma.realtime.midi_out import MidiOut, NullMidiOut
     from kkoma.realtime.recorder import Recorder
 
@@ -160,6 +187,8 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
     try:
         # The order matters for the clean-up below: whatever was opened is closed, in reverse.
         transcriber = make_transcriber(settings)
+        file_settings = _file_settings(args, settings) if record_path is not None else None
+        file_transcriber = make_file_transcriber(file_settings) if file_settings is not None else None
         if args.input:
             source = FileInput(settings, args.input, speed=args.speed)
         else:
@@ -173,7 +202,7 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
             except OSError as e:
                 raise KkomaError(f"cannot write {args.events_jsonl} ({e.strerror or e}).") from None
         engine = Engine(settings, source, midi, transcriber=transcriber, recorder=recorder, events_jsonl=jsonl,
-                        duration=args.duration)
+                        duration=args.duration, file_transcriber=file_transcriber)
         if not quiet:
             print(f"kkoma {args.command}: {_budget_line(engine)}", file=sys.stderr, flush=True)
         engine.start()

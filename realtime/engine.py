@@ -36,21 +36,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
-def make_transcriber(settings: "Settings"):
-    """The streaming pipeline (CQT -> model -> tracker); a module-level hook so tests can substitute a double."""
+def _pipeline(settings: "Settings"):
     try:
         from kkoma.models.pipeline import Transcriber
     except ModuleNotFoundError as e:
         if e.name == "kkoma.models.pipeline":
             raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
         raise
-    t = Transcriber(settings)
+    return Transcriber(settings)
+
+
+def make_file_transcriber(settings: "Settings"):
+    """The files model's streaming pipeline for ``kkoma record``'s file (``settings``: the offline ones, with their
+    own transform and look-ahead); a module-level hook so tests can substitute a double. Any model may write a file,
+    a backward LSTM's too: its notes come seconds late, which a file does not mind."""
+    return _pipeline(settings)
+
+
+def make_transcriber(settings: "Settings"):
+    """The streaming pipeline (CQT -> model -> tracker); a module-level hook so tests can substitute a double."""
+    t = _pipeline(settings)
     if getattr(t.model, "backward_units", 0):
         raise KkomaError(f"the model {settings.model.weights} has a backward LSTM (model.backward_units = "
                          f"{t.model.backward_units}): it is for files, its notes would come "
                          f"{t.model.lookahead_ms / 1000:.1f} s late; live needs a forward-only model (the default "
                          "models/weights/kkoma.npz).")
     return t
+
+
+def _budget_of(transcriber) -> dict | None:
+    fn = getattr(transcriber, "latency_budget", None)
+    return fn() if callable(fn) else None
 
 
 class HopStats:
@@ -105,17 +121,22 @@ class Engine:
     events_jsonl : an open text file receiving one JSON line per MIDI event sent, or None.
     duration : stop (as at the end of a file) after this much input [s], or None.
     on_event : called as ``on_event(event, t_emit, velocity_sent)`` on the processing thread.
+    file_transcriber : a second streaming pipeline (the files model, :func:`make_file_transcriber`) fed the same
+        resampled audio right after the live one, each step once the live events are sent; the recorder then gets
+        its notes instead of the live ones (they come its look-ahead later, which a file does not mind). None: the
+        recorder gets the notes sent.
 
     Attributes (read by the display): ``t_emit`` [s], ``level_db`` [dBFS], ``hops``, ``events_sent``,
     ``budget`` (ms figures), ``stats`` (:class:`HopStats`), ``error``.
     """
 
     def __init__(self, settings: "Settings", source, midi, transcriber=None, recorder=None, events_jsonl=None,
-                 duration: float | None = None, on_event: Callable | None = None):
+                 duration: float | None = None, on_event: Callable | None = None, file_transcriber=None):
         self.settings = settings
         self.source = source
         self.midi = midi
         self.transcriber = transcriber if transcriber is not None else make_transcriber(settings)
+        self.file_transcriber = file_transcriber
         self.recorder = recorder
         self.events_jsonl = events_jsonl
         self.duration = duration
@@ -170,15 +191,20 @@ class Engine:
         return b
 
     # ---- control ----------------------------------------------------------------------------------------------
+    @property
+    def _transcribers(self) -> list:
+        return [t for t in (self.transcriber, self.file_transcriber) if t is not None]
+
     def warm_up(self, seconds: float = 0.1) -> None:
-        """Run the transcriber on a little silence and reset it, so the first live hop pays no JIT/caching cost."""
-        reset = getattr(self.transcriber, "reset", None)
-        if not callable(reset):
-            return
-        n = max(1, int(seconds * self.settings.audio.sample_rate))
-        self.transcriber.process(np.zeros(n, np.float32))
-        self.transcriber.flush()
-        reset()
+        """Run the transcribers on a little silence and reset them, so the first live hop pays no JIT/caching cost."""
+        for t in self._transcribers:
+            reset = getattr(t, "reset", None)
+            if not callable(reset):
+                continue
+            n = max(1, int(seconds * self.settings.audio.sample_rate))
+            t.process(np.zeros(n, np.float32))
+            t.flush()
+            reset()
 
     def start(self) -> None:
         self.warm_up()
@@ -226,9 +252,23 @@ class Engine:
                     "velocity": int(v), "t_emit": round(t_emit, 6), "t_note": round(t_note, 6)}) + "\n")
             if self.on_event is not None:
                 self.on_event(e, t_emit, v)
+        if self.file_transcriber is None:
+            self._record(events, t_emit)
+
+    def _record(self, events: list, t_emit: float) -> None:
+        """The recorder's share of a step: its notes (the live ones, or the files model's) and the clock."""
         if self.recorder is not None:
             self.recorder.add(events if not self._gaps else [replace(e, time=self._true_time(e.time))
                                                              for e in events], now=t_emit)
+
+    def _file_step(self, y: np.ndarray | None, t_emit: float) -> None:
+        """The files model's share of a step, after the live events went out (``y`` None: end of stream)."""
+        ft = self.file_transcriber
+        if ft is None:
+            return
+        events = (ft.process(y) if len(y) else []) if y is not None else ft.flush()
+        if events:
+            self._record(events, t_emit)
 
     def _note_drops(self) -> None:
         ring = self.source.ring
@@ -246,6 +286,7 @@ class Engine:
         self.t_emit = self._clock()
         if events:
             self._dispatch(events, self.t_emit)
+        self._file_step(y, self.t_emit)
         self.stats.add(time.perf_counter() - t0)
         self.hops += 1
 
@@ -293,6 +334,7 @@ class Engine:
                 self._process(mono, t0)
             # Stopped (Ctrl-C, SIGTERM, error elsewhere): close the sounding notes at the current time.
             self._dispatch(self.transcriber.flush(), self._clock())
+            self._file_step(None, self._clock())
         except BaseException as e:  # handed to the main thread, which reports it
             self.error = e
         finally:
@@ -310,6 +352,9 @@ class Engine:
         self.t_emit = self._clock()
         if events:
             self._dispatch(events, self.t_emit)
+        if self.file_transcriber is not None:
+            self._file_step(tail, self.t_emit)
+            self._file_step(None, self.t_emit)
         self.stats.add(time.perf_counter() - t0)
         self.ended = True
 
@@ -328,4 +373,9 @@ class Engine:
             "input_seconds": round(self._clock(), 6),
             "events_sent": self.events_sent,
             "source": self.source.name,
+            # the files model writing kkoma record's file (its compute is inside hop_compute_ms)
+            "file_model": None if self.file_transcriber is None else {
+                "weights": str(getattr(getattr(self.file_transcriber, "settings", None), "model", None)
+                               and self.file_transcriber.settings.model.weights_path),
+                "latency_budget_ms": _budget_of(self.file_transcriber)},
         }

@@ -70,6 +70,7 @@ def main(argv):
     from kkoma.cli import main as kkoma_main
 
     E.make_transcriber = EnergyTranscriber
+    E.make_file_transcriber = EnergyTranscriber  # kkoma record's files model too
     return kkoma_main(argv)
 
 

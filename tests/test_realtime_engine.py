@@ -29,6 +29,7 @@ HOP_S = S.audio.hop_seconds
 @pytest.fixture
 def double(monkeypatch):
     monkeypatch.setattr(E, "make_transcriber", EnergyTranscriber)
+    monkeypatch.setattr(E, "make_file_transcriber", EnergyTranscriber)
 
 
 @pytest.fixture
@@ -387,3 +388,40 @@ def test_device_busy_is_one_sentence_exit_1(double, monkeypatch, capsys, tmp_pat
     if out.exists():
         assert read_midi(out) == []
     assert all(s.closed for s in opened)  # a stream that failed to start is closed, not leaked
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_record_file_gets_the_files_models_notes(tmp_path, rate):
+    """`kkoma record` runs the files model beside the live one on the same audio: the port gets the live notes, the
+    file exactly what `kkoma transcribe` writes (the files model, its transform and tracker), to the frame;
+    `--notes live` writes the port's notes instead. Real weights."""
+    import soxr
+
+    from kkoma.models.notes import write_midi
+    from kkoma.offline.transcribe import transcribe_file
+
+    files = load_settings(offline=True)
+    if not (S.model.weights_path.exists() and files.model.weights_path.exists()):
+        pytest.skip("no shipped weights")
+    x, sr = sf.read(E.__file__.rsplit("/realtime/", 1)[0] + "/examples/example.flac", dtype="float32")
+    if rate != sr:
+        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal
+    path = tmp_path / f"example_{rate}.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+
+    def key(notes):  # as a MIDI file holds them (times on its tick grid)
+        write_midi(notes, tmp_path / "k.mid", S)
+        return [(n.pitch, n.onset, n.offset) for n in read_midi(tmp_path / "k.mid")]
+
+    out, ev, st = tmp_path / "take.mid", tmp_path / "ev.jsonl", tmp_path / "st.json"
+    argv = ["record", str(out), "--input", str(path), "--speed", "max", "--no-midi", "-q", "--events-jsonl", str(ev)]
+    assert main(argv + ["--stats-json", str(st)]) == 0
+    want = key(transcribe_file(path, files).notes)
+    assert len(want) > 20 and [(n.pitch, n.onset, n.offset) for n in read_midi(out)] == want
+    sent = [(d["pitch"], d["t_note"]) for d in read_jsonl(ev) if d["type"] == "note_on"]
+    live = transcribe_file(path, S).notes  # the live model's notes, which the port got
+    assert sent == [(n.pitch, pytest.approx(n.onset, abs=1e-5)) for n in live]
+    assert key(live) != want
+    assert json.loads(st.read_text())["file_model"]["latency_budget_ms"]["transform_lookahead_ms"] > 200
+    assert main(argv + ["--notes", "live", "--overwrite"]) == 0
+    assert [(n.pitch, n.onset, n.offset) for n in read_midi(out)] == key(live)
