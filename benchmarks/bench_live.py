@@ -9,6 +9,11 @@ tracker's own onset estimate). Compute time comes on top of it live; both are pr
     .venv/bin/python benchmarks/bench_live.py                         # bundled example, shipped weights
     .venv/bin/python benchmarks/bench_live.py --device-rate 48000     # as from a 48 kHz sound card
     .venv/bin/python benchmarks/bench_live.py --audio x.flac --midi x.mid --weights w.npz
+    .venv/bin/python benchmarks/bench_live.py --record                # + kkoma record's files model beside it
+
+``--record``: the engine as ``kkoma record`` runs it, the files model (the offline settings) fed the same audio after
+each step's live events are sent. Run once without it and once with it in the same process; the per-hop compute of
+both and their ratio are printed (the note-on latency is the live model's in both).
 
 Without trained weights (models/weights/kkoma.npz missing) it runs tiny random weights: the compute figures are
 real (the cost does not depend on the weight values), the latency figure is not available (nothing to match).
@@ -35,6 +40,8 @@ def main(argv=None) -> int:
                     "(as a sound card would deliver it); 0 = the file's rate")
     ap.add_argument("--speed", choices=("max", "realtime"), default="max")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--record", action="store_true",
+                    help="also run the files model beside the live one (as kkoma record does) and compare")
     args = ap.parse_args(argv)
 
     import soundfile as sf
@@ -44,7 +51,7 @@ def main(argv=None) -> int:
     from kkoma.models.notes import notes_to_arrays, read_midi
     from kkoma.models.settings import load_settings
     from kkoma.realtime.audio_in import FileInput
-    from kkoma.realtime.engine import Engine, make_transcriber
+    from kkoma.realtime.engine import Engine, make_file_transcriber, make_transcriber
     from kkoma.realtime.midi_out import NullMidiOut
 
     overrides = list(args.overrides)
@@ -72,21 +79,38 @@ def main(argv=None) -> int:
         path = str(Path(tmp.name) / "input.wav")
         sf.write(path, x, sr, subtype="FLOAT")
 
-    ons = []  # (event, t_emit)
-    source = FileInput(s, path, speed=args.speed)
-    engine = Engine(s, source, NullMidiOut(s), transcriber=make_transcriber(s),
-                    on_event=lambda e, t, v: ons.append((e, t)) if e.kind == "on" else None)
-    engine.start()
-    engine.join()
-    if engine.error:
-        raise engine.error
+    def run(file_model: bool):
+        ons = []  # (event, t_emit)
+        source = FileInput(s, path, speed=args.speed)
+        files = None
+        if file_model:
+            files = make_file_transcriber(load_settings(overrides=args.overrides, offline=True))
+        engine = Engine(s, source, NullMidiOut(s), transcriber=make_transcriber(s), file_transcriber=files,
+                        on_event=lambda e, t, v: ons.append((e, t)) if e.kind == "on" else None)
+        engine.start()
+        engine.join()
+        if engine.error:
+            raise engine.error
+        return engine, ons
+
+    hop_ms = 1000 * s.audio.hop_seconds
+    engine, ons = run(False)
     rep = engine.report()
     h = rep["hop_compute_ms"]
-    hop_ms = 1000 * s.audio.hop_seconds
+    if args.record:
+        engine2, ons2 = run(True)
+        h2 = engine2.report()["hop_compute_ms"]
+        assert [(e.pitch, e.time) for e, _ in ons2] == [(e.pitch, e.time) for e, _ in ons]  # the port's notes
+        fb = engine2.file_transcriber.latency_budget()
+        print(f"record (live + files model {engine2.file_transcriber.settings.model.weights_path.name}, its notes "
+              f"{fb['total_ms']:.0f} ms behind): per-hop compute [ms] p50 {h2['p50_ms']:.3f} "
+              f"({h2['p50_ms'] / h['p50_ms']:.2f}x live alone), p99 {h2['p99_ms']:.3f} "
+              f"({h2['p99_ms'] / h['p99_ms']:.2f}x), max {h2['max_ms']:.3f}, mean {h2['mean_ms']:.3f} "
+              f"({h2['mean_ms'] / h['mean_ms']:.2f}x; real-time factor {h2['mean_ms'] / hop_ms:.3f})")
     print(f"input: {args.audio} ({len(x) / sr:.1f} s at {sr} Hz, block {s.live.block_size} samples, "
           f"resampler look-ahead {engine.resampler.lookahead_ms:.2f} ms); weights: {'trained' if trained else 'RANDOM (untrained)'}")
     print("latency budget [ms]: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["latency_budget_ms"].items()))
-    print(f"per-hop compute [ms] over {h['hops']} hops (hop = {hop_ms:.0f} ms of audio): p50 {h['p50_ms']:.3f}, "
+    print(f"live alone: per-hop compute [ms] over {h['hops']} hops (hop = {hop_ms:.0f} ms of audio): p50 {h['p50_ms']:.3f}, "
           f"p99 {h['p99_ms']:.3f}, max {h['max_ms']:.3f}, mean {h['mean_ms']:.3f}  "
           f"(real-time factor {h['mean_ms'] / hop_ms:.3f})")
     print(f"overflows: {rep['overflows']}")
