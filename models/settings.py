@@ -194,6 +194,19 @@ class MidiSettings:
 
 
 @dataclass(frozen=True)
+class SynthSettings:
+    soundfonts: tuple = _f()
+    program: int = _f(lo=0, hi=127)
+    driver: str = _f()
+    device: str = _f()
+    sample_rate: int = _f(lo=8000, hi=192000, unit="Hz")
+    period_size: int = _f(lo=16, hi=8192, unit="frames")
+    periods: int = _f(lo=2, hi=64)
+    gain: float = _f(lo=0.0, hi=10.0)
+    reverb: bool = _f()
+
+
+@dataclass(frozen=True)
 class RecordSettings:
     autosave_s: float = _f(lo=0.05, hi=3600.0, unit="s")
     ticks_per_beat: int = _f(lo=24, hi=32767)
@@ -276,6 +289,7 @@ class Settings:
     tracker: TrackerSettings
     live: LiveSettings
     midi: MidiSettings
+    synth: SynthSettings
     record: RecordSettings
     transcribe: TranscribeSettings
     serve: ServeSettings
@@ -297,8 +311,9 @@ class Settings:
 
 _SECTION_TYPES = {
     "audio": AudioSettings, "cqt": CQTSettings, "model": ModelSettings, "tracker": TrackerSettings,
-    "live": LiveSettings, "midi": MidiSettings, "record": RecordSettings, "transcribe": TranscribeSettings,
-    "serve": ServeSettings, "data": DataSettings, "augment": AugmentSettings, "train": TrainSettings,
+    "live": LiveSettings, "midi": MidiSettings, "synth": SynthSettings, "record": RecordSettings,
+    "transcribe": TranscribeSettings, "serve": ServeSettings, "data": DataSettings, "augment": AugmentSettings,
+    "train": TrainSettings,
 }
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
 

@@ -54,6 +54,13 @@ def _add_session_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--midi-api", choices=_API_CHOICES, default=None,
                    help="MIDI system (default: midi.api; auto tries ALSA, then JACK on Linux)")
     g.add_argument("--no-midi", action="store_true", help="send no MIDI")
+    g = p.add_argument_group("built-in synth")
+    g.add_argument("--synth", nargs="?", const="", default=None, metavar="SOUNDFONT",
+                   help="play the notes sent through FluidSynth on an audio output, with this .sf2/.sf3 (default: "
+                        "the first of synth.soundfonts found, e.g. Debian's FluidR3_GM); needs pyfluidsynth")
+    g.add_argument("--synth-device", metavar="DEV", default=None,
+                   help="the synth's output device, as its driver names it (default: synth.device, else the "
+                        "driver's default; with JACK the server name)")
     g = p.add_argument_group("output and display")
     g.add_argument("--events-jsonl", metavar="FILE", default=None,
                    help="write one JSON line per MIDI event sent (type, pitch, velocity, t_emit, t_note [s])")
@@ -194,6 +201,12 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
         else:
             source = AudioInput(settings, device=args.device, channels=args.channels, sample_rate=args.rate)
         midi = NullMidiOut(settings) if args.no_midi else MidiOut(settings, args.midi_port, args.midi_api)
+        if args.synth is not None or args.synth_device is not None:
+            from kkoma.realtime.synth import SynthOut
+
+            midi = SynthOut(settings, midi, soundfont=args.synth or None, device=args.synth_device)
+            if not quiet:
+                print(f"kkoma {args.command}: {midi.describe()}", file=sys.stderr, flush=True)
         if record_path is not None:
             recorder = Recorder(record_path, settings, audio_path=audio_path, audio_rate=source.sample_rate)
         if args.events_jsonl:

@@ -138,7 +138,24 @@ class Player:
     def midi_port_name(self) -> str:
         return self.midi_in.name
 
+    def listen(self):
+        """Also record an audio input port (``listened``: (JACK frame time, block) per cycle); connect to it."""
+        self.audio_in = self.client.inports.register("in")
+        self.listened = []
+        return self.audio_in
+
+    def heard(self) -> np.ndarray:
+        """What the input port got, (n,) float32 from the first played sample of ``audio`` on (JACK's clock)."""
+        start = self.start_frame
+        blocks = [(f, b) for f, b in list(self.listened) if f + len(b) > start]
+        if not blocks:
+            return np.zeros(0, np.float32)
+        x = np.concatenate([b for _, b in blocks])
+        return x[start - blocks[0][0]:]
+
     def _process(self, frames):
+        if getattr(self, "audio_in", None) is not None:
+            self.listened.append((self.client.last_frame_time, self.audio_in.get_array().copy()))
         buf = self.out.get_array()
         buf[:] = 0
         if self.playing and self.pos < len(self.audio):
@@ -184,12 +201,12 @@ class Player:
             pass
 
 
-def run_live(server_env, player, tmp_path, argv_extra, runner=None, seconds=10.0, timeout=60.0):
+def run_live(server_env, player, tmp_path, argv_extra, runner=None, seconds=10.0, timeout=60.0, live_extra=()):
     ev, st = tmp_path / "ev.jsonl", tmp_path / "stats.json"
     cmd = [sys.executable, str(runner)] if runner else [sys.executable, "-m", "kkoma.cli"]
     proc = subprocess.Popen(
         cmd + [*argv_extra, "live", "--midi-api", "jack", "--midi-port", player.midi_port_name, "-q",
-               "--duration", str(seconds), "--events-jsonl", str(ev), "--stats-json", str(st)],
+               "--duration", str(seconds), "--events-jsonl", str(ev), "--stats-json", str(st), *live_extra],
         env=server_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         player.connect_and_play()
@@ -367,3 +384,76 @@ def test_jack_server_dies_mid_stream(jack_server, tmp_path):
     from kkoma.models.notes import read_midi
 
     read_midi(out)  # still a valid file
+
+
+def test_jack_synth_plays_the_notes(jack_server, tmp_path):
+    """`kkoma live --synth`: audio in -> notes -> FluidSynth on a JACK output port. The EnergyTranscriber double
+    holds C4 while a burst sounds; the synth's output, recorded by the test's JACK client on the same frame clock as
+    the audio it played, must sound C4 shortly after each burst starts and be silent before the first one and long
+    after the last one."""
+    pytest.importorskip("fluidsynth")
+    from kkoma.models.settings import load_settings
+    from kkoma.realtime.synth import find_soundfont
+
+    try:
+        find_soundfont(load_settings())
+    except Exception as e:
+        pytest.skip(str(e))
+    name, env, _ = jack_server
+    bursts = [(1.5, 1.9), (3.0, 3.4), (4.5, 4.9)]
+    player = Player(name, tone(7.5, RATE, bursts)[:, 0])
+    synth_in = player.listen()
+
+    def connect_synth():
+        ports = [p for p in player.client.get_ports(is_audio=True, is_output=True) if p.name.endswith("-synth:left")]
+        if ports and not player.client.get_all_connections(synth_in):
+            player.client.connect(ports[0], synth_in)
+        return bool(player.client.get_all_connections(synth_in))
+
+    import threading
+
+    stop = threading.Event()
+
+    def patch():  # kkoma's synth ports appear once it runs: connect them to the test's input port
+        while not stop.is_set():
+            try:
+                if connect_synth():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.05)
+
+    th = threading.Thread(target=patch, daemon=True)
+    th.start()
+    try:
+        events, stats = run_live(env, player, tmp_path, [], runner=RUNNER, seconds=9.0,
+                                 live_extra=["--synth", "--set", "synth.driver=jack"])
+    finally:
+        stop.set()
+        th.join(5)
+        player.close()
+    assert player.client is not None and synth_in is not None
+    sent_on = [e for e in events if e["type"] == "note_on"]
+    assert [e["pitch"] for e in sent_on] == [C4] * len(bursts)
+    x = player.heard()
+    assert len(x) >= int(7.0 * RATE), "the synth's output port was not recorded (never connected?)"
+
+    def rms(a, b):
+        seg = x[int(a * RATE):int(b * RATE)]
+        return float(np.sqrt(np.mean(seg ** 2))) if len(seg) else 0.0
+
+    quiet = max(rms(0.2, bursts[0][0] - 0.1), rms(bursts[-1][1] + 1.8, 7.4))
+    assert quiet < 1e-4, f"the synth sounded where no note was played (rms {quiet:.2e})"
+    for a, b in bursts:
+        # kkoma's onset, plus its latency, plus a generous margin for a loaded machine
+        loud = rms(a + 0.15, b)
+        assert loud > 100 * max(quiet, 1e-6), f"no sound from the synth for the burst at {a} s (rms {loud:.2e})"
+        seg = x[int((a + 0.15) * RATE):int(b * RATE)]
+        spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+        f0 = np.fft.rfftfreq(len(seg), 1 / RATE)[np.argmax(spec)]
+        assert abs(12 * np.log2(f0 / 261.63)) < 0.5, f"the synth played {f0:.1f} Hz, not C4"
+    # the sound starts after the note-on was sent, not before (the synth follows the notes, on JACK's clock)
+    env_ = np.abs(x)
+    first = np.argmax(env_ > 0.01 * env_.max()) / RATE
+    assert bursts[0][0] < first < bursts[0][0] + 0.3, f"the synth's first sound at {first:.3f} s"
+    print(f"\nJACK synth: first sound {1000 * (first - bursts[0][0]):.0f} ms after the first burst began")

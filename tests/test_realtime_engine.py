@@ -223,6 +223,9 @@ def test_duration_stops_early(double, tone_file, tmp_path):
     (["live", "--midi-api", "jack", "--input", "{tone}"], "JACK"),
     (["record", "{tmp}/no/such/dir/x.mid", "--input", "{tone}", "--no-midi"], "does not exist"),
     (["record", "{tmp}/x.txt", "--input", "{tone}", "--no-midi"], ".mid"),
+    (["live", "--input", "{tone}", "--no-midi", "--synth", "{tmp}/none.sf2", "-q"], "soundfont"),
+    (["live", "--input", "{tone}", "--no-midi", "--synth", "-q", "--set", "synth.driver=nosuch"],
+     "FluidSynth cannot open an audio output"),
 ])
 def test_faults_are_one_sentence_exit_1(double, tone_file, tmp_path, capsys, argv, message):
     argv = [a.format(tone=tone_file, tmp=tmp_path) for a in argv]
