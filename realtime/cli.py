@@ -3,6 +3,11 @@
 Only the standard library (and kkoma's settings/errors) is imported here at module level so ``kkoma --help`` stays
 instant; numpy, sounddevice, rtmidi and the pipeline load inside the ``run_*`` functions.
 
+``kkoma record`` sends the live model's notes to the port and writes the files model's notes (``--notes files``,
+the default: the offline settings' model, its own transform and tracker, fed the same audio by the engine) to the
+file, which therefore holds what ``kkoma transcribe`` would write for the same audio; an existing file is replaced
+only with ``--overwrite``. ``--synth`` plays the notes sent through FluidSynth (realtime/synth.py).
+
 Stopping: Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) end a session the same way: the processing thread flushes the transcriber
 (closing sounding notes), every note gets its note-off on the MIDI port, the recording is finalised, and the command
 exits 0. A fault (no device, device lost, MIDI port gone, disk full...) prints one sentence and exits 1, after the
