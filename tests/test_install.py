@@ -45,7 +45,7 @@ def test_the_wheel_holds_one_package_with_its_config_and_weights(wheel):
     assert top == {"kkoma"}, top
     for needed in ("kkoma/config.toml", "kkoma/models/settings.py", "kkoma/offline/transcribe.py",
                    "kkoma/realtime/engine.py", "kkoma/models/weights/kkoma.npz",
-                   "kkoma/models/weights/kkoma_offline.npz"):
+                   "kkoma/models/weights/kkoma_offline.npz", "kkoma/models/weights/models.toml"):
         assert needed in names, needed
     with zipfile.ZipFile(wheel) as z:
         assert z.read("kkoma/config.toml") == (ROOT / "config.toml").read_bytes()
