@@ -148,6 +148,10 @@ def _budget_line(engine) -> str:
     line = (f"latency budget {b['total_ms']:.1f} ms = {parts} (plus compute){offs}; input {engine.source.name} at "
             f"{engine.source.sample_rate} Hz, {engine.source.channels} ch; MIDI {engine.midi.port_name} "
             f"({engine.midi.api})")
+    synth_ms = getattr(engine.midi, "latency_ms", None)
+    if synth_ms is not None:
+        line += (f"; through the synth {b['total_ms'] + synth_ms:.1f} ms to sound (+ {synth_ms:.1f} ms output "
+                 "buffer; plus compute and the sound card's own buffers)")
     if engine.recorder is not None:
         ft = engine.file_transcriber
         if ft is None:
