@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: ``prepare`` and ``train`` take them with ``--offline`` (to make that model).
 OFFLINE_COMMANDS = ("transcribe", "evaluate")
 
+#: Commands that make data or models for the settings as written: the settings a weights file carries are applied
+#: only when ``--model`` names one (every other command runs a model, and gets the settings it was trained with).
+MAKING_COMMANDS = ("prepare", "train")
+
 
 def _load(name: str):
     module_name, _ = COMMANDS[name]
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + list(getattr(args, "sub_overrides", []))
         args.model = getattr(args, "sub_model", None) or args.model
         offline = args.command in OFFLINE_COMMANDS or bool(getattr(args, "offline", False))
-        settings = load_settings(args.config, args.overrides, offline=offline, model=args.model)
+        settings = load_settings(args.config, args.overrides, offline=offline, model=args.model,
+                                 weights_settings=args.command not in MAKING_COMMANDS)
         module = args._module
         run = getattr(module, f"run_{args.command}", None) or module.run
         return int(run(args, settings) or 0)

@@ -498,7 +498,7 @@ def _explicit_keys(user: Mapping[str, Any] | None, overrides: Iterable[str]) -> 
 
 
 def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False,
-                  model: str | None = None) -> Settings:
+                  model: str | None = None, weights_settings: bool = True) -> Settings:
     """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
 
     Parameters
@@ -516,7 +516,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
     file and ``overrides`` do not set, so a model needs no ``--set`` of its own. A user's value that differs from the
-    record is kept, and loading the weights then says which key does not match.
+    record is kept, and loading the weights then says which key does not match. ``weights_settings=False`` leaves
+    the record out (``kkoma prepare`` and ``kkoma train`` make data and models for the settings as written, whatever
+    file ``model.weights`` names, unless ``--model`` asks for one's settings).
 
     Raises
     ------
@@ -553,7 +555,7 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         s = layered(base)
     from kkoma.models.catalog import record_table, weights_record
 
-    record = weights_record(s.model.weights_path)
+    record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
     if record:
         explicit = _explicit_keys(user, overrides)
         table = {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()

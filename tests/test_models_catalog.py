@@ -94,3 +94,19 @@ def test_models_command(capsys):
     assert by["offline"]["lookahead_ms"]["transform"] > 200 and by["live"]["lookahead_ms"]["transform"] == 0
     assert by["harmonic"]["settings"]["model.harmonic_units"] == 16
     assert np.isclose(by["offline"]["onset_f1"]["valid_room"], 78.0)
+
+
+def test_train_and_prepare_keep_the_settings_as_written(monkeypatch, tmp_path):
+    """Making data or a model: config.toml / --set decide the shape, not whatever file model.weights names (a new
+    architecture in config.toml must not be replaced by the shipped file's); --model still brings one's settings."""
+    small = load_settings(overrides=["model.units=8", "model.input_units=16"])
+    path = export_random_weights(tmp_path / "small.npz", small)
+    for argv in (["train", "data", "run"], ["prepare", "synth", "midi", "out"]):
+        seen = []
+        module = importlib.import_module(cli.COMMANDS[argv[0]][0])
+        for fn in ("run", f"run_{argv[0]}"):
+            monkeypatch.setattr(module, fn, lambda args, settings: seen.append(settings) or 0, raising=False)
+        assert cli.main(["--set", f"model.weights={path}", *argv]) == 0
+        assert seen[-1].model.units == load_settings().model.units != 8
+        assert cli.main(["--model", str(path), *argv]) == 0
+        assert seen[-1].model.units == 8
