@@ -1,6 +1,6 @@
 """Offline transcription: audio files of any length -> ``.mid`` (and ``.csv`` / ``.json`` / piano-roll ``.png``).
 
-The file driver of the one pipeline (DESIGN.md §1): a file is decoded and resampled a block at a time
+The file driver of the one pipeline (docs/design.md §1): a file is decoded and resampled a block at a time
 (:func:`models.audio.stream_audio`: ``soundfile.blocks`` + the streaming :mod:`models.resample`) and pushed through
 the same streaming :class:`models.pipeline.Transcriber` the live path uses, in blocks of ``transcribe.chunk_frames``
 frames.
