@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from kkoma.models.errors import KkomaError
+from kkoma.models.errors import KkomaError, require
 
 ONSET_TOLERANCE = 0.05    # [s] mir_eval's default, the field's standard
 OFFSET_RATIO = 0.2        # offset tolerance as a fraction of the reference note length
@@ -81,9 +81,9 @@ def score_notes(ref, est, frame_rate: float) -> dict:
     -------
     ``{"n_ref", "n_est", "<metric>_precision", "<metric>_recall", "<metric>_f1" for metric in METRICS}``.
     """
-    import mir_eval
     import numpy as np
 
+    mir_eval = require("mir_eval", "scoring with mir_eval")
     out: dict = {"n_ref": len(ref), "n_est": len(est)}
     if not ref or not est:
         value = 1.0 if (not ref and not est) else 0.0
