@@ -14,7 +14,6 @@ import numpy as np
 from kkoma.models.errors import KkomaError, KkomaWarning
 from kkoma.models.resample import Resampler, resample
 
-
 #: [frames at the file's rate] piece size when decoding what is left of a damaged block
 _SALVAGE_FRAMES = 1024
 
@@ -112,36 +111,31 @@ def stream_audio(path: str | Path, settings, block_seconds: float = 10.0, on_war
         rate = f.samplerate
         rs = Resampler(rate, sample_rate, settings)
         block = max(1, int(block_seconds * rate))
-        offset = 0
-        error = None
-        try:
-            for x in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+        offset = 0  # [input samples] decoded so far
+
+        def resampled(pieces):
+            nonlocal offset
+            for x in pieces:
                 y = to_mono(x)
                 check_finite(y, f"{path} (block at {offset / rate:.1f} s)")
                 offset += len(y)
                 out = rs.process(y)
                 if len(out):
                     yield out
-        except KkomaError:
-            raise
-        except Exception as e:
-            error = e
-        if error is not None:
-            # libsndfile refuses a whole block that runs into a truncated or damaged part: decode the rest of that
-            # block in small pieces, so the file is transcribed as far as it decodes.
+
+        def rest_in_small_pieces():
+            # libsndfile refuses a whole block that runs into a truncated or damaged part: the rest of that block is
+            # read in small pieces, so the file is transcribed as far as it decodes.
+            f.seek(offset)
+            while len(x := f.read(_SALVAGE_FRAMES, dtype="float32", always_2d=True)):
+                yield x
+
+        error = None
+        for pieces in (lambda: f.blocks(blocksize=block, dtype="float32", always_2d=True), rest_in_small_pieces):
             try:
-                f.seek(offset)
-                while True:
-                    x = f.read(_SALVAGE_FRAMES, dtype="float32", always_2d=True)
-                    if not len(x):
-                        error = None  # the rest decoded after all
-                        break
-                    y = to_mono(x)
-                    check_finite(y, f"{path} (block at {offset / rate:.1f} s)")
-                    offset += len(y)
-                    out = rs.process(y)
-                    if len(out):
-                        yield out
+                yield from resampled(pieces())
+                error = None
+                break
             except KkomaError:
                 raise
             except Exception as e:

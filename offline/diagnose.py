@@ -45,7 +45,7 @@ class Diagnosis:
     def add(self, ref, est) -> None:
         """Add one file: ``ref`` and ``est`` are lists of :class:`models.notes.Note`."""
         from kkoma.models.errors import require
-        from kkoma.offline.evaluate import notes_to_arrays
+        from kkoma.models.notes import notes_to_arrays
 
         mir_eval = require("mir_eval", "kkoma diagnose")
 

@@ -24,10 +24,11 @@ def tune(settings, dataset: Path, weights: Path, *, split: str, onsets, frames, 
     restrike_margin (None: the settings' own). Returns the best row ``(onset, frame, hold, offset, margin,
     onset F1, onset+offset F1)``, best by onset F1 + onset+offset F1.
     """
-    from kkoma.models.errors import require
+    from kkoma.models.errors import KkomaError, require
     from kkoma.models.inference import StreamingModel
     from kkoma.models.notes import events_to_notes, notes_to_arrays, read_midi
     from kkoma.models.tracker import NoteTracker
+    from kkoma.offline.dataset import read_manifest, split_pieces
     from kkoma.offline.labels import crop_notes
     from kkoma.offline.train import spread_subset
 
@@ -35,9 +36,9 @@ def tune(settings, dataset: Path, weights: Path, *, split: str, onsets, frames, 
 
     dataset = Path(dataset)
     settings = settings.replace(model__weights=json.dumps(str(weights)))
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    pieces = [p for p in manifest["pieces"] if p["split"] == split]
-    pieces = spread_subset(pieces, max_pieces)
+    pieces = spread_subset(split_pieces(read_manifest(dataset, settings), split), max_pieces)
+    if not pieces:
+        raise KkomaError(f"{dataset} has no {split} pieces to tune on.")
     model = StreamingModel(settings)
     probs, refs = [], []
     for p in pieces:
