@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="audio file (any rate, any channel count)")
     p.add_argument("--stream", action="store_true",

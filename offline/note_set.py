@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kkoma.models.errors import KkomaError

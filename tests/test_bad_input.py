@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from test_transcribe import EnergyTranscriber, tone_file  # the stand-in network, a tone writer
 
+import kkoma.offline.transcribe as T
 from kkoma.cli import main
 from kkoma.models.audio import stream_audio
 from kkoma.models.errors import KkomaError, KkomaWarning, require
 from kkoma.models.notes import read_midi
 from kkoma.models.settings import load_settings
-from test_transcribe import EnergyTranscriber, tone_file  # noqa: F401  (fake: the stand-in network)
-import kkoma.offline.transcribe as T
 
 S = load_settings()
 
