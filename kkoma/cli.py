@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "live": ("kkoma.realtime.cli", "microphone -> MIDI port, live"),
     "record": ("kkoma.realtime.cli", "live, and write the stream to a MIDI file"),
     "devices": ("kkoma.realtime.cli", "list audio inputs and MIDI outputs"),
+    "serve": ("kkoma.realtime.serve", "a local web page: a browser's microphone -> live notes, audio files -> MIDI"),
     "cqt": ("kkoma.models.cqt_cli", "compute the CQT of an audio file and summarise it"),
     "prepare": ("kkoma.offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
     "train": ("kkoma.offline.train_cli", "train the onset/frame/velocity model"),

@@ -209,6 +209,15 @@ class TranscribeSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    host: str = _f(doc="address `kkoma serve` listens on")
+    port: int = _f(lo=0, hi=65535)
+    max_clients: int = _f(lo=1, hi=256)
+    max_upload_mb: float = _f(lo=0.0, lo_open=True, unit="MB")
+    keep_takes: int = _f(lo=1, hi=10000)
+
+
+@dataclass(frozen=True)
 class DataSettings:
     soundfonts: tuple = _f()
     programs: tuple = _f(lo=0, hi=127)
@@ -269,6 +278,7 @@ class Settings:
     midi: MidiSettings
     record: RecordSettings
     transcribe: TranscribeSettings
+    serve: ServeSettings
     data: DataSettings
     augment: AugmentSettings
     train: TrainSettings
@@ -288,7 +298,7 @@ class Settings:
 _SECTION_TYPES = {
     "audio": AudioSettings, "cqt": CQTSettings, "model": ModelSettings, "tracker": TrackerSettings,
     "live": LiveSettings, "midi": MidiSettings, "record": RecordSettings, "transcribe": TranscribeSettings,
-    "data": DataSettings, "augment": AugmentSettings, "train": TrainSettings,
+    "serve": ServeSettings, "data": DataSettings, "augment": AugmentSettings, "train": TrainSettings,
 }
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
 

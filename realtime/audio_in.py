@@ -78,6 +78,10 @@ def resolve_device(spec: str | int | None) -> dict:
     raise KkomaError(f"no audio input matches {spec!r}; the inputs are: {listing}.")
 
 
+class InputLost(KkomaError):
+    """The audio input went away mid-stream (unplugged, its server died, taken by another program)."""
+
+
 class AudioInput:
     """A sounddevice ``InputStream`` whose callback copies each block into the ring buffer and nothing else.
 
@@ -134,7 +138,7 @@ class AudioInput:
     def _finished(self) -> None:
         # Called by PortAudio when the stream ends: expected after stop(), otherwise the device went away.
         if not self._stopping:
-            self.error = KkomaError(f"the audio input {self.name!r} stopped delivering audio (unplugged?).")
+            self.error = InputLost(f"the audio input {self.name!r} stopped delivering audio (unplugged?).")
         self.finished = True
 
     @property
@@ -147,17 +151,25 @@ class AudioInput:
         except Exception as e:
             raise KkomaError(f"cannot start audio input {self.name!r} ({e}); is another program using it?") from None
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, abandon: bool = False) -> None:
         """Stop and close the stream; never blocks longer than ``timeout`` [s].
 
-        PortAudio's JACK backend waits forever for a client whose server died (measured: ``jackd`` killed
-        mid-stream hangs ``Pa_StopStream``), so the stream is closed on a helper thread; if that does not return,
-        the stream is abandoned and sounddevice's exit handler (which would wait on it again) is unregistered.
+        PortAudio's JACK backend waits forever for a client whose server died (``jackd`` killed mid-stream can hang
+        ``Pa_StopStream``), so the stream is closed on a helper thread; if that does not return, the stream is
+        abandoned and sounddevice's exit handler (which would wait on it again) is unregistered. ``abandon``: the
+        input is known lost (:class:`InputLost`); the same backend can also abort the whole process (an assertion
+        in its stream clean-up) when a dead stream is stopped or closed, so a lost stream is not touched at all.
         """
         stream, self._stream = self._stream, None
         if stream is None:
             return
         self._stopping = True
+        if abandon or isinstance(self.error, InputLost):
+            import atexit
+
+            atexit.unregister(_sd()._exit_handler)
+            self.finished = True
+            return
 
         def close():
             for step in (stream.stop, stream.close):
@@ -248,10 +260,11 @@ class FileInput:
         finally:
             self.finished = True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0, abandon: bool = False) -> None:
+        """Stop reading (``abandon`` has nothing to leave behind for a file; it is accepted as AudioInput's)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=timeout)
         self.finished = True
         try:
             self._file.close()

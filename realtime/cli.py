@@ -203,6 +203,8 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
 
 def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
     """Stop everything in order; returns the error to report (the first one)."""
+    from kkoma.realtime.audio_in import InputLost
+
     def keep(e):
         nonlocal error
         if error is None or isinstance(error, KeyboardInterrupt):
@@ -213,7 +215,7 @@ def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
         engine.join(10.0)
     display.close()
     if source is not None:
-        source.stop()
+        source.stop(abandon=isinstance(error, InputLost))
     if midi is not None:
         midi.close()  # all notes off
     if recorder is not None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kkoma.models.errors import KkomaError
+from kkoma.realtime.audio_in import InputLost
 from kkoma.models.notes import note_name  # noqa: F401  (the display names keys with it)
 from kkoma.models.resample import Resampler
 
@@ -278,7 +279,7 @@ class Engine:
                         return
                 else:
                     if not src.is_file and time.monotonic() - last_data > stall:
-                        raise KkomaError(f"the audio input {src.name!r} delivered nothing for {stall:g} s "
+                        raise InputLost(f"the audio input {src.name!r} delivered nothing for {stall:g} s "
                                          "(unplugged or taken by another program?).")
                     time.sleep(poll)
                     continue

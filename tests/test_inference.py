@@ -172,7 +172,7 @@ def test_grown_weights_compute_the_old_model_exactly():
         assert np.abs(c[k] - a[k]).max() > 1e-3  # the branch's rows do change the outputs once non-zero
 
 
-def test_grown_offset_head_keeps_the_old_outputs_exactly():
+def test_grown_offset_head_keeps_the_old_outputs():
     """:func:`models.network.grow_offset`: a model given the offset head by ``train --init`` computes exactly the
     outputs of the model it grew from, plus an offset output that starts low (bias -4) but reads the LSTM."""
     from kkoma.models.network import grow_offset
@@ -187,7 +187,9 @@ def test_grown_offset_head_keeps_the_old_outputs_exactly():
     b = StreamingModel(s1, arrays=grown).predict(f)
     assert tuple(b) == KEYS + ("offset",)
     for k in KEYS:
-        np.testing.assert_array_equal(a[k], b[k])
+        # Equal to float32 rounding: the heads are one matrix product whose width (3 or 4 heads) changes how BLAS
+        # blocks it, and so the order of the additions (seen: 6e-8 on some processors).
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
     assert np.median(b["offset"]) < 0.05 and b["offset"].std() > 1e-4
 
 

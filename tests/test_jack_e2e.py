@@ -339,10 +339,20 @@ def test_jack_server_dies_mid_stream(jack_server, tmp_path):
     """The audio server vanishing (as a USB card unplugged) ends `kkoma record`: one sentence, exit 1, file kept."""
     name, env, jackd = jack_server
     out = tmp_path / "take.mid"
+    jack = pytest.importorskip("jack")
+    env = {**env, "PYTHONFAULTHANDLER": "1"}  # a crash inside PortAudio shows where it happened
     proc = subprocess.Popen([sys.executable, str(RUNNER), "record", str(out), "--midi-api", "jack", "-q"], env=env,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: out.exists() or proc.poll() is not None, 20, "kkoma record to start")
+        # The server dies while audio flows: wait until kkoma's input stream is connected to the capture ports
+        # (the MIDI file appears before the stream starts, and on a loaded machine well before).
+        probe = jack.Client("kkoma_probe_dies", no_start_server=True, servername=name)
+        try:
+            capture = probe.get_ports(is_audio=True, is_output=True, is_physical=True)
+            _wait(lambda: proc.poll() is not None or any(probe.get_all_connections(p) for p in capture), 30,
+                  "kkoma record's audio input to start")
+        finally:
+            probe.close()
         time.sleep(1.0)
         jackd.kill()
         jackd.wait(5)
