@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("kkoma.offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
     "train": ("kkoma.offline.train_cli", "train the onset/frame/velocity model"),
     "evaluate": ("kkoma.offline.evaluate_cli", "score transcriptions against reference MIDI (mir_eval)"),
+    "tune": ("kkoma.offline.tune_cli", "choose the note tracker's thresholds on a validation split"),
+    "diagnose": ("kkoma.offline.diagnose_cli", "where a model's note errors are: per register, and by kind"),
+    "note-set": ("kkoma.offline.note_set_cli", "render a synthesiser's piano, key by key, as a sample set"),
 }
 
 

@@ -6,12 +6,16 @@ to mono by averaging the channels. Non-finite samples are never passed on silent
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from kkoma.models.errors import KkomaError
+from kkoma.models.errors import KkomaError, KkomaWarning
 from kkoma.models.resample import Resampler, resample
+
+#: [frames at the file's rate] piece size when decoding what is left of a damaged block
+_SALVAGE_FRAMES = 1024
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -80,11 +84,14 @@ def load_audio(path: str | Path, settings, sample_rate: int | None = None) -> np
     return resample(y, int(sr), sample_rate or settings.audio.sample_rate, settings)
 
 
-def stream_audio(path: str | Path, settings, block_seconds: float = 10.0):
+def stream_audio(path: str | Path, settings, block_seconds: float = 10.0, on_warning=None):
     """Yield ``(n,)`` float32 mono blocks at the model rate ``audio.sample_rate`` [Hz] from a file, decoding a block
     at a time; the samples are those of :func:`load_audio` (same resampler, streamed).
 
     Memory stays bounded by ``block_seconds`` whatever the file length. Raises KkomaError as :func:`load_audio`.
+    A file that stops decoding part-way (truncated or damaged) yields everything up to the last sample that decodes
+    and then reports, through ``on_warning(message)`` (default: :func:`warnings.warn` with :class:`KkomaWarning`),
+    one sentence naming the time [s] where it stops; only a file of which nothing decodes raises.
     """
     sample_rate = settings.audio.sample_rate
     path = Path(path)
@@ -101,22 +108,47 @@ def stream_audio(path: str | Path, settings, block_seconds: float = 10.0):
             yield y[i:i + step]
         return
     with f:
-        rs = Resampler(f.samplerate, sample_rate, settings)
-        block = max(1, int(block_seconds * f.samplerate))
-        offset = 0
-        try:
-            for x in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+        rate = f.samplerate
+        rs = Resampler(rate, sample_rate, settings)
+        block = max(1, int(block_seconds * rate))
+        offset = 0  # [input samples] decoded so far
+
+        def resampled(pieces):
+            nonlocal offset
+            for x in pieces:
                 y = to_mono(x)
-                check_finite(y, f"{path} (block at {offset / f.samplerate:.1f} s)")
+                check_finite(y, f"{path} (block at {offset / rate:.1f} s)")
                 offset += len(y)
                 out = rs.process(y)
                 if len(out):
                     yield out
-        except KkomaError:
-            raise
-        except Exception as e:
-            raise KkomaError(f"{path} could not be decoded past {offset / f.samplerate:.1f} s ({_reason(e)}).") \
-                from None
+
+        def rest_in_small_pieces():
+            # libsndfile refuses a whole block that runs into a truncated or damaged part: the rest of that block is
+            # read in small pieces, so the file is transcribed as far as it decodes.
+            f.seek(offset)
+            while len(x := f.read(_SALVAGE_FRAMES, dtype="float32", always_2d=True)):
+                yield x
+
+        error = None
+        for pieces in (lambda: f.blocks(blocksize=block, dtype="float32", always_2d=True), rest_in_small_pieces):
+            try:
+                yield from resampled(pieces())
+                error = None
+                break
+            except KkomaError:
+                raise
+            except Exception as e:
+                error = e
+        if error is not None:
+            if offset == 0:
+                raise KkomaError(f"{path} could not be decoded ({_reason(error)}).")
+            message = (f"{path} stops decoding at {offset / rate:.1f} s of {f.frames / rate:.1f} s (truncated or "
+                       f"damaged: {_reason(error)}); transcribed up to there.")
+            if on_warning is None:
+                warnings.warn(message, KkomaWarning, stacklevel=2)
+            else:
+                on_warning(message)
         tail = rs.flush()
         if len(tail):
             yield tail

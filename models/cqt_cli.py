@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="audio file (any rate, any channel count)")
     p.add_argument("--stream", action="store_true",
@@ -19,10 +20,13 @@ def run(args: argparse.Namespace, settings) -> int:
 
     from kkoma.models.audio import load_audio
     from kkoma.models.cqt import CQT
+    from kkoma.models.errors import KkomaError
     from kkoma.models.notes import note_name
 
     sr, hop = settings.audio.sample_rate, settings.audio.hop_length
     audio = load_audio(args.audio, settings)
+    if len(audio) == 0:
+        raise KkomaError(f"{args.audio} holds no audio samples: there is nothing to transform.")
     cqt = CQT(settings)
     t0 = time.perf_counter()
     if args.stream:
@@ -32,6 +36,9 @@ def run(args: argparse.Namespace, settings) -> int:
         feats = cqt.features(audio)
     elapsed = time.perf_counter() - t0
     seconds = len(audio) / sr
+    if feats.shape[0] == 0:
+        raise KkomaError(f"{args.audio} is too short for one frame ({seconds * 1000:.1f} ms of audio; "
+                         f"a frame is {1000 * hop / sr:.0f} ms).")
     print(f"{args.audio}: {seconds:.2f} s -> {feats.shape[0]} frames x {feats.shape[1]} bins "
           f"({'incremental' if args.stream else 'batch'}, {elapsed * 1000:.0f} ms incl. compilation, "
           f"look-ahead {cqt.lookahead_ms:.1f} ms)")

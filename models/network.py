@@ -31,7 +31,7 @@ and the octave below it side by side, which is what tells a note from its octave
 onset and frame heads directly as well as through the LSTM, whose 128 units must otherwise carry every key's
 evidence.
 
-Why no BiLSTM live: only a forward direction can carry state across chunks (DESIGN.md §3). The live model is
+Why no BiLSTM live: only a forward direction can carry state across chunks (docs/design.md §3). The live model is
 forward only (``model.backward_units = 0``): one regime for training, files and live, and a latency of ``R * hop``
 plus the transform's. Files need no answer within milliseconds, so the offline model may add the backward direction
 of a *latency-controlled* BiLSTM (as in streaming speech recognition): training runs it over each

@@ -127,12 +127,16 @@ def events_to_notes(events: Iterable[NoteEvent], close_at: float | None = None) 
     return notes
 
 
+MIN_SCORED_LENGTH = 1e-3  # [s] length given to a note that does not last, when it is scored (notes_to_arrays)
+
+
 def notes_to_arrays(notes: Sequence[Note]) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     """Notes in the form ``mir_eval.transcription`` takes.
 
     Returns
     -------
-    intervals : (n, 2) float64 [s] onset, offset.
+    intervals : (n, 2) float64 [s] onset, offset; a note that does not last gets 1 ms (``MIN_SCORED_LENGTH``), since
+        mir_eval rejects intervals that do not move forward (a MIDI file may hold such notes).
     pitches_hz : (n,) float64 [Hz] (A4 = 440 Hz, equal temperament).
     velocities : (n,) float64 MIDI velocity 1..127.
     """
@@ -144,7 +148,7 @@ def notes_to_arrays(notes: Sequence[Note]) -> tuple["np.ndarray", "np.ndarray", 
     vel = np.empty(n, np.float64)
     for i, note in enumerate(notes):
         intervals[i, 0] = note.onset
-        intervals[i, 1] = note.offset
+        intervals[i, 1] = max(note.offset, note.onset + MIN_SCORED_LENGTH)
         pitch[i] = note.pitch
         vel[i] = note.velocity
     return intervals, 440.0 * 2.0 ** ((pitch - 69.0) / 12.0), vel

@@ -34,7 +34,8 @@ class Transcriber:
 
     Attributes
     ----------
-    cqt, model, tracker : the three stages (each with ``process``/``flush``/``reset``).
+    cqt, model, tracker : the three stages, each a :class:`models.stream.Stream` (``process``/``flush``/``reset``),
+        as the Transcriber itself is.
     """
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None, model=None):

@@ -449,6 +449,9 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML ({e}).") from None
+    except UnicodeDecodeError:  # TOML is UTF-8; editors on Windows may save UTF-16
+        raise ConfigError(f"config file {path} is not UTF-8 text (TOML files must be UTF-8: save it as UTF-8)."
+                          ) from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read ({e.strerror}).") from None
 

@@ -1,6 +1,6 @@
 """Streaming note tracker: the model's per-frame onset / frame / velocity probabilities -> note-on/off events.
 
-Rules (DESIGN.md §4), per pitch, with zero look-ahead (an event at frame t depends only on frames <= t):
+Rules (docs/design.md §4), per pitch, with zero look-ahead (an event at frame t depends only on frames <= t):
 
 * **Open.** A note opens at frame t when the onset probability crosses ``tracker.onset_threshold`` there (it is
   >= the threshold at t and was below it at t - 1: a rising edge; the stream starts "below"), and the last onset of

@@ -1,4 +1,4 @@
-"""Where a model's note errors are: ``python -m kkoma.offline.diagnose AUDIO_DIR [--max-files N] [--set KEY=VALUE]``.
+"""Where a model's note errors are: ``kkoma diagnose AUDIO_DIR [--max-files N]`` (offline/diagnose_cli.py).
 
 Transcribes the audio files of a folder that has the reference ``X.mid`` beside each ``X.flac`` (as
 ``DATASET/audio/<split>/`` made by ``kkoma prepare``) and prints two tables over all of them:
@@ -14,12 +14,9 @@ The model card's "where the errors are" figures come from this tool.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -47,9 +44,10 @@ class Diagnosis:
 
     def add(self, ref, est) -> None:
         """Add one file: ``ref`` and ``est`` are lists of :class:`models.notes.Note`."""
-        import mir_eval
+        from kkoma.models.errors import require
+        from kkoma.models.notes import notes_to_arrays
 
-        from kkoma.offline.evaluate import notes_to_arrays
+        mir_eval = require("mir_eval", "kkoma diagnose")
 
         matched = []
         if ref and est:
@@ -131,35 +129,24 @@ def format_report(d: Diagnosis, title: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("audio_dir", type=Path, help="audio files with reference X.mid beside (DATASET/audio/<split>)")
-    ap.add_argument("--max-files", type=int, default=0, help="the first N files in name order (0 = all)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = ap.parse_args(argv)
+def diagnose(settings, audio_dir: Path, max_files: int = 0) -> tuple[Diagnosis, int]:
+    """Transcribe the ``.flac`` files of ``audio_dir`` that have a reference ``.mid`` beside them (the first
+    ``max_files`` in name order; 0 = all) with ``settings`` and gather their errors -> (diagnosis, files used).
 
+    Raises KkomaError when the folder holds no such file.
+    """
     from kkoma.models.errors import KkomaError
     from kkoma.models.notes import read_midi
-    from kkoma.models.settings import load_settings
     from kkoma.offline.transcribe import make_transcriber, transcribe_file
 
-    try:
-        settings = load_settings(overrides=args.overrides, offline=True)
-        files = sorted(p for p in args.audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())
-        if args.max_files:
-            files = files[: args.max_files]
-        if not files:
-            raise KkomaError(f"{args.audio_dir} holds no .flac file with a reference .mid beside it.")
-        transcriber = make_transcriber(settings)
-        d = Diagnosis()
-        for f in files:
-            d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
-    except KkomaError as e:
-        print(f"kkoma: {e}", file=sys.stderr)
-        return 1
-    print(format_report(d, f"{args.audio_dir} ({len(files)} files, {settings.model.weights})"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    audio_dir = Path(audio_dir)
+    files = sorted(p for p in audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())
+    if max_files:
+        files = files[:max_files]
+    if not files:
+        raise KkomaError(f"{audio_dir} holds no .flac file with a reference .mid beside it.")
+    transcriber = make_transcriber(settings)
+    d = Diagnosis()
+    for f in files:
+        d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
+    return d, len(files)

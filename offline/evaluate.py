@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from kkoma.models.errors import KkomaError
+from kkoma.models.errors import KkomaError, require
 
 ONSET_TOLERANCE = 0.05    # [s] mir_eval's default, the field's standard
 OFFSET_RATIO = 0.2        # offset tolerance as a fraction of the reference note length
@@ -35,20 +35,6 @@ OFFSET_MIN_TOLERANCE = 0.05  # [s]
 VELOCITY_TOLERANCE = 0.1  # mir_eval.transcription_velocity default
 METRICS = ("onset", "onset_offset", "velocity", "frame")
 MIDI_EXTENSIONS = (".mid", ".midi")
-
-
-def notes_to_arrays(notes):
-    """Notes -> (intervals ``(n, 2)`` [s], pitches ``(n,)`` [Hz], velocities ``(n,)``) as mir_eval wants them.
-
-    Zero-length notes get a 1 ms length, since mir_eval rejects intervals that do not move forward.
-    """
-    import numpy as np
-
-    from kkoma.models.notes import notes_to_arrays as arrays
-
-    intervals, pitches, velocities = arrays(notes)
-    intervals[:, 1] = np.maximum(intervals[:, 1], intervals[:, 0] + 1e-3)
-    return intervals, pitches, velocities
 
 
 def piano_roll(notes, frame_rate: float, n_frames: int | None = None):
@@ -81,9 +67,11 @@ def score_notes(ref, est, frame_rate: float) -> dict:
     -------
     ``{"n_ref", "n_est", "<metric>_precision", "<metric>_recall", "<metric>_f1" for metric in METRICS}``.
     """
-    import mir_eval
     import numpy as np
 
+    from kkoma.models.notes import notes_to_arrays
+
+    mir_eval = require("mir_eval", "scoring with mir_eval")
     out: dict = {"n_ref": len(ref), "n_est": len(est)}
     if not ref or not est:
         value = 1.0 if (not ref and not est) else 0.0
@@ -201,14 +189,6 @@ def evaluate_dirs(pred_dir: str | Path, ref_dir: str | Path, settings, group: st
     return report
 
 
-def dataset_splits(dataset: Path) -> list[str]:
-    """The validation splits with rendered audio in ``DATASET/audio/``."""
-    root = dataset / "audio"
-    if not root.is_dir():
-        raise KkomaError(f"{dataset} has no audio/ folder (run `kkoma prepare` with audio export, or use --pred/--ref).")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "train")
-
-
 def evaluate_dataset(dataset: str | Path, settings, splits: Sequence[str] | None = None,
                      out_dir: str | Path | None = None, quiet: bool = False, n_jobs: int | None = None) -> Report:
     """Transcribe ``DATASET/audio/<split>/*.flac`` through the file pipeline and score against the ``.mid`` beside.
@@ -218,10 +198,11 @@ def evaluate_dataset(dataset: str | Path, settings, splits: Sequence[str] | None
     import shutil
     import tempfile
 
+    from kkoma.offline.dataset import audio_splits
     from kkoma.offline.transcribe import transcribe_paths
 
     dataset = Path(dataset)
-    available = dataset_splits(dataset)
+    available = audio_splits(dataset)
     splits = list(splits) if splits else [s for s in available if s.startswith("valid")] or available
     missing = [s for s in splits if s not in available]
     if missing:

@@ -29,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings) -> int:
     import sys
 
-    from kkoma.models.errors import KkomaError
+    from kkoma.models.errors import KkomaError, require
     from kkoma.offline.evaluate import evaluate_dataset, evaluate_dirs, format_table, write_json
+
+    require("mir_eval", "kkoma evaluate")  # before transcribing a dataset, not after
 
     if args.dataset:
         if args.pred or args.ref:

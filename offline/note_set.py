@@ -1,6 +1,6 @@
 """Make a sample set (one file per key and velocity layer, offline/sampler.py's layout) from a synthesiser's piano.
 
-    python -m kkoma.offline.note_set SOURCE OUT_DIR [--program P] [--velocities 40 70 100 127] [--rate 44100]
+    kkoma note-set SOURCE OUT_DIR [--program P] [--velocities 40 70 100 127] [--rate 44100]
 
 SOURCE is a soundfont (``.sf2`` / ``.sf3``, played by FluidSynth through :class:`offline.synth.Renderer`) or a
 TiMidity++ configuration (``.cfg``, played by ``timidity``; Debian's ``freepats`` package installs
@@ -9,25 +9,26 @@ TiMidity++ configuration (``.cfg``, played by ``timidity``; Debian's ``freepats`
 ``kkoma prepare synth --samples OUT_DIR`` plays it like a recorded piano: the velocity picks the layer, and the
 sampler, not the synthesiser, applies dampers, pedals and note lengths. A piano that only a synthesiser can play
 becomes an extra training voice this way, added as copies without re-rendering a prepared dataset (a new
-``--soundfont`` would change the voice rotation of every training piece instead). r27 was trained with two: csound's
-GM bank (``csound-soundfont``; its piano turned out to be TimGM6mb's recording at twice the rate) and FreePats
-(``freepats``); see the model card.
+``--soundfont`` would change the voice rotation of every training piece instead). The shipped models learnt from
+three made this way (csound's GM bank, FreePats, GeneralUser GS; see the model card).
+
+Imports only the standard library at module level (numpy and the renderer load in :func:`make_note_set`), so the
+``kkoma note-set`` parser can take its defaults from here.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from kkoma.models.errors import KkomaError
 from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, note_name
-from kkoma.offline.synth import SetupError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PIANO_KEYS = range(PIANO_MIN_MIDI, PIANO_MIN_MIDI + N_KEYS)  # MIDI pitches A0..C8
 VELOCITIES = (40, 70, 100, 127)  # the default layers
@@ -80,7 +81,10 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VEL
     ``gain``: FluidSynth's master gain (default ``data.render_gain``, as ``kkoma prepare`` renders).
     SetupError when the renderer or SOURCE is missing; KkomaError for a source that plays silence.
     """
+    import numpy as np
     import soundfile as sf
+
+    from kkoma.offline.synth import SetupError
 
     src = Path(source)
     if not src.is_file():
@@ -120,27 +124,3 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VEL
         written.append(path)
     return written
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kkoma.offline.note_set", description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", metavar="SOURCE", help=".sf2/.sf3 soundfont or timidity .cfg")
-    ap.add_argument("out_dir", metavar="OUT_DIR", help="folder for the note files (created)")
-    ap.add_argument("--program", type=int, default=0, help="GM program of bank 0 (0 = Acoustic Grand)")
-    ap.add_argument("--velocities", type=int, nargs="+", default=list(VELOCITIES),
-                    help="one velocity layer per value")
-    ap.add_argument("--hold", type=float, default=HOLD_S, help="[s] how long each key is held")
-    ap.add_argument("--seconds", type=float, default=SECONDS, help="[s] length of each file")
-    ap.add_argument("--rate", type=int, default=RATE, help="[Hz] sample rate of the files")
-    args = ap.parse_args(argv)
-    try:
-        files = make_note_set(args.source, args.out_dir, program=args.program, velocities=args.velocities,
-                              hold=args.hold, seconds=args.seconds, rate=args.rate)
-    except KkomaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{args.out_dir}: {len(files)} notes", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

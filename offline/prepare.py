@@ -57,10 +57,9 @@ import numpy as np
 
 from kkoma.models.atomic import atomic_write as _atomic_write
 from kkoma.models.errors import KkomaError
-from kkoma.models.settings import first_mismatch
+from kkoma.offline.dataset import MANIFEST, read_manifest
 from kkoma.offline.synth import SetupError
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 MIDI_SUFFIXES = (".mid", ".midi")
 _REPEAT_VARIANT = re.compile(r"(_no(_\d+)?)?_repeat$")
@@ -448,20 +447,8 @@ def settings_record(settings) -> dict:
 
 
 def read_existing(out_dir: Path, settings) -> dict | None:
-    path = out_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise KkomaError(f"{path} cannot be read ({e}); move it away to start the dataset again.") from None
-    ours = settings_record(settings)
-    bad = first_mismatch(manifest.get("settings", {}), {k: ours[k] for k in ("audio", "cqt")}, missing_ok=True)
-    if bad:
-        section, key, value, mine = bad
-        raise KkomaError(f"{out_dir} was prepared with {section}.{key} = {value!r}, not {mine!r}; use "
-                         "another output folder or the same settings.")
-    return manifest
+    """The manifest of a dataset being resumed (None for a new one); KkomaError if it was made with other settings."""
+    return read_manifest(out_dir, settings, missing_ok=True)
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:

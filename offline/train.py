@@ -51,35 +51,14 @@ import numpy as np
 from kkoma.models.atomic import atomic_write
 from kkoma.models.errors import KkomaError
 from kkoma.models.notes import N_KEYS
-from kkoma.models.settings import CQTSettings, first_mismatch
+from kkoma.models.settings import CQTSettings
+from kkoma.offline.dataset import read_manifest
 from kkoma.offline.labels import LABEL_NAMES
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Dataset access
 # ----------------------------------------------------------------------------------------------------------------
-def read_manifest(dataset: str | Path, settings) -> dict:
-    """Read ``DATASET/manifest.json`` and check its audio/cqt settings against ours (KkomaError naming the key)."""
-    dataset = Path(dataset)
-    path = dataset / "manifest.json"
-    if not path.is_file():
-        raise KkomaError(f"{dataset} is not a kkoma dataset (no manifest.json); make one with `kkoma prepare`.")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise KkomaError(f"{path} cannot be read ({e}).") from None
-    want = {section: asdict(getattr(settings, section)) for section in ("audio", "cqt")}
-    bad = first_mismatch(manifest.get("settings", {}), want, missing_ok=True)
-    if bad:
-        section, key, value, mine = bad
-        raise KkomaError(f"dataset {dataset} was prepared with {section}.{key} = {value!r} but the settings "
-                         f"say {mine!r}; train with matching settings (--set {section}.{key}={value!r}, or "
-                         "--offline for a dataset prepared with --offline) or prepare the dataset again.")
-    if not manifest.get("pieces"):
-        raise KkomaError(f"dataset {dataset} has no pieces.")
-    return manifest
-
-
 def spread_subset(items: list, n: int) -> list:
     """``n`` items spread evenly over ``items`` (the first, then every ``len / n``-th, in order); all if ``n`` is 0 or
     covers them. Validation subsets use it: manifests list pieces by composer, so the first 25 of a split are all
@@ -554,7 +533,7 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     t_start = time.time()
     dataset = Path(dataset)
     out_dir = Path(out_dir)
-    manifest = read_manifest(dataset, settings)
+    manifest = read_manifest(dataset, settings, require_pieces=True)
     pieces = manifest["pieces"]
     train_pieces = [p for p in pieces if p.get("split") == "train"]
     if not train_pieces:

@@ -1,6 +1,6 @@
 """Offline transcription: audio files of any length -> ``.mid`` (and ``.csv`` / ``.json`` / piano-roll ``.png``).
 
-The file driver of the one pipeline (DESIGN.md §1): a file is decoded and resampled a block at a time
+The file driver of the one pipeline (docs/design.md §1): a file is decoded and resampled a block at a time
 (:func:`models.audio.stream_audio`: ``soundfile.blocks`` + the streaming :mod:`models.resample`) and pushed through
 the same streaming :class:`models.pipeline.Transcriber` the live path uses, in blocks of ``transcribe.chunk_frames``
 frames.
@@ -167,6 +167,7 @@ class Transcription:
     notes: NoteRows
     seconds: float
     envelope: "object | None" = None  # (n_frames, 2) float32 min/max per hop [model-rate samples], or None
+    warnings: list = field(default_factory=list)  # one sentence each (e.g. the file stops decoding part-way)
 
 
 class _Envelope:
@@ -307,9 +308,10 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     transcriber.reset()
     block_samples = settings.transcribe.chunk_frames * hop
     env = _Envelope(hop) if envelope else None
+    notices: list[str] = []
 
     def pieces():
-        for block in stream_audio(path, settings, block_seconds=block_samples / sr):
+        for block in stream_audio(path, settings, block_seconds=block_samples / sr, on_warning=notices.append):
             # The resampler may hand out a little more than asked; keep every push within chunk_frames.
             for i in range(0, len(block), block_samples):
                 piece = block[i:i + block_samples]
@@ -335,7 +337,8 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
                 raise Interrupted()
     finally:
         stream.close()
-    return Transcription(notes=notes.result(), seconds=n_samples / sr, envelope=env.result() if env is not None else None)
+    return Transcription(notes=notes.result(), seconds=n_samples / sr, envelope=env.result() if env is not None else None,
+                         warnings=notices)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,8 +370,9 @@ def write_text(path: Path, text: str) -> None:
 
 def write_piano_roll(path: Path, result: Transcription, settings, title: str = "") -> None:
     """PNG: the waveform envelope above the piano roll (notes coloured by velocity), on one time axis [s]."""
-    import matplotlib
+    from kkoma.models.errors import require
 
+    matplotlib = require("matplotlib", "--piano-roll")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -423,11 +427,13 @@ def check_writable(folder: Path) -> None:
         raise KkomaError(f"cannot write to the output folder {folder} ({e.strerror or e})") from None
 
 
-def write_outputs(job: Job, result: Transcription, settings) -> None:
-    """Every requested output of ``job``, each written atomically."""
+def write_outputs(job: Job, result: Transcription, settings) -> list[str]:
+    """Every requested output of ``job``, each written atomically, the piano roll last. Returns warnings: a piano
+    roll that cannot be drawn is one (the notes are written, so the file is not failed)."""
     from kkoma.models.notes import write_midi
 
-    for ext, path in job.outputs.items():
+    notices = []
+    for ext, path in sorted(job.outputs.items(), key=lambda item: item[0] == "png"):
         if ext == "mid":
             write_midi(result.notes, path, settings)
         elif ext == "csv":
@@ -435,7 +441,12 @@ def write_outputs(job: Job, result: Transcription, settings) -> None:
         elif ext == "json":
             write_text(path, notes_json(result.notes, job.audio.name, result.seconds))
         elif ext == "png":
-            write_piano_roll(path, result, settings, title=job.audio.name)
+            try:
+                write_piano_roll(path, result, settings, title=job.audio.name)
+            except Exception as e:
+                why = str(e).rstrip(".") if isinstance(e, KkomaError) else f"{type(e).__name__}: {e}"
+                notices.append(f"no piano roll ({why}); the notes are written: add it with --overwrite")
+    return notices
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,6 +461,7 @@ class FileOutcome:
     n_notes: int = 0
     elapsed: float = 0.0
     reason: str = ""
+    warnings: list = field(default_factory=list)  # for a done file: what it lacks (one sentence each)
 
 
 @dataclass
@@ -478,8 +490,9 @@ def run_job(job: Job, settings, transcriber=None, *, progress=None, should_stop=
             warnings.simplefilter("ignore", DeprecationWarning)
             result = transcribe_file(job.audio, settings, transcriber, progress=progress,
                                      should_stop=should_stop, envelope="png" in job.outputs, threaded=threaded)
-        write_outputs(job, result, settings)
-        return FileOutcome(job.display, "done", result.seconds, len(result.notes), time.perf_counter() - t0)
+        notices = result.warnings + write_outputs(job, result, settings)
+        return FileOutcome(job.display, "done", result.seconds, len(result.notes), time.perf_counter() - t0,
+                           warnings=[_strip_name(n, job) for n in notices])
     except (Interrupted, KeyboardInterrupt):
         raise
     except KkomaError as e:
@@ -685,6 +698,8 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
                 summary.done.append(o)
                 if not quiet:
                     say(f"{o.audio}: {o.n_notes} notes, {o.seconds:.1f} s of audio in {o.elapsed:.1f} s")
+                for w in o.warnings:  # even with --quiet, as skipped files are
+                    say(f"warning {o.audio}: {w}")
             else:
                 summary.failed.append(o)
                 say(f"failed {o.audio}: {o.reason}")

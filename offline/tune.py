@@ -1,4 +1,4 @@
-"""Choose the note tracker's thresholds on a validation split: ``python -m kkoma.offline.tune DATASET WEIGHTS``.
+"""Choose the note tracker's thresholds on a validation split: ``kkoma tune DATASET WEIGHTS`` (offline/tune_cli.py).
 
 The network's probabilities are computed once per piece (from the cached feature shards); the tracker then runs
 for every (onset_threshold, frame_threshold, offset_hold_ms[, offset_threshold], restrike_margin) of a grid (the
@@ -9,60 +9,48 @@ the held-out soundfont and room conditions with the chosen values, so they stay 
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", type=Path)
-    ap.add_argument("weights", type=Path)
-    ap.add_argument("--split", default="valid_pieces")
-    ap.add_argument("--onset", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    ap.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
-    ap.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
-    ap.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
-                    help="offset_threshold values (models with the offset head)")
-    ap.add_argument("--restrike", type=float, nargs="+", default=None,
-                    help="restrike_margin values (a sounding key is re-struck at onset_threshold + this); "
-                         "default: the settings' own")
-    ap.add_argument("--max-pieces", type=int, default=0,
-                    help="pieces scored, spread evenly over the split (it lists them by composer); 0 = all")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="a settings override, as kkoma --set. The settings are the offline ones, as kkoma "
-                         "transcribe uses (transcribe.overrides); tune the live model with "
-                         "--set 'transcribe.overrides=[]' on a dataset prepared without --offline")
-    args = ap.parse_args(argv)
+def tune(settings, dataset: Path, weights: Path, *, split: str, onsets, frames, holds, offsets, restrikes=None,
+         max_pieces: int = 0) -> tuple:
+    """Score every grid point on ``split`` of ``dataset`` with ``weights``; print one line per point and the best.
 
-    import mir_eval
-
+    ``onsets``, ``frames``, ``holds`` [ms], ``offsets`` and ``restrikes`` are the values tried for the tracker's
+    onset_threshold, frame_threshold, offset_hold_ms, offset_threshold (models with an offset head only) and
+    restrike_margin (None: the settings' own). Returns the best row ``(onset, frame, hold, offset, margin,
+    onset F1, onset+offset F1)``, best by onset F1 + onset+offset F1.
+    """
+    from kkoma.models.errors import KkomaError, require
     from kkoma.models.inference import StreamingModel
     from kkoma.models.notes import events_to_notes, notes_to_arrays, read_midi
+    from kkoma.models.tracker import NoteTracker
+    from kkoma.offline.dataset import read_manifest, split_pieces
     from kkoma.offline.labels import crop_notes
     from kkoma.offline.train import spread_subset
-    from kkoma.models.settings import load_settings
-    from kkoma.models.tracker import NoteTracker
 
-    settings = load_settings(overrides=[*args.overrides, f"model.weights={json.dumps(str(args.weights))}"],
-                             offline=True)
-    manifest = json.loads((args.dataset / "manifest.json").read_text())
-    pieces = [p for p in manifest["pieces"] if p["split"] == args.split]
-    pieces = spread_subset(pieces, args.max_pieces)
+    mir_eval = require("mir_eval", "kkoma tune")
+
+    dataset = Path(dataset)
+    settings = settings.replace(model__weights=json.dumps(str(weights)))
+    pieces = spread_subset(split_pieces(read_manifest(dataset, settings), split), max_pieces)
+    if not pieces:
+        raise KkomaError(f"{dataset} has no {split} pieces to tune on.")
     model = StreamingModel(settings)
     probs, refs = [], []
     for p in pieces:
-        with np.load(args.dataset / p["file"]) as z:
+        with np.load(dataset / p["file"]) as z:
             probs.append(model.predict(z["features"].astype(np.float32)))
         # The reference as the piece was rendered: the source performance, sustain-extended, cropped.
         ref = crop_notes(read_midi(p["midi"], sustain=True), float(p["seconds"]))
         refs.append(notes_to_arrays(ref))
     rows = []
-    offsets = args.offset if "offset" in model.outputs else [settings.tracker.offset_threshold]
-    margins = args.restrike if args.restrike is not None else [settings.tracker.restrike_margin]
-    grid = [(o, f, h, e, r) for o in args.onset for f in args.frame for h in args.hold for e in offsets
+    offsets = offsets if "offset" in model.outputs else [settings.tracker.offset_threshold]
+    margins = restrikes if restrikes is not None else [settings.tracker.restrike_margin]
+    grid = [(o, f, h, e, r) for o in onsets for f in frames for h in holds for e in offsets
             for r in margins if f <= o and o + r <= 1.0]
     for on_t, fr_t, hold, off_t, margin in grid:
         s = settings.replace(tracker__onset_threshold=str(on_t), tracker__frame_threshold=str(fr_t),
@@ -84,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               f"offset_threshold {off_t:.2f} restrike_margin {margin:.2f}: onset F1 {rows[-1][5]:.3f} "
               f"onset+offset F1 {rows[-1][6]:.3f}", flush=True)
     best = max(rows, key=lambda r: r[5] + r[6])
-    print(f"best on {args.split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]}, "
+    print(f"best on {split} ({len(pieces)} pieces): onset_threshold = {best[0]}, frame_threshold = {best[1]}, "
           f"offset_hold_ms = {best[2]}, offset_threshold = {best[3]}, restrike_margin = {best[4]} (onset F1 "
           f"{best[5]:.3f}, onset+offset F1 {best[6]:.3f})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return best

@@ -16,7 +16,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("cqt",):
+    for cmd in ("cqt", "tune", "diagnose", "note-set"):
         assert cmd in out
 
 
@@ -73,6 +73,9 @@ def test_cqt_command_missing_file(tmp_path, capsys):
     (["prepare", "synth", "midi", "out"], False),
     (["live", "--no-midi"], False),
     (["record", "take.mid"], False),
+    (["tune", "data", "w.npz"], True),
+    (["diagnose", "data/audio/valid_pieces"], True),
+    (["note-set", "piano.sf2", "out"], False),
 ])
 def test_which_commands_get_the_offline_settings(monkeypatch, argv, offline):
     """Files get the offline model and transform (transcribe.overrides); live, record and (without --offline)

@@ -1,12 +1,14 @@
-"""kkoma.offline.diagnose: per-register recall / precision and the kinds of false notes, on hand-made notes; the CLI."""
+"""kkoma.offline.diagnose: per-register recall / precision and the kinds of false notes, on hand-made notes; the
+``kkoma diagnose`` command."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
+from kkoma.cli import main
 from kkoma.models.notes import Note
-from kkoma.offline.diagnose import KINDS, Diagnosis, main
+from kkoma.offline.diagnose import KINDS, Diagnosis
 
 pytest.importorskip("mir_eval")
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +41,11 @@ def test_empty_transcription_counts_every_reference_as_missed():
 
 
 def test_cli_on_the_bundled_example(capsys):
-    assert main([str(ROOT / "examples")]) == 0
+    assert main(["diagnose", str(ROOT / "examples")]) == 0
     out = capsys.readouterr().out
     assert "| keys | reference notes | onset recall |" in out and "1 files" in out
 
 
 def test_cli_folder_without_references(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 1
+    assert main(["diagnose", str(tmp_path)]) == 1
     assert "no .flac file with a reference .mid" in capsys.readouterr().err

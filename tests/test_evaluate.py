@@ -146,9 +146,9 @@ def test_cli_dataset_runs_the_file_pipeline(tmp_path, monkeypatch, capsys):
     energy detector of test_transcribe, so the expected score is known)."""
     import numpy as np
     import soundfile as sf
+    from test_transcribe import EnergyTranscriber, tone_file
 
     import kkoma.offline.transcribe as T
-    from test_transcribe import EnergyTranscriber, tone_file
 
     monkeypatch.setattr(T, "make_transcriber", EnergyTranscriber)
     for split in ("valid_soundfont", "valid_room"):

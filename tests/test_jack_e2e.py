@@ -276,7 +276,7 @@ def test_jack_transcribes_the_example(jack_server, tmp_path):
       frames land differently when arrival times jitter by a JACK period, not for a broken live path.
     * Latency (JACK frame clock, true onset -> note-on arrival), median over matched notes <= budget + 2 JACK
       periods (PortAudio hands a period to the callback after it is captured; rtmidi sends in the next cycle)
-      + 7 ms (FluidSynth renders onsets 2-7 ms late, DESIGN.md §6) + 30 ms for compute and thread wake-ups.
+      + 7 ms (FluidSynth renders onsets 2-7 ms late, docs/design.md §6) + 30 ms for compute and thread wake-ups.
     """
     from kkoma.models.settings import load_settings
 

@@ -1,4 +1,5 @@
-"""offline/note_set.py: a synthesiser's piano rendered as a sample set the sampler reads (names, pitch, layers)."""
+"""offline/note_set.py (``kkoma note-set``): a synthesiser's piano rendered as a sample set the sampler reads (names,
+pitch, layers)."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kkoma.offline.note_set import main, make_note_set, sample_stem
+from kkoma.cli import main
+from kkoma.offline.note_set import make_note_set, sample_stem
 from kkoma.offline.sampler import find_samples
 
 TIM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -59,10 +61,10 @@ def test_gus_patches_through_timidity(tmp_path):
 
 
 def test_bad_input_is_one_sentence(tmp_path, capsys):
-    assert main([str(tmp_path / "nowhere.sf2"), str(tmp_path / "out")]) == 1
+    assert main(["note-set", str(tmp_path / "nowhere.sf2"), str(tmp_path / "out")]) == 1
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("x")
-    assert main([str(tmp_path / "notes.txt"), str(tmp_path / "out")]) == 1
+    assert main(["note-set", str(tmp_path / "notes.txt"), str(tmp_path / "out")]) == 1
     assert "not .txt" in capsys.readouterr().err
-    assert main([TIM, str(tmp_path / "out"), "--hold", "12"]) == 1
+    assert main(["note-set", TIM, str(tmp_path / "out"), "--hold", "12"]) == 1
     assert "--hold" in capsys.readouterr().err

@@ -11,8 +11,15 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from kkoma.models.errors import KkomaError
-from kkoma.models.notes import (Note, NoteEvent, events_to_notes, notes_to_arrays, notes_to_midifile, read_midi,
-                          write_midi)
+from kkoma.models.notes import (
+    Note,
+    NoteEvent,
+    events_to_notes,
+    notes_to_arrays,
+    notes_to_midifile,
+    read_midi,
+    write_midi,
+)
 from kkoma.models.settings import load_settings
 
 S = load_settings()
@@ -61,6 +68,9 @@ def test_notes_to_arrays():
     np.testing.assert_array_equal(vel, [100, 1])
     iv, hz, vel = notes_to_arrays([])
     assert iv.shape == (0, 2) and hz.shape == (0,) and vel.shape == (0,)
+    # a note that does not last is scored as 1 ms long (mir_eval rejects intervals that do not move forward)
+    iv, _, _ = notes_to_arrays([Note(60, 1.0, 1.0, 64), Note(61, 2.0, 2.0005, 64)])
+    np.testing.assert_allclose(iv, [[1.0, 1.001], [2.0, 2.001]])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -65,6 +65,10 @@ def test_bad_files(tmp_path):
     typo.write_text("[audio]\nsamplerate = 44100\n")
     with pytest.raises(ConfigError, match="unknown key audio.samplerate"):
         load_settings(typo)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text("[tracker]\nonset_threshold = 0.8\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_settings(utf16)
 
 
 # ---- the offline profile (transcribe.overrides) -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Note tracker: hand-made cases for each rule, and property tests on random probability streams (DESIGN.md §4)."""
+"""Note tracker: hand-made cases for each rule, and property tests on random probability streams (docs/design.md §4)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st

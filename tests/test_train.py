@@ -500,10 +500,10 @@ def test_validation_subsets_spread_over_the_split():
 
 
 def test_tune_scans_the_restrike_margin_on_a_spread_subset(trained, tmp_path, capsys):
-    """python -m kkoma.offline.tune on the toy run: references written from the labels, one row per grid point (restrike
+    """kkoma tune on the toy run: references written from the labels, one row per grid point (restrike
     margins included, those that would pass 1 left out), the best named, pieces counted."""
+    from kkoma.cli import main
     from kkoma.models.notes import Note, write_midi
-    from kkoma.offline import tune
 
     s, ds, run, _, _ = trained
     manifest = json.loads((ds / "manifest.json").read_text())
@@ -525,15 +525,15 @@ def test_tune_scans_the_restrike_margin_on_a_spread_subset(trained, tmp_path, ca
         (copy / split).symlink_to(ds / split)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     sets = [a for o in TINY for a in ("--set", o)] + ["--set", "transcribe.overrides=[]"]
-    assert tune.main([str(copy), str(run / "kkoma.npz"), *sets, "--max-pieces", "1", "--onset", "0.3", "0.9",
-                      "--frame", "0.3", "--hold", "0", "--restrike", "0", "0.2"]) == 0
+    assert main([*sets, "tune", str(copy), str(run / "kkoma.npz"), "--max-pieces", "1", "--onset", "0.3", "0.9",
+                 "--frame", "0.3", "--hold", "0", "--restrike", "0", "0.2"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("onset_threshold")]
     assert len(rows) == 3  # 0.9 + 0.2 > 1 is left out
     assert sum("restrike_margin 0.20" in r for r in rows) == 1
     assert "best on valid_pieces (1 pieces)" in out
     # without --restrike: the settings' own margin (0 for these)
-    assert tune.main([str(copy), str(run / "kkoma.npz"), *sets, "--onset", "0.5", "--frame", "0.3",
-                      "--hold", "0"]) == 0
+    assert main([*sets, "tune", str(copy), str(run / "kkoma.npz"), "--onset", "0.5", "--frame", "0.3",
+                 "--hold", "0"]) == 0
     out = capsys.readouterr().out
     assert "restrike_margin 0.00" in out and "best on valid_pieces (2 pieces)" in out

@@ -1,0 +1,36 @@
+"""``kkoma tune DATASET WEIGHTS``: choose the note tracker's thresholds on a validation split (offline/tune.py).
+
+The settings are the offline ones, as ``kkoma transcribe`` uses (``transcribe.overrides``); tune the live model with
+``kkoma --set 'transcribe.overrides=[]' tune ...`` on a dataset prepared without ``--offline``.
+Imports only the standard library at module level so ``kkoma --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder written by `kkoma prepare`")
+    p.add_argument("weights", type=Path, metavar="WEIGHTS", help="the model's weights (a kkoma.npz)")
+    p.add_argument("--split", default="valid_pieces", help="the split to tune on (default: valid_pieces)")
+    p.add_argument("--onset", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                   help="onset_threshold values")
+    p.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5], help="frame_threshold values")
+    p.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
+    p.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+                   help="offset_threshold values (models with the offset head)")
+    p.add_argument("--restrike", type=float, nargs="+", default=None,
+                   help="restrike_margin values (a sounding key is re-struck at onset_threshold + this); "
+                        "default: the settings' own")
+    p.add_argument("--max-pieces", type=int, default=0,
+                   help="pieces scored, spread evenly over the split (it lists them by composer); 0 = all")
+    p.set_defaults(offline=True)  # the file settings (transcribe.overrides), as the model is used on files
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from kkoma.offline.tune import tune
+
+    tune(settings, args.dataset, args.weights, split=args.split, onsets=args.onset, frames=args.frame,
+         holds=args.hold, offsets=args.offset, restrikes=args.restrike, max_pieces=args.max_pieces)
+    return 0
