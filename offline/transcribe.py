@@ -34,9 +34,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Callable, Iterable
 
 from kkoma.models.atomic import atomic_write as _atomic_write

@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kkoma.models.errors import KkomaError
-from kkoma.realtime.audio_in import InputLost
 from kkoma.models.notes import note_name  # noqa: F401  (the display names keys with it)
 from kkoma.models.resample import Resampler
+from kkoma.realtime.audio_in import InputLost
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kkoma.models.notes import NoteEvent
     from kkoma.models.settings import Settings
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_realtime_doubles import C4, tone
 
 pytestmark = pytest.mark.jack

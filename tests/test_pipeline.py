@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kkoma.models.inference import export_random_weights
-from kkoma.models.pipeline import Transcriber, transcribe_audio
 from kkoma.models.notes import events_to_notes
+from kkoma.models.pipeline import Transcriber, transcribe_audio
 from kkoma.models.settings import load_settings
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from test_realtime_doubles import C4, EnergyTranscriber, tone
 
 import kkoma.realtime.engine as E
 from kkoma.cli import main
@@ -19,7 +20,6 @@ from kkoma.models.settings import load_settings
 from kkoma.realtime.audio_in import FileInput
 from kkoma.realtime.midi_out import NullMidiOut
 from kkoma.realtime.ringbuffer import RingBuffer
-from test_realtime_doubles import C4, EnergyTranscriber, tone
 
 S = load_settings()
 BURSTS = [(0.3, 0.8), (1.2, 1.5)]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from test_realtime_doubles import C4, tone
 
 from kkoma.models.errors import KkomaError
 from kkoma.models.notes import read_midi
-from test_realtime_doubles import C4, tone
 
 RUNNER = Path(__file__).with_name("test_realtime_doubles.py")
 AUTOSAVE_S = 0.2

@@ -187,8 +187,7 @@ def test_prepare_with_a_sample_set_end_to_end(tmp_path, monkeypatch):
     # jobs=1 renders in this process: keep its renderers out of later tests (a FluidSynth renderer's output
     # was measured to depend on what it rendered before, so a shared one makes results depend on test order).
     monkeypatch.setattr(prepare, "_CACHE", {})
-    from tests.test_prepare import _settings
-    from tests.test_prepare import write_midi_file
+    from tests.test_prepare import _settings, write_midi_file
 
     root = tmp_path / "midi"
     for i, pitches in enumerate(([60, 64, 67], [62, 65, 69], [48, 55, 60], [57, 60, 64], [59, 62, 67])):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import kkoma.offline.transcribe as T
 from kkoma.cli import main
 from kkoma.models.notes import N_KEYS, PIANO_MIN_MIDI, read_midi
 from kkoma.models.settings import load_settings
 from kkoma.models.tracker import NoteTracker
-import kkoma.offline.transcribe as T
 
 S = load_settings()
 SR = 22050
