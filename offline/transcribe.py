@@ -632,8 +632,11 @@ def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, progre
 
 def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: Sequence[str] = ("mid",),
                      piano_roll: bool = False, overwrite: bool = False, quiet: bool = False,
-                     n_jobs: int | None = None, stream=None, factory=None) -> RunSummary:
+                     n_jobs: int | None = None, stream=None, factory=None, scheduler: str | None = None) -> RunSummary:
     """The whole ``kkoma transcribe`` run: find inputs, plan outputs, skip existing, transcribe, print a summary.
+
+    ``scheduler`` (a Dask scheduler address or ``local:N``) runs the files on that cluster
+    (:mod:`offline.cluster`) instead of the local pool of ``n_jobs`` workers.
 
     Per-file problems are reported one line each on ``stream`` (stderr by default) and collected in the summary.
     """
@@ -706,7 +709,13 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
                 progress(expected.get(o.audio, 0.0))  # what it would have covered; the bar is clipped at total
 
         try:
-            run_jobs(todo, settings, n_jobs=n_jobs, progress=progress, on_outcome=on_outcome, factory=factory)
+            if scheduler is not None:
+                from kkoma.offline.cluster import run_jobs_on_cluster
+
+                run_jobs_on_cluster(todo, settings, scheduler, progress=progress, on_outcome=on_outcome,
+                                    factory=factory)
+            else:
+                run_jobs(todo, settings, n_jobs=n_jobs, progress=progress, on_outcome=on_outcome, factory=factory)
         finally:
             if bar is not None:
                 bar.close()

@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="files transcribed in parallel (default: transcribe.jobs from config.toml; 0 = one per "
                         "CPU core). One file is always streamed by one worker")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run the files on a Dask cluster (pip install 'kkoma[cluster]'): the address of a running "
+                        "`dask scheduler` (tcp://host:8786), whose workers see the inputs and OUTDIR under the same "
+                        "paths, or local:N for N worker processes on this machine. One task per file; a file whose "
+                        "worker dies is retried once. Not with -j")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
                    help="where the model runs: cpu (NumPy/Numba), gpu (TensorFlow; an error if TensorFlow sees no "
                         "GPU) or auto (gpu when TensorFlow sees one, else cpu; a machine without an NVIDIA driver "
@@ -50,6 +55,9 @@ def run(args: argparse.Namespace, settings) -> int:
 
     if args.jobs is not None and args.jobs < 0:
         raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler is not None and args.jobs is not None:
+        raise KkomaError("--jobs and --scheduler do not mix: the cluster's workers are the parallel jobs.")
     if args.jobs is not None:
         settings = settings.replace(transcribe__jobs=str(args.jobs))
     device = args.device or settings.transcribe.device
@@ -64,5 +72,6 @@ def run(args: argparse.Namespace, settings) -> int:
             print("model on the GPU (TensorFlow)", file=sys.stderr)
     settings = settings.replace(transcribe__device=device)
     summary = transcribe_paths(args.audio, settings, out_dir=args.output_dir, formats=args.format,
-                               piano_roll=args.piano_roll, overwrite=args.overwrite, quiet=args.quiet)
+                               piano_roll=args.piano_roll, overwrite=args.overwrite, quiet=args.quiet,
+                               scheduler=scheduler)
     return 1 if summary.failed else 0
