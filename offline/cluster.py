@@ -46,6 +46,7 @@ LOCAL_ALLOWED_FAILURES = 1  # ``local:N``: a file whose worker dies is retried o
 # On the worker
 # ---------------------------------------------------------------------------------------------------------------
 _CACHE = threading.local()  # per worker thread: (key, transcriber); a transcriber is a stateful stream, never shared
+BUILDS = [0]  # transcribers this worker process has built (ask a cluster with ``client.run``)
 
 
 def _transcriber(settings, factory):
@@ -55,6 +56,7 @@ def _transcriber(settings, factory):
     if cached is None or cached[0] != key:
         _CACHE.entry = None  # drop the old model before building the new one
         _CACHE.entry = (key, (factory or make_transcriber)(settings))
+        BUILDS[0] += 1
     return _CACHE.entry[1]
 
 

@@ -139,6 +139,11 @@ def _outputs(out: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith(".")}
 
 
+# Lambdas, so that cloudpickle sends it by value (the workers cannot import this test module).
+_builds = lambda: __import__("kkoma.offline.cluster", fromlist=["BUILDS"]).BUILDS[0]  # noqa: E731
+_executing = lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing]  # noqa: E731
+
+
 @pytest.mark.slow
 def test_scheduler_outputs_identical_to_local_run(folder, reference, cluster, tmp_path):
     out = tmp_path / "out"
@@ -154,10 +159,15 @@ def test_scheduler_outputs_identical_to_local_run(folder, reference, cluster, tm
     p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--scheduler", cluster.address])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0 and "0 transcribed, 4 skipped, 0 failed" in err
+    # --overwrite does them again on the same workers, which built their model once for both runs.
+    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--overwrite", "--scheduler",
+              cluster.address])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "4 transcribed, 0 skipped, 0 failed" in err
+    assert _outputs(out) == reference
+    builds = cluster.client.run(_builds)
+    assert set(builds.values()) <= {0, 1} and sum(builds.values()) >= 1, builds
 
-
-# A lambda, so that cloudpickle sends it by value (the workers cannot import this test module).
-_executing = lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing]  # noqa: E731
 
 
 def _kill_worker_running_long_file(cluster, p, dead=()):
