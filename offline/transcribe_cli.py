@@ -34,8 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (otherwise a file whose outputs exist is skipped)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="files transcribed in parallel (default: transcribe.jobs from config.toml; 0 = one per "
-                        "CPU core). One file is always streamed by one worker")
+                   help="worker processes, each transcribing one file at a time (default: transcribe.jobs from "
+                        "config.toml; 0 = automatic: from the cores kkoma may use and the number of files, one "
+                        "process streaming each file in two threads up to three cores, one more process for every "
+                        "two cores beyond). One file is always streamed by one process")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
                    help="where the model runs: cpu (NumPy/Numba), gpu (TensorFlow; an error if TensorFlow sees no "
                         "GPU) or auto (gpu when TensorFlow sees one, else cpu; a machine without an NVIDIA driver "
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from kkoma.offline.transcribe import transcribe_paths
 
     if args.jobs is not None and args.jobs < 0:
-        raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
+        raise KkomaError(f"--jobs must be 0 (automatic) or more, not {args.jobs}.")
     if args.jobs is not None:
         settings = settings.replace(transcribe__jobs=str(args.jobs))
     device = args.device or settings.transcribe.device
