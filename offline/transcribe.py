@@ -294,8 +294,8 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     progress : called with the seconds of audio [s] each block covered.
     should_stop : polled between blocks; True aborts with :class:`Interrupted`.
     envelope : also return the ``(n_frames, 2)`` min/max waveform envelope (for ``--piano-roll``).
-    threaded : decode and transform in a second thread while the model runs (:meth:`Transcriber.stream`): one file
-        keeps two cores busy. Runs with one core per file (:class:`Layout`) pass False.
+    threaded : decode, transform and model in three threads, one block apart (:meth:`Transcriber.stream`): one
+        file keeps two cores busy. Runs with one core per file (:class:`Layout`) pass False.
 
     Raises
     ------
@@ -512,26 +512,28 @@ def _strip_name(message: str, job: Job) -> str:
 @dataclass(frozen=True)
 class Layout:
     """How a run uses the machine: ``processes`` worker processes (1 = the calling process alone), each streaming
-    one file at a time, in two threads when ``threaded`` (decode + transform beside the model + tracker)."""
+    one file at a time; ``threaded``: in three threads, one block apart (decoding, the transform, the model and
+    tracker: :meth:`models.pipeline.Transcriber.stream`), else in one."""
     processes: int
     threaded: bool
     cores: int  # the cores it was chosen for
 
     def describe(self) -> str:
         where = "1 process" if self.processes == 1 else f"{self.processes} processes"
-        return f"{where} x {2 if self.threaded else 1} thread{'s' if self.threaded else ''} on {self.cores} " \
+        return f"{where} x {3 if self.threaded else 1} thread{'s' if self.threaded else ''} on {self.cores} " \
                f"core{'s' if self.cores != 1 else ''}"
 
 
 def choose_layout(cores: int, n_files: int, jobs: int = 0) -> Layout:
     """The layout for ``n_files`` files on ``cores`` usable cores; ``jobs`` > 0 fixes the number of processes.
 
-    One file streamed in two threads keeps two cores busy (the transform and the model take similar time), so the
+    A file streamed in threads keeps two cores busy: its three stages (decoding, the transform, the model) cost
+    about the same CPU time (benchmarks/profile_transcribe.py), so one process on two cores comes close to what two
+    one-thread processes could do at best, without a second process's start-up (imports, model loading: -j 2 took
+    about 40 % more CPU time for five one-minute files, benchmarks/results/jobs_layout.md) and memory. So the
     automatic rule (``jobs`` = 0) gives every process two cores: one process on one to three cores, a second one
-    only from four cores on, and never more processes than files. A second process on two cores would take a core
-    from the first one's second thread and add its own start-up (imports, model loading), which measured slower
-    (benchmarks/results/jobs_layout.md). Whatever fixed the number of processes, a process runs its second thread
-    only when there are two cores for each process.
+    from four cores on, and never more processes than files. Whatever fixed the number of processes, a process
+    streams in threads only when there are two cores for each process.
     """
     cores, n_files = max(1, int(cores)), max(1, int(n_files))
     processes = min(jobs, n_files) if jobs > 0 else max(1, min(n_files, cores // 2))
@@ -585,7 +587,8 @@ def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Pat
 
 def usable_cores() -> int:
     """The cores this process may use: its CPU affinity (``taskset``, a cpuset) capped by a cgroup quota, rounded
-    to the nearest whole core (at least 1): a quota of 1.5 cores still gives a second thread half a core."""
+    to the nearest whole core (at least 1): a quota of 1.5 cores still gives the threads of one file half a core
+    more."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cgroup_cpu_limit()
     if quota is not None:

@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="worker processes, each transcribing one file at a time (default: transcribe.jobs from "
                         "config.toml; 0 = automatic: from the cores kkoma may use and the number of files, one "
-                        "process streaming each file in two threads up to three cores, one more process for every "
-                        "two cores beyond). One file is always streamed by one process")
+                        "process, which keeps two cores busy, up to three cores; one more for every two cores "
+                        "beyond). One file is always streamed by one process")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
                    help="where the model runs: cpu (NumPy/Numba), gpu (TensorFlow; an error if TensorFlow sees no "
                         "GPU) or auto (gpu when TensorFlow sees one, else cpu; a machine without an NVIDIA driver "

@@ -29,7 +29,7 @@ from kkoma.offline.transcribe import Layout, cgroup_cpu_limit, choose_layout
 def test_automatic_layout(cores, files, processes, threaded):
     got = choose_layout(cores, files)
     assert (got.processes, got.threaded, got.cores) == (processes, threaded, cores)
-    assert got.processes * (2 if got.threaded else 1) <= max(cores, 1)  # never more busy threads than cores
+    assert got.processes * (2 if got.threaded else 1) <= max(cores, 1)  # two cores per threaded process
 
 
 @pytest.mark.parametrize("cores, files, jobs, processes, threaded", [
@@ -46,7 +46,7 @@ def test_fixed_number_of_processes(cores, files, jobs, processes, threaded):
 
 
 def test_describe_names_processes_threads_and_cores():
-    assert Layout(1, True, 2).describe() == "1 process x 2 threads on 2 cores"
+    assert Layout(1, True, 2).describe() == "1 process x 3 threads on 2 cores"
     assert Layout(3, False, 3).describe() == "3 processes x 1 thread on 3 cores"
 
 
