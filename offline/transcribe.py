@@ -704,8 +704,11 @@ def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, layout
 def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: Sequence[str] = ("mid",),
                      piano_roll: bool = False, overwrite: bool = False, quiet: bool = False,
                      n_jobs: int | None = None, layout: Layout | None = None, stream=None,
-                     factory=None) -> RunSummary:
+                     factory=None, scheduler: str | None = None) -> RunSummary:
     """The whole ``kkoma transcribe`` run: find inputs, plan outputs, skip existing, transcribe, print a summary.
+
+    ``scheduler``: run the files on a Dask cluster (:mod:`offline.cluster`: ``tcp://host:port`` or ``local:N``)
+    instead of this machine's processes (``n_jobs`` / ``layout``).
 
     Per-file problems are reported one line each on ``stream`` (stderr by default) and collected in the summary.
     """
@@ -776,8 +779,13 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
                 progress(expected.get(o.audio, 0.0))  # what it would have covered; the bar is clipped at total
 
         try:
-            run_jobs(todo, settings, n_jobs=n_jobs, layout=layout, progress=progress, on_outcome=on_outcome,
-                     factory=factory)
+            if scheduler:
+                from kkoma.offline.cluster import run_jobs_cluster
+
+                run_jobs_cluster(todo, settings, scheduler, progress=progress, on_outcome=on_outcome, factory=factory)
+            else:
+                run_jobs(todo, settings, n_jobs=n_jobs, layout=layout, progress=progress, on_outcome=on_outcome,
+                         factory=factory)
         finally:
             if bar is not None:
                 bar.close()
