@@ -14,7 +14,9 @@ Rounds alternate: every round runs every (cores, layout) once, in a rotated orde
 load falls on all of them alike. Printed per layout: × real time (audio seconds / wall seconds; median and range
 over the rounds), CPU seconds per minute of audio (this process's children: the run and its workers; less noisy
 than the wall time on a shared machine), and the median's distance from the fastest layout at that core count.
-Core counts above the machine's are reported as not measured, with the layout the rule would choose. The machine's
+Core counts above the machine's are reported as not measured, with the layout the rule would choose. ``--dask 1 2
+4`` adds runs through a local Dask cluster of that many workers (``kkoma transcribe --scheduler local:N``, cluster
+start-up included) on the largest core count measured. The machine's
 CPU count and load average are printed beside the table, with a warning when the load was too high for the figures
 to mean much. Asserts nothing.
 """
@@ -44,13 +46,18 @@ from kkoma.models.settings import load_settings
 from kkoma.offline.transcribe import Layout, resolve_layout, transcribe_paths, usable_cores
 spec, out_dir, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 settings = load_settings(overrides=["transcribe.jobs=0"], offline=True)  # as `kkoma transcribe`
+scheduler = None
 if spec == "auto":
     layout = None
     chosen = resolve_layout(settings, len(files))
+elif spec.startswith("dask:"):
+    layout, scheduler = None, "local:" + spec[5:]
+    chosen = None
 else:
     p, threaded = spec.split(":")
     layout = chosen = Layout(int(p), threaded == "2", usable_cores())
-summary = transcribe_paths(files, settings, out_dir=out_dir, quiet=True, overwrite=True, layout=layout)
+summary = transcribe_paths(files, settings, out_dir=out_dir, quiet=True, overwrite=True, layout=layout,
+                           scheduler=scheduler)
 # Stop the pool's fork server and wait for it, so the CPU time of the workers it reaped is counted in this
 # process's children (and so in the benchmark's).
 try:
@@ -61,7 +68,8 @@ except Exception:
     pass
 if summary.failed:
     sys.exit("failed: " + "; ".join(f"{o.audio}: {o.reason}" for o in summary.failed))
-print(json.dumps({"audio_s": summary.audio_seconds, "layout": chosen.describe(),
+print(json.dumps({"audio_s": summary.audio_seconds,
+                  "layout": chosen.describe() if chosen else f"Dask {scheduler}, 1 task thread per worker",
                   "inner_s": time.perf_counter() - t0}))
 """
 
@@ -110,6 +118,9 @@ def main(argv=None) -> int:
     ap.add_argument("--files", type=int, default=0, help="use the first N audio files (0 = all)")
     ap.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dask", type=int, nargs="*", default=[], metavar="N",
+                    help="also run through a local Dask cluster of N workers (--scheduler local:N; kkoma[cluster]) "
+                         "on the largest core count measured")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -130,6 +141,10 @@ def main(argv=None) -> int:
         for label, (spec, lay) in candidates(c, len(files)).items():
             plan.append((c, label, spec))
             layouts[(c, label)] = lay
+    measured = [c for c in args.cores if c not in not_measured]
+    for n in args.dask:
+        if measured:
+            plan.append((max(measured), f"Dask local:{n}", f"dask:{n}"))
 
     results: dict[tuple[int, str], list[dict]] = {(c, label): [] for c, label, _ in plan}
     snaps = []
