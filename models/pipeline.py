@@ -87,10 +87,21 @@ class Transcriber:
         also decode). An exception in any thread ends the stream and is raised here; closing the generator early
         stops the threads.
         """
-        if not threaded:
-            yield from plain_stream(self, blocks)
-            return
+        # One BLAS thread for the model: beside the other threads, a BLAS pool competing with them was measured
+        # 30-40 % slower overall (2 cores, 60 s file: ~240x vs ~340x real time); alone, it spun on the second core
+        # for little (one-thread stream on 2 cores: ~10 CPU ms per s of audio against ~6.5).
+        from threadpoolctl import threadpool_limits
 
+        blas = threadpool_limits(limits=1, user_api="blas")
+        try:
+            if threaded:
+                yield from self._threaded_stream(blocks)
+            else:
+                yield from plain_stream(self, blocks)
+        finally:
+            blas.restore_original_limits()
+
+    def _threaded_stream(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[list, int]]:
         def features():
             decoded = read_ahead(blocks, name="kkoma-decode")
             try:
@@ -100,11 +111,6 @@ class Transcriber:
             finally:
                 decoded.close()
 
-        # One BLAS thread for the model while the other threads have the other core: a BLAS pool competing with
-        # the feature thread was measured 30-40 % slower overall (2 cores, 60 s file: ~240x vs ~340x real time).
-        from threadpoolctl import threadpool_limits
-
-        blas = threadpool_limits(limits=1, user_api="blas")
         ahead = read_ahead(features(), name="kkoma-features")
         try:
             for kind, feats, n in ahead:
@@ -115,7 +121,6 @@ class Transcriber:
                 yield events, n
         finally:
             ahead.close()
-            blas.restore_original_limits()
 
     def latency_budget(self) -> dict[str, float]:
         """Algorithmic latency figures [ms]: transform look-ahead, model look-ahead, hop, and their sum."""
