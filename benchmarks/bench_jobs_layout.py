@@ -7,8 +7,9 @@ Each figure is a fresh process transcribing the same files to MIDI, as a user's 
 start, imports, model loading and worker start-up included), pinned to the first N cores of this process's CPU
 affinity with ``os.sched_setaffinity`` (what ``taskset -c`` does), so kkoma's own rule sees N usable cores. The
 layouts: ``-j 1`` and ``-j 2`` (and ``-j 4`` on four cores) as kkoma runs them, ``auto`` (transcribe.jobs = 0, the
-rule of offline/transcribe.py:choose_layout) and, where it differs from all of those, one process streaming in one
-thread or in three (decode, transform, model: threaded). Identical layouts are run once and named together.
+rule of offline/transcribe.py:choose_layout), and one process streaming in three threads (decode, transform, model)
+or in one. ``-j N`` and ``auto`` choose their threads from the idle cores when they start, so on a busy machine
+they may run as one thread: the "runs as" column says what each run did.
 
 Rounds alternate: every round runs every (cores, layout) once, in a rotated order, so a change in the machine's
 load falls on all of them alike. Printed per layout: × real time (audio seconds / wall seconds; median and range
@@ -50,6 +51,8 @@ scheduler = None
 if spec == "auto":
     layout = None
     chosen = resolve_layout(settings, len(files))
+elif spec.startswith("jobs:"):
+    layout = chosen = resolve_layout(settings, len(files), n_jobs=int(spec[5:]))
 elif spec.startswith("dask:"):
     layout, scheduler = None, "local:" + spec[5:]
     chosen = None
@@ -76,24 +79,15 @@ print(json.dumps({"audio_s": summary.audio_seconds,
 AUDIO_EXT = (".flac", ".wav", ".ogg", ".mp3")
 
 
-def candidates(cores: int, n_files: int) -> dict[str, tuple[str, object]]:
-    """label -> (driver spec, Layout) for one core count; identical layouts merged under one label."""
-    from kkoma.offline.transcribe import Layout, choose_layout
-
-    named = [("-j 1", choose_layout(cores, n_files, 1)), ("-j 2", choose_layout(cores, n_files, 2))]
+def candidates(cores: int) -> dict[str, str]:
+    """label -> driver spec for one core count: ``-j N`` and ``auto`` as the command runs them (their threads also
+    follow the machine's load when the run starts), and one process with a fixed number of threads."""
+    if cores == 1:  # one core: -j 1, auto and one thread are the same run
+        return {"-j 1 = auto = 1 process x 1 thread": "auto", "-j 2": "jobs:2", "1 process x 3 threads": "1:2"}
+    out = {"-j 1": "jobs:1", "-j 2": "jobs:2"}
     if cores >= 4:
-        named.append(("-j 4", choose_layout(cores, n_files, 4)))
-    named.append(("auto", choose_layout(cores, n_files, 0)))
-    named += [("1 process, one thread", Layout(1, False, cores)), ("1 process, threaded", Layout(1, True, cores))]
-    merged: dict = {}
-    for label, lay in named:
-        merged.setdefault(lay, []).append(label)
-    out = {}
-    for lay, labels in merged.items():
-        extra = [x for x in labels if x.startswith("1 process")]
-        labels = [x for x in labels if not x.startswith("1 process")] or extra
-        spec = "auto" if "auto" in labels else f"{lay.processes}:{2 if lay.threaded else 1}"
-        out[" = ".join(labels)] = (spec, lay)
+        out["-j 4"] = "jobs:4"
+    out.update({"auto": "auto", "1 process x 3 threads": "1:2", "1 process x 1 thread": "1:1"})
     return out
 
 
@@ -131,16 +125,14 @@ def main(argv=None) -> int:
     mine = sorted(os.sched_getaffinity(0))
     plan: list[tuple[int, str, str]] = []           # (cores, label, spec)
     not_measured: dict[int, object] = {}
-    layouts: dict[tuple[int, str], object] = {}
     for c in args.cores:
         if c > len(mine):
             from kkoma.offline.transcribe import choose_layout
 
             not_measured[c] = choose_layout(c, len(files))
             continue
-        for label, (spec, lay) in candidates(c, len(files)).items():
+        for label, spec in candidates(c).items():
             plan.append((c, label, spec))
-            layouts[(c, label)] = lay
     measured = [c for c in args.cores if c not in not_measured]
     for n in args.dask:
         if measured:
