@@ -8,8 +8,7 @@ start, imports, model loading and worker start-up included), pinned to the first
 affinity with ``os.sched_setaffinity`` (what ``taskset -c`` does), so kkoma's own rule sees N usable cores. The
 layouts: ``-j 1`` and ``-j 2`` (and ``-j 4`` on four cores) as kkoma runs them, ``auto`` (transcribe.jobs = 0, the
 rule of offline/transcribe.py:choose_layout), and one process streaming in three threads (decode, transform, model)
-or in one. ``-j N`` and ``auto`` choose their threads from the idle cores when they start, so on a busy machine
-they may run as one thread: the "runs as" column says what each run did.
+or in one. The "runs as" column says what each run did.
 
 Rounds alternate: every round runs every (cores, layout) once, in a rotated order, so a change in the machine's
 load falls on all of them alike. Printed per layout: × real time (audio seconds / wall seconds; median and range
@@ -80,8 +79,8 @@ AUDIO_EXT = (".flac", ".wav", ".ogg", ".mp3")
 
 
 def candidates(cores: int) -> dict[str, str]:
-    """label -> driver spec for one core count: ``-j N`` and ``auto`` as the command runs them (their threads also
-    follow the machine's load when the run starts), and one process with a fixed number of threads."""
+    """label -> driver spec for one core count: ``-j N`` and ``auto`` as the command runs them, and one process with
+    a fixed number of threads."""
     if cores == 1:  # one core: -j 1, auto and one thread are the same run
         return {"-j 1 = auto = 1 process x 1 thread": "auto", "-j 2": "jobs:2", "1 process x 3 threads": "1:2"}
     out = {"-j 1": "jobs:1", "-j 2": "jobs:2"}

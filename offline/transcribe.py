@@ -516,54 +516,28 @@ class Layout:
     tracker: :meth:`models.pipeline.Transcriber.stream`), else in one."""
     processes: int
     threaded: bool
-    cores: int      # the usable cores it was chosen for
-    free: int = 0   # of those, the ones other programs left idle when it was chosen (0: not known = all)
+    cores: int  # the cores it was chosen for
 
     def describe(self) -> str:
         where = "1 process" if self.processes == 1 else f"{self.processes} processes"
-        idle = f" ({self.free} counted free: other programs busy)" if 0 < self.free < self.cores else ""
         return f"{where} x {3 if self.threaded else 1} thread{'s' if self.threaded else ''} on {self.cores} " \
-               f"core{'s' if self.cores != 1 else ''}{idle}"
+               f"core{'s' if self.cores != 1 else ''}"
 
 
-def choose_layout(cores: int, n_files: int, jobs: int = 0, busy: float = 0.0) -> Layout:
-    """The layout for ``n_files`` files on ``cores`` usable cores, ``busy`` of them taken by other programs;
-    ``jobs`` > 0 fixes the number of processes.
+def choose_layout(cores: int, n_files: int, jobs: int = 0) -> Layout:
+    """The layout for ``n_files`` files on ``cores`` usable cores; ``jobs`` > 0 fixes the number of processes.
 
     A file streamed in threads keeps two cores busy: its three stages (decoding, the transform, the model) cost
-    about the same CPU time (benchmarks/profile_transcribe.py), so one process on two idle cores comes close to what
-    two one-thread processes could do at best, without a second process's start-up (imports, model loading: -j 2
-    took 30 % more CPU time for five one-minute files, benchmarks/results/jobs_layout.md) and memory. So the
-    automatic rule (``jobs`` = 0) gives every process two idle cores: one process on one to three, a second one from
-    four on, and never more processes than files. A process streams in threads only when there are two idle cores
-    for each process: on cores other programs keep busy, the threads wait for each other's turn, and one thread
-    was faster (same file, machine at load 7-10 on 2 cores: one thread 98x against 70x real time).
+    about the same CPU time (benchmarks/profile_transcribe.py), so one process on two cores comes close to what two
+    one-thread processes could do at best, without a second process's start-up (imports, model loading: -j 2 took
+    about 40 % more CPU time for five one-minute files, benchmarks/results/jobs_layout.md) and memory. So the
+    automatic rule (``jobs`` = 0) gives every process two cores: one process on one to three cores, a second one
+    from four cores on, and never more processes than files. Whatever fixed the number of processes, a process
+    streams in threads only when there are two cores for each process.
     """
     cores, n_files = max(1, int(cores)), max(1, int(n_files))
-    free = max(1, min(cores, int(cores - max(0.0, busy) + 0.5)))
-    processes = min(jobs, n_files) if jobs > 0 else max(1, min(n_files, free // 2))
-    return Layout(processes=processes, threaded=free >= 2 * processes, cores=cores, free=free)
-
-
-def other_load(samples: int = 5, interval_s: float = 0.01, stat: str | Path = "/proc/stat") -> float:
-    """Threads of other programs running or waiting for a core now [threads]: the median of the kernel's
-    ``procs_running`` over ``samples`` readings ``interval_s`` apart, less this process's one; 0.0 where unknown.
-
-    Read now, not the load average: a load average still counts the previous run of a loop of ``kkoma transcribe``
-    commands for a minute.
-    """
-    import statistics
-
-    counts = []
-    for i in range(samples):
-        try:
-            with open(stat) as f:
-                counts += [int(line.split()[1]) for line in f if line.startswith("procs_running ")]
-        except (OSError, ValueError, IndexError):
-            return 0.0
-        if i + 1 < samples:
-            time.sleep(interval_s)
-    return max(0.0, statistics.median(counts) - 1) if counts else 0.0
+    processes = min(jobs, n_files) if jobs > 0 else max(1, min(n_files, cores // 2))
+    return Layout(processes=processes, threaded=cores >= 2 * processes, cores=cores)
 
 
 def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") \
@@ -623,14 +597,9 @@ def usable_cores() -> int:
 
 
 def resolve_layout(settings, n_files: int, n_jobs: int | None = None) -> Layout:
-    """The layout for a run: ``n_jobs`` if given, else ``transcribe.jobs`` (0 = automatic), on :func:`usable_cores`
-    less the work other programs have on the machine (:func:`other_load`, counted against all its CPUs, so a
-    container's quota is not charged with the whole host's load)."""
+    """The layout for a run: ``n_jobs`` if given, else ``transcribe.jobs`` (0 = automatic), on :func:`usable_cores`."""
     jobs = settings.transcribe.jobs if n_jobs is None else n_jobs
-    cores = usable_cores()
-    others = max(0, (os.cpu_count() or cores) - cores)  # CPUs outside this process's share, busy first
-    busy = max(0.0, other_load() - others)
-    return choose_layout(cores, n_files, int(jobs or 0), busy=busy)
+    return choose_layout(usable_cores(), n_files, int(jobs or 0))
 
 
 # ---------------------------------------------------------------------------------------------------------------

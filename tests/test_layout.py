@@ -45,32 +45,9 @@ def test_fixed_number_of_processes(cores, files, jobs, processes, threaded):
     assert (got.processes, got.threaded) == (processes, threaded)
 
 
-@pytest.mark.parametrize("cores, busy, jobs, processes, threaded, free", [
-    (2, 0.0, 0, 1, True, 2),     # an idle machine: threads
-    (2, 0.4, 0, 1, True, 2),
-    (2, 1.0, 0, 1, False, 1),    # another program on one of two cores: one thread
-    (2, 8.0, 0, 1, False, 1),    # a busy machine (the shared development machine at load 7-10)
-    (8, 3.0, 0, 2, True, 5),     # five idle cores: two threaded processes
-    (8, 3.0, 4, 4, False, 5),    # -j 4 on five idle cores: one thread each
-])
-def test_other_programs_take_cores_from_the_layout(cores, busy, jobs, processes, threaded, free):
-    got = choose_layout(cores, 10, jobs, busy=busy)
-    assert (got.processes, got.threaded, got.free, got.cores) == (processes, threaded, free, cores)
-
-
-def test_other_load_reads_running_threads_now(tmp_path):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  1 2 3\nprocs_running 5\nprocs_blocked 0\n")
-    assert T.other_load(samples=3, interval_s=0, stat=stat) == 4.0   # less this process
-    stat.write_text("procs_running 1\n")
-    assert T.other_load(samples=1, stat=stat) == 0.0
-    assert T.other_load(stat=tmp_path / "missing") == 0.0           # not Linux: nothing known, nothing taken
-
-
 def test_describe_names_processes_threads_and_cores():
     assert Layout(1, True, 2).describe() == "1 process x 3 threads on 2 cores"
     assert Layout(3, False, 3).describe() == "3 processes x 1 thread on 3 cores"
-    assert Layout(1, False, 2, free=1).describe() == "1 process x 1 thread on 2 cores (1 counted free: other programs busy)"
 
 
 # ---- cores this process may use ----------------------------------------------------------------------------------
@@ -131,24 +108,13 @@ def test_usable_cores_on_this_machine_is_at_most_its_cpus():
     assert 1 <= T.usable_cores() <= (os.cpu_count() or 1)
 
 
-@pytest.mark.parametrize("jobs, cores, files, want", [(0, 2, 5, (1, True)), (0, 8, 5, (4, True)), (3, 2, 5, (3, False))])
+@pytest.mark.parametrize("jobs, cores, files, want", [(0, 2, 5, Layout(1, True, 2)), (0, 8, 5, Layout(4, True, 8)),
+                                                      (3, 2, 5, Layout(3, False, 2))])
 def test_resolve_layout_reads_transcribe_jobs(monkeypatch, jobs, cores, files, want):
     monkeypatch.setattr(T, "usable_cores", lambda: cores)
-    monkeypatch.setattr(T, "other_load", lambda: 0.0)
     s = load_settings(overrides=[f"transcribe.jobs={jobs}"])
-    got = T.resolve_layout(s, files)
-    assert (got.processes, got.threaded, got.cores) == (*want, cores)
-    assert T.resolve_layout(s, files, n_jobs=1).processes == 1  # -j wins over the config
-
-
-def test_resolve_layout_charges_other_load_against_the_whole_machine(monkeypatch):
-    """A container with a 2-core quota on a 16-CPU host where other programs run 6 threads: its 2 cores are idle."""
-    monkeypatch.setattr(T, "usable_cores", lambda: 2)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(T, "other_load", lambda: 6.0)
-    assert T.resolve_layout(load_settings(), 5).threaded
-    monkeypatch.setattr(T, "other_load", lambda: 15.0)  # 15 of 16 CPUs busy: one left, for one thread
-    assert not T.resolve_layout(load_settings(), 5).threaded
+    assert T.resolve_layout(s, files) == want
+    assert T.resolve_layout(s, files, n_jobs=1) == Layout(1, cores >= 2, cores)  # -j wins over the config
 
 
 def test_one_process_layout_runs_files_in_the_threads_it_says(monkeypatch, tmp_path):
