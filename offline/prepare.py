@@ -58,6 +58,7 @@ import numpy as np
 from kkoma.models.atomic import atomic_write as _atomic_write
 from kkoma.models.errors import KkomaError
 from kkoma.offline.dataset import MANIFEST, read_manifest
+from kkoma.offline.pool import limit_threads
 from kkoma.offline.synth import SetupError
 
 FORMAT_VERSION = 1
@@ -295,24 +296,6 @@ def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list
 _CACHE: dict = {}
 
 
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the main process (which stops handing out work and saves the manifest)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _limit_threads()
-
-
-def _limit_threads() -> None:
-    # Parallelism comes from --jobs; the batch CQT would otherwise take every core in every worker.
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except Exception:  # pragma: no cover - numba is a core dependency
-        pass
-
-
 def _renderer(soundfont: str, settings, program: int = 0):
     from kkoma.offline.sampler import SampleRenderer, is_sample_set
     from kkoma.offline.synth import Renderer, measure_onset_offset
@@ -517,7 +500,7 @@ def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: 
     previous_term = _sigterm_as_interrupt()
     try:
         if jobs <= 1 or len(todo) <= 1:
-            _limit_threads()
+            limit_threads(1)  # one process: the batch CQT would otherwise take every core
             for task in todo:
                 current["task"] = task
                 record(task, _run_one(task, settings, str(out_dir), max_seconds, export_audio))

@@ -17,11 +17,12 @@ import soundfile as sf
 
 pytest.importorskip("distributed")
 
+from test_transcribe import EnergyTranscriber, tone_file  # noqa: E402
+
 import kkoma.offline.transcribe as T  # noqa: E402
 from kkoma.models.errors import KkomaError  # noqa: E402
 from kkoma.models.settings import load_settings  # noqa: E402
 from kkoma.offline.cluster import parse_address  # noqa: E402
-from test_transcribe import EnergyTranscriber, tone_file  # noqa: E402
 
 S = load_settings()
 HERE = Path(__file__).resolve().parent
@@ -172,6 +173,6 @@ def test_cli_local_cluster_gives_the_notes_of_a_local_run(tmp_path, capsys):
 def test_cli_bad_address_is_one_sentence(tmp_path, capsys):
     from kkoma.cli import main
 
-    assert main(["transcribe", str(tmp_path), "--scheduler", "10.0.0.1:8786"]) == 1
+    assert main(["transcribe", str(tmp_path), "--scheduler", "127.0.0.1:8786"]) == 1
     err = capsys.readouterr().err
     assert "is not a scheduler address" in err and "Traceback" not in err
