@@ -71,8 +71,8 @@ def cluster(tmp_path_factory):
 
 def test_parse_address():
     assert parse_address("local:3") == ("local", 3)
-    assert parse_address("tcp://10.0.0.1:8786") == ("remote", "tcp://10.0.0.1:8786")
-    for bad in ("local:0", "local:x", "10.0.0.1:8786"):
+    assert parse_address("tcp://127.0.0.1:8786") == ("remote", "tcp://127.0.0.1:8786")
+    for bad in ("local:0", "local:x", "127.0.0.1:8786"):
         with pytest.raises(KkomaError):
             parse_address(bad)
 
