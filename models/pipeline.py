@@ -81,59 +81,47 @@ class Transcriber:
         """Transcribe a whole stream of audio blocks: yields ``(events, n_samples)`` for each block, then
         ``(final events, 0)`` after the flush; the events are exactly those of :meth:`process` + :meth:`flush`.
 
-        ``threaded``: the transform (and the iteration over ``blocks``, e.g. decoding and resampling) runs in a second
-        thread, one block ahead of the model and tracker. The Numba and BLAS kernels release the GIL, so one file
-        keeps two cores busy. An exception in either thread ends the stream and is raised here; closing the generator
-        early stops the thread.
+        ``threaded``: three threads, each one block ahead of the next (:func:`read_ahead`): the iteration over
+        ``blocks`` (for a file: decoding and resampling), the transform, and the model + tracker in the calling
+        thread. The decoder, the Numba kernels and BLAS release the GIL, so one file keeps two cores busy, and the
+        three stages, of similar cost, share them more evenly than two threads would (the transform thread would
+        also decode). An exception in any thread ends the stream and is raised here; closing the generator early
+        stops the threads.
         """
-        if not threaded:
-            yield from plain_stream(self, blocks)
-            return
-        import queue
-        import threading
-
-        q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for block in blocks:
-                    if not put(("features", self.cqt.process(block), len(block))):
-                        return
-                put(("last", self.cqt.flush(), 0))
-            except BaseException as e:  # handed to the consumer, which raises it
-                put(("error", e, 0))
-
-        # One BLAS thread for the model while the transform has the other core: a BLAS pool competing with the
-        # feature thread was measured 30-40 % slower overall (2 cores, 60 s file: ~240x vs ~340x real time).
+        # One BLAS thread for the model: beside the other threads, a BLAS pool competing with them was measured
+        # 30-40 % slower overall (2 cores, 60 s file: ~240x vs ~340x real time); alone, it spun on the second core
+        # for little (one-thread stream on 2 cores: ~10 CPU ms per s of audio against ~6.5).
         from threadpoolctl import threadpool_limits
 
         blas = threadpool_limits(limits=1, user_api="blas")
-        worker = threading.Thread(target=produce, name="kkoma-features", daemon=True)
-        worker.start()
         try:
-            while True:
-                kind, features, n = q.get()
-                if kind == "error":
-                    raise features
-                events = self._track(self.model.process(features)) if features.shape[0] else []
+            if threaded:
+                yield from self._threaded_stream(blocks)
+            else:
+                yield from plain_stream(self, blocks)
+        finally:
+            blas.restore_original_limits()
+
+    def _threaded_stream(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[list, int]]:
+        def features():
+            decoded = read_ahead(blocks, name="kkoma-decode")
+            try:
+                for block in decoded:
+                    yield "features", self.cqt.process(block), len(block)
+                yield "last", self.cqt.flush(), 0
+            finally:
+                decoded.close()
+
+        ahead = read_ahead(features(), name="kkoma-features")
+        try:
+            for kind, feats, n in ahead:
+                events = self._track(self.model.process(feats)) if feats.shape[0] else []
                 if kind == "last":  # as flush(): the transform's last frames, the model's look-ahead, the tracker
                     yield events + self._track(self.model.flush()) + self.tracker.flush(), 0
                     return
                 yield events, n
         finally:
-            stop.set()
-            worker.join()
-            blas.restore_original_limits()
+            ahead.close()
 
     def latency_budget(self) -> dict[str, float]:
         """Algorithmic latency figures [ms]: transform look-ahead, model look-ahead, hop, and their sum."""
@@ -147,6 +135,58 @@ class Transcriber:
         """How much later than its own time a note-off can be emitted [ms] (``tracker.offset_hold_ms``, in whole
         frames after the first low one): the note-off counterpart of the note-on budget above."""
         return 1000.0 * (self.tracker.offset_hold_frames - 1) / self.settings.audio.frame_rate
+
+
+def read_ahead(items: Iterable, depth: int = 2, name: str = "kkoma-read-ahead") -> Iterator:
+    """``items``, iterated in a background thread up to ``depth`` items ahead of the consumer.
+
+    An exception raised while iterating ``items`` is raised here, in the consumer, after the items before it.
+    Closing this generator (or leaving it by an exception) stops the thread and closes ``items``. The thread starts
+    at the first ``next()``.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((None, x)):
+                    return
+            put((None, end))
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((e, None))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            error, x = q.get()
+            if error is not None:
+                raise error
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
+        worker.join()
 
 
 def plain_stream(transcriber, blocks: Iterable[np.ndarray]) -> Iterator[tuple[list, int]]:

@@ -58,6 +58,7 @@ import numpy as np
 from kkoma.models.atomic import atomic_write as _atomic_write
 from kkoma.models.errors import KkomaError
 from kkoma.offline.dataset import MANIFEST, read_manifest
+from kkoma.offline.pool import limit_threads
 from kkoma.offline.synth import SetupError
 
 FORMAT_VERSION = 1
@@ -295,24 +296,6 @@ def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list
 _CACHE: dict = {}
 
 
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the main process (which stops handing out work and saves the manifest)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _limit_threads()
-
-
-def _limit_threads() -> None:
-    # Parallelism comes from --jobs; the batch CQT would otherwise take every core in every worker.
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except Exception:  # pragma: no cover - numba is a core dependency
-        pass
-
-
 def _renderer(soundfont: str, settings, program: int = 0):
     from kkoma.offline.sampler import SampleRenderer, is_sample_set
     from kkoma.offline.synth import Renderer, measure_onset_offset
@@ -517,7 +500,7 @@ def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: 
     previous_term = _sigterm_as_interrupt()
     try:
         if jobs <= 1 or len(todo) <= 1:
-            _limit_threads()
+            limit_threads(1)  # one process: the batch CQT would otherwise take every core
             for task in todo:
                 current["task"] = task
                 record(task, _run_one(task, settings, str(out_dir), max_seconds, export_audio))
@@ -566,40 +549,19 @@ def _restore_sigterm(previous) -> None:
 
 
 def _run_pool(todo, settings, out_dir, max_seconds, export_audio, jobs, record, current) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from functools import partial
 
-    # Not "fork": a parent that has used FluidSynth (or holds any library lock in another thread) can leave a
-    # forked worker deadlocked, which was seen here. forkserver forks from a fresh, single-threaded server.
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "kkoma.offline.prepare", "kkoma.offline.synth", "kkoma.models.cqt"])
-    else:  # pragma: no cover - Windows / macOS default
-        ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
-    pending = {}
-    queue = list(reversed(todo))
-    try:
-        # Keep at most 2 tasks per worker in flight: results are recorded as they complete, and an interrupt
-        # leaves few pieces half-made.
-        while queue or pending:
-            while queue and len(pending) < 2 * jobs:
-                t = queue.pop()
-                pending[pool.submit(_run_one, t, settings, str(out_dir), max_seconds, export_audio)] = t
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                task = pending.pop(fut)
-                current["task"] = task
-                record(task, fut.result())
-    except KeyboardInterrupt:
-        # Let the pieces in flight finish (seconds) so their work is kept, then stop.
-        pool.shutdown(wait=True, cancel_futures=True)
-        for fut, task in pending.items():
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                record(task, fut.result())
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    from kkoma.offline.pool import run_pool
+
+    def on_result(task, result) -> None:
+        current["task"] = task
+        record(task, result)
+
+    # Errors are not caught (on_error=None): _run_one turns bad input into a "skip" itself, and anything it raises
+    # (a missing soundfont, FluidSynth) stops the whole run.
+    run_pool(partial(_run_one, settings=settings, out_dir=str(out_dir), max_seconds=max_seconds,
+                     export_audio=export_audio), todo, workers=jobs, on_result=on_result,
+             preload=["numpy", "kkoma.offline.prepare", "kkoma.offline.synth", "kkoma.models.cqt"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

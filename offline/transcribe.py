@@ -7,8 +7,10 @@ frames.
 Nothing proportional to the file length is held except the notes themselves (and, with ``--piano-roll``, a
 ``(n_frames, 2)`` min/max envelope of the waveform), so a one-hour file runs in the memory of a ten-second one.
 
-Many files run in a process pool (``transcribe.jobs`` workers; 0 = one per CPU core). A stream is stateful, so one
-file is always transcribed from start to end by one worker; workers never share a file.
+Many files run in a process pool (:mod:`offline.pool`) of ``transcribe.jobs`` processes, or, with 0 (the default), as
+many as :func:`choose_layout` finds fastest for the usable cores (affinity, cgroup quota) and the number of files: one
+process until there are four cores. A stream is stateful, so one file is always transcribed from start to end by one
+worker; workers never share a file.
 
 The model runs on the CPU (NumPy/Numba, :mod:`models.inference`) or, with ``transcribe.device = gpu`` (``kkoma
 transcribe --device``), in TensorFlow (:mod:`models.tf_inference`), which gives the same probabilities (within
@@ -293,8 +295,8 @@ def transcribe_file(path: str | Path, settings, transcriber=None, *,
     progress : called with the seconds of audio [s] each block covered.
     should_stop : polled between blocks; True aborts with :class:`Interrupted`.
     envelope : also return the ``(n_frames, 2)`` min/max waveform envelope (for ``--piano-roll``).
-    threaded : decode and transform in a second thread while the model runs (:meth:`Transcriber.stream`): one file
-        keeps two cores busy. Pool workers, which already run one file per core, pass False.
+    threaded : decode, transform and model in three threads, one block apart (:meth:`Transcriber.stream`): one
+        file keeps two cores busy. Runs with one core per file (:class:`Layout`) pass False.
 
     Raises
     ------
@@ -517,21 +519,118 @@ def _strip_name(message: str, job: Job) -> str:
     return msg
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# How many processes: the layout
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """How a run uses the machine: ``processes`` worker processes (1 = the calling process alone), each streaming
+    one file at a time; ``threaded``: in three threads, one block apart (decoding, the transform, the model and
+    tracker: :meth:`models.pipeline.Transcriber.stream`), else in one."""
+    processes: int
+    threaded: bool
+    cores: int  # the cores it was chosen for
+
+    def describe(self) -> str:
+        where = "1 process" if self.processes == 1 else f"{self.processes} processes"
+        return f"{where} x {3 if self.threaded else 1} thread{'s' if self.threaded else ''} on {self.cores} " \
+               f"core{'s' if self.cores != 1 else ''}"
+
+
+def choose_layout(cores: int, n_files: int, jobs: int = 0) -> Layout:
+    """The layout for ``n_files`` files on ``cores`` usable cores; ``jobs`` > 0 fixes the number of processes.
+
+    A file streamed in threads keeps two cores busy: its three stages (decoding, the transform, the model) cost
+    about the same CPU time (benchmarks/profile_transcribe.py), so one process on two cores comes close to what two
+    one-thread processes could do at best, without a second process's start-up (imports, model loading: -j 2 took
+    about 40 % more CPU time for five one-minute files, benchmarks/results/jobs_layout.md) and memory. So the
+    automatic rule (``jobs`` = 0) gives every process two cores: one process on one to three cores, a second one
+    from four cores on, and never more processes than files. Whatever fixed the number of processes, a process
+    streams in threads only when there are two cores for each process.
+    """
+    cores, n_files = max(1, int(cores)), max(1, int(n_files))
+    processes = min(jobs, n_files) if jobs > 0 else max(1, min(n_files, cores // 2))
+    return Layout(processes=processes, threaded=cores >= 2 * processes, cores=cores)
+
+
+def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") \
+        -> float | None:
+    """The CPU quota [cores] of this process's control group (a container's ``--cpus``), None when there is none.
+
+    cgroup v2: ``cpu.max`` (``"200000 100000"`` = 2 cores, ``"max 100000"`` = no limit); v1: ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` (quota -1 = no limit). The group and each of its parents are read; the tightest wins.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(root)
+    limits: list[float] = []
+
+    def folders(base: Path, rel: str):
+        parts = [p for p in rel.strip("/").split("/") if p]
+        for i in range(len(parts), -1, -1):
+            yield base.joinpath(*parts[:i])
+
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        hid, controllers, rel = fields
+        if hid == "0" and controllers == "":
+            for d in folders(root, rel):
+                try:
+                    quota, period = (d / "cpu.max").read_text().split()[:2]
+                except (OSError, ValueError):
+                    continue
+                if quota != "max" and float(period) > 0:
+                    limits.append(float(quota) / float(period))
+        elif "cpu" in controllers.split(","):
+            for base in dict.fromkeys([root / controllers, root / "cpu", root / "cpu,cpuacct"]):
+                for d in folders(base, rel):
+                    try:
+                        quota = float((d / "cpu.cfs_quota_us").read_text())
+                        period = float((d / "cpu.cfs_period_us").read_text())
+                    except (OSError, ValueError):
+                        continue
+                    if quota > 0 and period > 0:
+                        limits.append(quota / period)
+    return min(limits) if limits else None
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (``taskset``, a cpuset) capped by a cgroup quota, rounded
+    to the nearest whole core (at least 1): a quota of 1.5 cores still gives the threads of one file half a core
+    more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, int(quota + 0.5))
+    return max(1, cores)
+
+
+def resolve_layout(settings, n_files: int, n_jobs: int | None = None) -> Layout:
+    """The layout for a run: ``n_jobs`` if given, else ``transcribe.jobs`` (0 = automatic), on :func:`usable_cores`."""
+    jobs = settings.transcribe.jobs if n_jobs is None else n_jobs
+    return choose_layout(usable_cores(), n_files, int(jobs or 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------------------------------------------
 # Worker-process state (set by _init_worker; one Transcriber per worker, reused across its files).
 _W: dict = {}
 
+# Imported once in the pool's fork server, so each worker starts without importing them again.
+_PRELOAD = ["numpy", "numba", "kkoma.models.pipeline", "kkoma.models.inference", "kkoma.models.cqt",
+            "kkoma.models.audio", "kkoma.offline.transcribe"]
 
-def _init_worker(settings, progress_queue, stop_event, factory) -> None:
-    import signal
 
-    # Ctrl-C goes to the whole process group; the parent decides and tells workers through stop_event, so a
-    # worker is never killed in the middle of writing an output.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The pool already keeps every core busy with one file each: threads inside a worker would only oversubscribe.
-    # Set before NumPy/Numba load in this fresh (spawned) process.
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    _W.update(settings=settings, queue=progress_queue, stop=stop_event, transcriber=None, factory=factory)
+def _init_worker(settings, progress_queue, stop_event, factory, threaded) -> None:
+    # Ctrl-C is ignored in workers (offline.pool): the parent decides and tells them through stop_event, so a worker
+    # is never killed in the middle of writing an output.
+    _W.update(settings=settings, queue=progress_queue, stop=stop_event, transcriber=None, factory=factory,
+              threaded=threaded)
 
 
 def _worker_job(job: Job) -> FileOutcome:
@@ -548,7 +647,8 @@ def _worker_job(job: Job) -> FileOutcome:
             pending[0] = 0.0
 
     try:
-        return run_job(job, s, _W["transcriber"], progress=progress, should_stop=stop.is_set, threaded=False)
+        return run_job(job, s, _W["transcriber"], progress=progress, should_stop=stop.is_set,
+                       threaded=_W["threaded"])
     except Interrupted:
         return FileOutcome(job.display, "interrupted")
     finally:
@@ -556,15 +656,11 @@ def _worker_job(job: Job) -> FileOutcome:
             q.put(pending[0])
 
 
-def resolve_jobs(settings, n_files: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = settings.transcribe.jobs or cores
-    return max(1, min(n, n_files))
-
-
-def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, progress=None,
-             on_outcome: Callable[[FileOutcome], None] | None = None, factory=None) -> list[FileOutcome]:
-    """Run ``jobs`` (in a process pool when more than one worker), reporting each outcome as it arrives.
+def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, layout: Layout | None = None,
+             progress=None, on_outcome: Callable[[FileOutcome], None] | None = None,
+             factory=None) -> list[FileOutcome]:
+    """Run ``jobs`` in ``layout`` (default :func:`resolve_layout` with ``n_jobs``), reporting each outcome as it
+    arrives.
 
     ``progress(seconds)`` is called as audio is consumed; ``on_outcome(outcome)`` once per file. Ctrl-C stops every
     worker at its next block (no output of an unfinished file is written) and re-raises KeyboardInterrupt.
@@ -572,7 +668,7 @@ def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, progre
     i.e. a module-level callable, to reach the worker processes).
     """
     factory_ = factory or make_transcriber
-    n_jobs = resolve_jobs(settings, len(jobs)) if n_jobs is None else max(1, min(n_jobs, len(jobs)))
+    layout = layout or resolve_layout(settings, len(jobs), n_jobs)
     outcomes: list[FileOutcome] = []
 
     def report(o: FileOutcome) -> None:
@@ -580,20 +676,20 @@ def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, progre
         if on_outcome is not None:
             on_outcome(o)
 
-    if n_jobs <= 1:
+    if layout.processes <= 1 or len(jobs) <= 1:
         # A problem every file would share (missing weights, bad model settings) fails the run here, once.
         transcriber = factory_(settings) if jobs else None
         for job in jobs:
-            report(run_job(job, settings, transcriber, progress=progress))
+            report(run_job(job, settings, transcriber, progress=progress, threaded=layout.threaded))
         return outcomes
 
-    import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from kkoma.offline.pool import pool_context, run_pool
 
     # Fail fast in the parent on problems every file would share (missing weights, bad model settings).
     factory_(settings)
-    ctx = mp.get_context("spawn")  # fork after Numba's threads have started is not safe
+    ctx = pool_context(_PRELOAD)
     q, stop = ctx.Queue(), ctx.Event()
 
     def drain() -> None:
@@ -605,38 +701,27 @@ def run_jobs(jobs: Sequence[Job], settings, *, n_jobs: int | None = None, progre
             if progress is not None:
                 progress(sec)
 
-    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
-                               initargs=(settings, q, stop, factory))
-    try:
-        futures = {pool.submit(_worker_job, job): job for job in jobs}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            drain()
-            for f in finished:
-                job = futures[f]
-                try:
-                    o = f.result()
-                except Exception as e:  # a worker died (killed, out of memory)
-                    o = FileOutcome(job.display, "failed", reason=f"worker process failed ({type(e).__name__}: {e})")
-                report(o)
-        drain()
-    except KeyboardInterrupt:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    def on_result(job: Job, o: FileOutcome) -> None:
+        if o.status != "interrupted":  # stopped by Ctrl-C: nothing written, nothing to report
+            report(o)
+
+    def on_error(job: Job, e: BaseException) -> FileOutcome:  # a worker died (killed, out of memory)
+        return FileOutcome(job.display, "failed", reason=f"worker process failed ({type(e).__name__}: {e})")
+
+    run_pool(_worker_job, jobs, workers=layout.processes, on_result=on_result, on_error=on_error,
+             initializer=_init_worker, initargs=(settings, q, stop, factory, layout.threaded), preload=_PRELOAD,
+             on_poll=drain, poll_s=0.2, on_interrupt=stop.set)
     return outcomes
 
 
 def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: Sequence[str] = ("mid",),
                      piano_roll: bool = False, overwrite: bool = False, quiet: bool = False,
-                     n_jobs: int | None = None, stream=None, factory=None, scheduler: str | None = None) -> RunSummary:
+                     n_jobs: int | None = None, layout: Layout | None = None, stream=None,
+                     factory=None, scheduler: str | None = None) -> RunSummary:
     """The whole ``kkoma transcribe`` run: find inputs, plan outputs, skip existing, transcribe, print a summary.
 
-    ``scheduler`` (a Dask scheduler address or ``local:N``) runs the files on that cluster
-    (:mod:`offline.cluster`) instead of the local pool of ``n_jobs`` workers.
+    ``scheduler``: run the files on a Dask cluster (:mod:`offline.cluster`: ``tcp://host:port`` or ``local:N``)
+    instead of this machine's processes (``n_jobs`` / ``layout``).
 
     Per-file problems are reported one line each on ``stream`` (stderr by default) and collected in the summary.
     """
@@ -709,13 +794,13 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
                 progress(expected.get(o.audio, 0.0))  # what it would have covered; the bar is clipped at total
 
         try:
-            if scheduler is not None:
-                from kkoma.offline.cluster import run_jobs_on_cluster
+            if scheduler:
+                from kkoma.offline.cluster import run_jobs_cluster
 
-                run_jobs_on_cluster(todo, settings, scheduler, progress=progress, on_outcome=on_outcome,
-                                    factory=factory)
+                run_jobs_cluster(todo, settings, scheduler, progress=progress, on_outcome=on_outcome, factory=factory)
             else:
-                run_jobs(todo, settings, n_jobs=n_jobs, progress=progress, on_outcome=on_outcome, factory=factory)
+                run_jobs(todo, settings, n_jobs=n_jobs, layout=layout, progress=progress, on_outcome=on_outcome,
+                         factory=factory)
         finally:
             if bar is not None:
                 bar.close()

@@ -34,13 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (otherwise a file whose outputs exist is skipped)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="files transcribed in parallel (default: transcribe.jobs from config.toml; 0 = one per "
-                        "CPU core). One file is always streamed by one worker")
+                   help="worker processes, each transcribing one file at a time (default: transcribe.jobs from "
+                        "config.toml; 0 = automatic: from the cores kkoma may use and the number of files, one "
+                        "process, which keeps two cores busy, up to three cores; one more for every two cores "
+                        "beyond). One file is always streamed by one process")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="run the files on a Dask cluster (pip install 'kkoma[cluster]'): the address of a running "
-                        "`dask scheduler` (tcp://host:8786), whose workers see the inputs and OUTDIR under the same "
-                        "paths, or local:N for N worker processes on this machine. One task per file; a file whose "
-                        "worker dies is retried once. Not with -j")
+                   help="run the files on a Dask cluster instead of this machine's processes (-j is then not "
+                        "used): tcp://HOST:PORT of a `dask scheduler` whose workers (`dask worker ADDRESS "
+                        "--nthreads 1`) see the same paths, or local:N for N local worker processes. Needs "
+                        "pip install 'kkoma[cluster]'")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
                    help="where the model runs: cpu (NumPy/Numba), gpu (TensorFlow; an error if TensorFlow sees no "
                         "GPU) or auto (gpu when TensorFlow sees one, else cpu; a machine without an NVIDIA driver "
@@ -53,11 +55,12 @@ def run(args: argparse.Namespace, settings) -> int:
     from kkoma.models.errors import KkomaError
     from kkoma.offline.transcribe import transcribe_paths
 
+    if args.scheduler:
+        from kkoma.offline.cluster import parse_address
+
+        parse_address(args.scheduler)  # a malformed address fails here, before any work
     if args.jobs is not None and args.jobs < 0:
-        raise KkomaError(f"--jobs must be 0 (one per CPU core) or more, not {args.jobs}.")
-    scheduler = getattr(args, "scheduler", None)
-    if scheduler is not None and args.jobs is not None:
-        raise KkomaError("--jobs and --scheduler do not mix: the cluster's workers are the parallel jobs.")
+        raise KkomaError(f"--jobs must be 0 (automatic) or more, not {args.jobs}.")
     if args.jobs is not None:
         settings = settings.replace(transcribe__jobs=str(args.jobs))
     device = args.device or settings.transcribe.device
@@ -73,5 +76,5 @@ def run(args: argparse.Namespace, settings) -> int:
     settings = settings.replace(transcribe__device=device)
     summary = transcribe_paths(args.audio, settings, out_dir=args.output_dir, formats=args.format,
                                piano_roll=args.piano_roll, overwrite=args.overwrite, quiet=args.quiet,
-                               scheduler=scheduler)
+                               scheduler=args.scheduler)
     return 1 if summary.failed else 0

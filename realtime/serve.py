@@ -135,9 +135,9 @@ def run(args: argparse.Namespace, settings) -> int:
         fingerprint = None
         if args.https:
             try:
-                names = ["localhost", "127.0.0.1", *_lan_addresses(), socket.gethostname()]
-                if host not in ("0.0.0.0", "::", ""):
-                    names.append(host)
+                names = ["localhost", "127.0.0.1", socket.gethostname()]
+                # The network's addresses only when serving the network: a localhost server needs none.
+                names += _lan_addresses() if host in ("0.0.0.0", "::", "") else [host]
                 cert, key, fingerprint = make_certificate(Path(tmp), names)
             except ModuleNotFoundError:
                 sock.close()

@@ -1,10 +1,8 @@
-"""``kkoma transcribe --scheduler``: a real Dask cluster (a ``dask scheduler`` and ``dask worker`` processes on
-127.0.0.1, started here as separate processes) transcribes a folder; the outputs are byte-identical to the local
-run, and a worker killed in the middle of a file costs only a retry of that file.
-
-Runs the shipped model (plumbing, not accuracy: the reference is the same model run locally). Skipped without the
-extra ``kkoma[cluster]``.
+"""``kkoma transcribe --scheduler``: a Dask scheduler and two workers started as separate processes on this machine
+(offline/cluster.py). The transcriber is the test double of tests/test_transcribe.py (real decoding, tracker and
+writing; a loudness detector for the network), imported by the workers from this folder.
 """
+import json
 import os
 import signal
 import socket
@@ -19,49 +17,16 @@ import soundfile as sf
 
 pytest.importorskip("distributed")
 
-from kkoma.cli import main  # noqa: E402
+from test_transcribe import EnergyTranscriber, tone_file  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "example.flac"
+import kkoma.offline.transcribe as T  # noqa: E402
+from kkoma.models.errors import KkomaError  # noqa: E402
+from kkoma.models.settings import load_settings  # noqa: E402
+from kkoma.offline.cluster import parse_address  # noqa: E402
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Errors a user can hit: one sentence, non-zero exit (no cluster started)
-# ---------------------------------------------------------------------------------------------------------------
-def test_scheduler_and_jobs_do_not_mix(folder, capsys):
-    assert main(["transcribe", str(folder), "-j", "2", "--scheduler", "local:2"]) != 0
-    assert "--jobs and --scheduler do not mix" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("address", ["local:0", "local:two"])
-def test_bad_local_address(folder, tmp_path, capsys, address):
-    assert main(["transcribe", str(folder), "-o", str(tmp_path), "--scheduler", address]) != 0
-    err = capsys.readouterr().err
-    assert "write local:N with N the number of worker processes" in err and "Traceback" not in err
-    assert not list(tmp_path.iterdir())
-
-
-def test_unreachable_scheduler(folder, tmp_path, capsys, monkeypatch):
-    import kkoma.offline.cluster as C
-
-    monkeypatch.setattr(C, "CONNECT_TIMEOUT_S", 2.0)
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
-    assert main(["transcribe", str(folder), "-o", str(tmp_path), "--scheduler", address]) != 0
-    err = capsys.readouterr().err
-    assert f"cannot reach the Dask scheduler at {address}" in err and "Traceback" not in err
-    assert not list(tmp_path.iterdir())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A real cluster: scheduler and workers as separate processes
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               # the documented scheduler setting: a file whose worker dies is retried once
-               DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1")
-    return env
+S = load_settings()
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 
 def _free_port() -> int:
@@ -71,147 +36,143 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Three short clips of the example and one long file (the example six times: the one killed mid-file)."""
-    d = tmp_path_factory.mktemp("cluster_in")
-    x, sr = sf.read(str(EXAMPLE), dtype="float32")
-    sf.write(str(d / "a_long.flac"), np.tile(x, 6), sr)
-    for i, (a, b) in enumerate([(0.0, 4.0), (3.0, 7.0), (6.0, 10.0)]):
-        sf.write(str(d / f"clip{i}.flac"), x[int(a * sr):int(b * sr)], sr)
-    return d
+def cluster(tmp_path_factory):
+    """A `dask scheduler` (one retry for a file whose worker dies) and two `dask worker`s, each a separate process."""
+    port = _free_port()
+    markers = tmp_path_factory.mktemp("markers")
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1", KKOMA_TEST_MARKERS=str(markers),
+               PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    logs = tmp_path_factory.mktemp("dask")
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], env=env,
+                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    address = f"tcp://127.0.0.1:{port}"
+    for i in range(2):
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                       "--no-dashboard", "--name", f"w{i}"], env=env,
+                                      stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
+    from distributed import Client
+
+    deadline = time.monotonic() + 120
+    with Client(address, timeout="60s") as c:
+        while len(c.scheduler_info()["workers"]) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the two workers did not start: " + (logs / "worker0.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield address, markers
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
-@pytest.fixture(scope="module")
-def reference(folder, tmp_path_factory):
-    """The local run (``-j 1``, the same command otherwise): every output's bytes by file name."""
-    out = tmp_path_factory.mktemp("cluster_ref")
-    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "-j", "1"])
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0 and "4 transcribed, 0 skipped, 0 failed" in err, err
-    return _outputs(out)
+def test_parse_address():
+    assert parse_address("local:3") == ("local", 3)
+    assert parse_address("tcp://127.0.0.1:8786") == ("remote", "tcp://127.0.0.1:8786")
+    for bad in ("local:0", "local:x", "127.0.0.1:8786"):
+        with pytest.raises(KkomaError):
+            parse_address(bad)
 
 
-class Cluster:
-    """A scheduler and ``n`` workers (no nanny: a killed worker stays dead), each its own process."""
-
-    def __init__(self, n: int):
-        self.address = f"tcp://127.0.0.1:{_free_port()}"
-        py = sys.executable
-        self.scheduler = subprocess.Popen(
-            [py, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
-             self.address.rsplit(":", 1)[1], "--no-dashboard"],
-            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.workers = [subprocess.Popen(
-            [py, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--no-nanny",
-             "--no-dashboard", "--name", f"w{i}", "--host", "127.0.0.1"],
-            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
-        from distributed import Client
-
-        self.client = Client(self.address, timeout=60)
-        self.client.wait_for_workers(n, timeout=120)
-        self.pids = self.client.run(os.getpid)  # worker address -> pid
-
-    def close(self):
-        self.client.close()
-        for p in self.workers + [self.scheduler]:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.workers + [self.scheduler]:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+def _files(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        tone_file(folder / f"f{i}.wav", seconds=1.0 + 0.5 * i, bursts=((0.1 * (i + 1), 0.6),))
 
 
-@pytest.fixture
-def cluster():
-    c = Cluster(2)
-    yield c
-    c.close()
+def _notes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): json.loads(p.read_text())["notes"] for p in sorted(folder.rglob("*.json"))}
 
 
-def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "kkoma.cli", "transcribe", *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def test_cluster_run_equals_the_local_run_and_keeps_the_rules(cluster, tmp_path):
+    cluster, _ = cluster
+    src = tmp_path / "in"
+    _files(src, 4)
+    _files(src / "sub", 1)
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    s1 = T.transcribe_paths([str(src)], S, out_dir=local, formats=("json", "mid"), quiet=True, n_jobs=1,
+                            factory=EnergyTranscriber)
+    s2 = T.transcribe_paths([str(src)], S, out_dir=remote, formats=("json", "mid"), quiet=True,
+                            factory=EnergyTranscriber, scheduler=cluster)
+    assert len(s1.done) == len(s2.done) == 5 and not s2.failed
+    assert _notes(remote) == _notes(local) and len(_notes(remote)) == 5
+    assert (remote / "sub" / "f0.mid").read_bytes() == (local / "sub" / "f0.mid").read_bytes()
+    assert s2.audio_seconds == pytest.approx(s1.audio_seconds)
+    # Same skip rule: a second run skips every file; --overwrite redoes them.
+    s3 = T.transcribe_paths([str(src)], S, out_dir=remote, quiet=True, factory=EnergyTranscriber, scheduler=cluster)
+    assert len(s3.skipped) == 5 and not s3.done
+    # A bad file fails alone, with its reason, as locally.
+    (src / "bad.wav").write_bytes(b"not audio at all")
+    s4 = T.transcribe_paths([str(src)], S, out_dir=remote, quiet=True, overwrite=True, factory=EnergyTranscriber,
+                            scheduler=cluster)
+    assert len(s4.done) == 5 and [o.audio for o in s4.failed] == [str(src / "bad.wav")]
 
 
-def _outputs(out: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith(".")}
+class Dying(EnergyTranscriber):
+    """EnergyTranscriber that kills its own worker process (SIGKILL, mid-file: after the first block) on a file of
+    constant samples 0.5, every time, and on one of 0.25 the first time only (a marker file in
+    ``$KKOMA_TEST_MARKERS`` is removed before the kill, so the retry on another worker goes through)."""
+
+    def reset(self):
+        super().reset()
+        self._first = True
+
+    def process(self, block):
+        if getattr(self, "_first", False) and len(block):
+            self._first = False
+            level = float(np.median(block))
+            once = Path(os.environ.get("KKOMA_TEST_MARKERS", "/nonexistent")) / "kill_once"
+            kill = abs(level - 0.5) < 1e-3
+            if abs(level - 0.25) < 1e-3 and once.exists():
+                once.unlink()
+                kill = True
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().process(block)
 
 
-# Lambdas, so that cloudpickle sends it by value (the workers cannot import this test module).
-_builds = lambda: __import__("kkoma.offline.cluster", fromlist=["BUILDS"]).BUILDS[0]  # noqa: E731
-_executing = lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing]  # noqa: E731
+def dying_factory(settings):
+    return Dying(settings)
 
 
-@pytest.mark.slow
-def test_scheduler_outputs_identical_to_local_run(folder, reference, cluster, tmp_path):
-    out = tmp_path / "out"
-    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--scheduler", cluster.address])
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
-    assert "4 transcribed, 0 skipped, 0 failed" in err
-    assert _outputs(out) == reference
-    # The bar counts audio seconds and ends at the folder's length (progress arrives as Dask events).
-    total = sum(sf.info(str(f)).duration for f in folder.iterdir())
-    assert "4/4 files 100%" in err and f"{total:.0f}/{total:.0f} s audio" in err
-    # A second run skips every file: the local skip rule, applied before anything is sent.
-    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--scheduler", cluster.address])
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and "0 transcribed, 4 skipped, 0 failed" in err
-    # --overwrite does them again on the same workers, which built their model once for both runs.
-    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--overwrite", "--scheduler",
-              cluster.address])
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and "4 transcribed, 0 skipped, 0 failed" in err
-    assert _outputs(out) == reference
-    builds = cluster.client.run(_builds)
-    assert set(builds.values()) <= {0, 1} and sum(builds.values()) >= 1, builds
+def test_a_worker_killed_during_a_file_loses_only_that_file(cluster, tmp_path):
+    address, markers = cluster
+    src = tmp_path / "in"
+    _files(src, 2)
+    for name, level in (("g_once", 0.25), ("h_always", 0.5)):
+        sf.write(str(src / f"{name}.wav"), np.full(2 * 16000, level, np.float32), 16000)
+    (markers / "kill_once").write_text("")
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    s = T.transcribe_paths([str(src)], S, out_dir=out, formats=("json",), quiet=True, factory=dying_factory,
+                           scheduler=address)
+    assert sorted(Path(o.audio).name for o in s.done) == ["f0.wav", "f1.wav", "g_once.wav"]
+    assert [Path(o.audio).name for o in s.failed] == ["h_always.wav"]
+    assert "worker process failed" in s.failed[0].reason
+    assert not (markers / "kill_once").exists()  # g_once did kill a worker, and was retried
+    assert sorted(p.name for p in out.iterdir()) == ["f0.json", "f1.json", "g_once.json"]  # nothing half-written
+    T.transcribe_paths([str(src / f) for f in ("f0.wav", "f1.wav", "g_once.wav")], S, out_dir=ref,
+                       formats=("json",), quiet=True, n_jobs=1, factory=EnergyTranscriber)
+    assert _notes(out) == _notes(ref) and _notes(out)["g_once.json"]
 
 
+def test_cli_local_cluster_gives_the_notes_of_a_local_run(tmp_path, capsys):
+    """`kkoma transcribe --scheduler local:1` (a local cluster started and stopped by the run), shipped model."""
+    from kkoma.cli import main
+    from kkoma.models.notes import read_midi
 
-def _kill_worker_running_long_file(cluster, p, dead=()):
-    """Wait for a live worker to run the long file (the first job: sorted names), let it get into the file, kill
-    it (SIGKILL: no cleanup). Returns the worker's address."""
-    alive = [w for w in cluster.pids if w not in dead]
-    victim, deadline = None, time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and p.poll() is None:
-        running = cluster.client.run(_executing, workers=alive)
-        victim = next((w for w, keys in running.items() if any(k.endswith("-0") for k in keys)), None)
-        time.sleep(0.05)
-    assert victim is not None, "the long file never ran"
-    time.sleep(0.5)
-    assert any(k.endswith("-0") for k in cluster.client.run(_executing, workers=[victim])[victim]), \
-        "the long file finished before the kill: make it longer"
-    os.kill(cluster.pids[victim], signal.SIGKILL)
-    return victim
+    example = REPO / "examples" / "example.flac"
+    assert main(["transcribe", str(example), "-o", str(tmp_path / "local"), "-q"]) == 0
+    assert main(["transcribe", str(example), "-o", str(tmp_path / "dask"), "-q", "--scheduler", "local:1"]) == 0
+    want = read_midi(tmp_path / "local" / "example.mid")
+    assert want and read_midi(tmp_path / "dask" / "example.mid") == want
 
 
-@pytest.mark.slow
-def test_worker_killed_mid_file_loses_only_that_file(folder, reference, cluster, tmp_path):
-    out = tmp_path / "out"
-    p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--scheduler", cluster.address])
-    _kill_worker_running_long_file(cluster, p)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
-    assert "4 transcribed, 0 skipped, 0 failed" in err  # the long file was retried on the other worker
-    assert _outputs(out) == reference
-    total = sum(sf.info(str(f)).duration for f in folder.iterdir())
-    assert f"{total:.0f}/{total:.0f} s audio" in err
+def test_cli_bad_address_is_one_sentence(tmp_path, capsys):
+    from kkoma.cli import main
 
-
-@pytest.mark.slow
-def test_file_whose_workers_die_twice_is_failed_and_the_rest_done(folder, reference, tmp_path):
-    c = Cluster(3)
-    try:
-        out = tmp_path / "out"
-        p = _cli([str(folder), "-o", str(out), "-f", "mid,csv", "--device", "cpu", "--scheduler", c.address])
-        first = _kill_worker_running_long_file(c, p)
-        _kill_worker_running_long_file(c, p, dead=[first])
-        _, err = p.communicate(timeout=600)
-    finally:
-        c.close()
-    assert p.returncode == 1, err
-    assert "3 transcribed, 0 skipped, 1 failed" in err
-    assert "a_long.flac: the Dask worker transcribing it died 2 times; nothing of it was written" in err
-    assert _outputs(out) == {k: v for k, v in reference.items() if not k.startswith("a_long")}
+    assert main(["transcribe", str(tmp_path), "--scheduler", "127.0.0.1:8786"]) == 1
+    err = capsys.readouterr().err
+    assert "is not a scheduler address" in err and "Traceback" not in err

@@ -100,7 +100,8 @@ def test_missing_weights_error(tmp_path):
 
 
 def test_threaded_stream_gives_the_events_of_process_and_flush(setup):
-    """Transcriber.stream with the transform in a second thread == without == process()/flush(), block by block."""
+    """Transcriber.stream with decoding and the transform in their own threads == without == process()/flush(),
+    block by block."""
     import threading
 
     s, audio = setup
@@ -112,7 +113,7 @@ def test_threaded_stream_gives_the_events_of_process_and_flush(setup):
         tr.reset()
         assert list(tr.stream(iter(blocks), threaded=threaded)) == want
 
-    # An error while producing blocks (e.g. a decode error) reaches the consumer; the thread is gone after.
+    # An error while producing blocks (e.g. a decode error) reaches the consumer; the threads are gone after.
     def failing():
         yield blocks[0]
         raise ValueError("corrupt block")
@@ -120,9 +121,45 @@ def test_threaded_stream_gives_the_events_of_process_and_flush(setup):
     tr.reset()
     with pytest.raises(ValueError, match="corrupt block"):
         list(tr.stream(failing(), threaded=True))
+    assert not any(t.name in ("kkoma-features", "kkoma-decode") for t in threading.enumerate())
     # Stopping early (Ctrl-C between blocks) stops the feature thread too.
     tr.reset()
     g = tr.stream(iter(blocks * 20), threaded=True)
     next(g)
     g.close()
-    assert not any(t.name == "kkoma-features" for t in threading.enumerate())
+    assert not any(t.name in ("kkoma-features", "kkoma-decode") for t in threading.enumerate())
+
+
+def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed():
+    import threading
+
+    from kkoma.models.pipeline import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield from range(5)
+        raise KeyError("bad item 5")
+
+    got = []
+    with pytest.raises(KeyError, match="bad item 5"):
+        for x in read_ahead(failing(), name="kkoma-test-ahead"):
+            got.append(x)
+    assert got == list(range(5))  # every item before the error arrives first
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    g = read_ahead(endless(), depth=2, name="kkoma-test-ahead")
+    assert [next(g) for _ in range(3)] == [0, 1, 2]
+    g.close()
+    assert closed == [True]  # the source was closed, in its own thread, before close() returned
+    assert not any(t.name == "kkoma-test-ahead" for t in threading.enumerate())

@@ -6,6 +6,7 @@ engine's plumbing and clocks, not the network; one test runs the real pipeline w
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,18 @@ def run_engine(source, settings=S, **kw):
     if eng.error:
         raise eng.error
     return eng, events
+
+
+def _example_at(rate: int, tmp_path: Path) -> Path:
+    """The bundled example as a device at ``rate`` [Hz] would deliver it, written as a float WAV."""
+    import soxr
+
+    x, sr = sf.read(E.__file__.rsplit("/realtime/", 1)[0] + "/examples/example.flac", dtype="float32")
+    if rate != sr:
+        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal
+    path = tmp_path / f"example_{rate}.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+    return path
 
 
 def test_file_through_engine_times_on_the_sample_clock(tone_file):
@@ -324,18 +337,12 @@ def test_real_pipeline_runs_live(tmp_path, tone_file):
 def test_live_and_offline_give_identical_notes(tmp_path, rate):
     """The live engine (hop-sized blocks from a device at ``rate``) and `kkoma transcribe` (big blocks) run the same
     resampler, CQT, model and tracker: on the bundled piece they give the same notes, to the frame. Real weights."""
-    import soxr
-
     from kkoma.models.notes import events_to_notes
     from kkoma.offline.transcribe import transcribe_file
 
     if not S.model.weights_path.exists():
         pytest.skip("no shipped weights")
-    x, sr = sf.read(E.__file__.rsplit("/realtime/", 1)[0] + "/examples/example.flac", dtype="float32")
-    if rate != sr:
-        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal
-    path = tmp_path / f"example_{rate}.wav"
-    sf.write(path, x, rate, subtype="FLOAT")
+    path = _example_at(rate, tmp_path)
     offline = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in transcribe_file(path, S).notes]
     midi = NullMidiOut(S)
     events = []
@@ -398,19 +405,13 @@ def test_record_file_gets_the_files_models_notes(tmp_path, rate):
     """`kkoma record` runs the files model beside the live one on the same audio: the port gets the live notes, the
     file exactly what `kkoma transcribe` writes (the files model, its transform and tracker), to the frame;
     `--notes live` writes the port's notes instead. Real weights."""
-    import soxr
-
     from kkoma.models.notes import write_midi
     from kkoma.offline.transcribe import transcribe_file
 
     files = load_settings(offline=True)
     if not (S.model.weights_path.exists() and files.model.weights_path.exists()):
         pytest.skip("no shipped weights")
-    x, sr = sf.read(E.__file__.rsplit("/realtime/", 1)[0] + "/examples/example.flac", dtype="float32")
-    if rate != sr:
-        x = soxr.resample(x, sr, rate, quality="VHQ").astype(np.float32)  # a device's signal
-    path = tmp_path / f"example_{rate}.wav"
-    sf.write(path, x, rate, subtype="FLOAT")
+    path = _example_at(rate, tmp_path)
 
     def key(notes):  # as a MIDI file holds them (times on its tick grid)
         write_midi(notes, tmp_path / "k.mid", S)
