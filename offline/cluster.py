@@ -13,18 +13,25 @@ cores for it) or ``local:N`` (a local cluster of N worker processes, started and
 A worker that dies during a file (killed, out of memory) loses only that file: the scheduler gives it to another
 worker, once (``local:N`` sets ``distributed.scheduler.allowed-failures`` to 1; for a scheduler of your own, start
 it with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1``; Dask's default is 3 retries); a file that kills its
-worker again is reported as failed, and the other files go on. Progress counts audio seconds as files finish.
+worker again is reported as failed, and the other files go on. Progress counts audio seconds as the workers
+stream them (Dask events, at most every PROGRESS_EVERY_S per task).
 
 Dask comes with the extra ``kkoma[cluster]``; nothing here is imported by a local run.
 """
 from __future__ import annotations
 
+import queue as queue_mod
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 from kkoma.models.errors import KkomaError
 from kkoma.offline.transcribe import FileOutcome, Job, make_transcriber, run_job, usable_cores
+
+PROGRESS_EVERY_S = 0.5  # [s wall] a task reports its file's progress at most this often (each report is a message)
+WORKERS_TIMEOUT_S = 60.0  # [s] a scheduler of your own: how long to wait for its first worker
 
 # Worker-side: one transcriber per (task thread, factory, settings), reused across the files that thread runs.
 _TRANSCRIBERS: dict = {}
@@ -63,14 +70,22 @@ def _client(address: str):
                                    dashboard_address=":0")
         return Client(cluster), cluster
     try:
-        return Client(str(where), timeout="20s"), None
-    except (OSError, TimeoutError) as e:
+        client = Client(str(where), timeout="20s")
+    except (OSError, TimeoutError, ValueError) as e:
         raise KkomaError(f"cannot reach the Dask scheduler at {where} ({e}).") from None
+    try:  # without a worker the tasks would wait for ever
+        client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+    except TimeoutError:
+        client.close()
+        raise KkomaError(f"no Dask worker joined the scheduler at {where} within {WORKERS_TIMEOUT_S:g} s (start "
+                         f"some with: dask worker {where} --nthreads 1).") from None
+    return client, None
 
 
-def cluster_job(job: Job, settings, factory=None) -> FileOutcome:
+def cluster_job(job: Job, settings, factory=None, topic: str | None = None, index: int = 0) -> FileOutcome:
     """One file on a worker (Dask task): :func:`offline.transcribe.run_job` with this worker thread's transcriber,
-    streaming in threads when the worker has two cores for each of its task threads."""
+    streaming in threads when the worker has two cores for each of its task threads. With ``topic``, the audio
+    seconds done so far are sent as Dask events ``(index, seconds)`` on it, at most every :data:`PROGRESS_EVERY_S`."""
     factory_ = factory or make_transcriber
     key = (threading.get_ident(), factory_, repr(settings))
     tr = _TRANSCRIBERS.get(key)
@@ -82,8 +97,17 @@ def cluster_job(job: Job, settings, factory=None) -> FileOutcome:
         worker = get_worker()
         task_threads = max(1, int(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1))
     except (ImportError, ValueError):  # not on a worker (called directly)
-        task_threads = 1
-    return run_job(job, settings, tr, threaded=usable_cores() >= 2 * task_threads)
+        worker, task_threads = None, 1
+    progress = None
+    if topic is not None and worker is not None:
+        done = [0.0, time.monotonic()]  # audio seconds so far [s], wall time of the last report
+
+        def progress(sec: float) -> None:
+            done[0] += sec
+            if time.monotonic() - done[1] >= PROGRESS_EVERY_S:
+                done[1] = time.monotonic()
+                worker.log_event(topic, (index, done[0]))
+    return run_job(job, settings, tr, progress=progress, threaded=usable_cores() >= 2 * task_threads)
 
 
 def _absolute(job: Job) -> Job:
@@ -94,8 +118,10 @@ def _absolute(job: Job) -> Job:
 def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=None,
                      on_outcome: Callable[[FileOutcome], None] | None = None, factory=None) -> list[FileOutcome]:
     """Run ``jobs`` as tasks of the cluster at ``address``, reporting each outcome as it arrives (as
-    :func:`offline.transcribe.run_jobs`: ``progress(seconds)`` as files finish, ``on_outcome`` once per file).
+    :func:`offline.transcribe.run_jobs`: ``progress(seconds)`` as audio is consumed, ``on_outcome`` once per file).
 
+    Progress arrives as Dask events from the tasks; a file's seconds are counted once, as far as its furthest
+    attempt got (a file retried after its worker died is not counted twice).
     ``factory`` (default :func:`offline.transcribe.make_transcriber`) must be importable on the workers.
     Ctrl-C cancels the files not yet done and re-raises KeyboardInterrupt (outputs are written atomically: a file
     is either complete or absent).
@@ -104,28 +130,71 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
     (factory or make_transcriber)(settings)
     client, cluster = _client(address)
     outcomes: list[FileOutcome] = []
-    try:
-        from distributed import as_completed
+    events: queue_mod.Queue = queue_mod.Queue()  # ("progress", index, seconds so far) | ("done", index, future)
+    topic = f"kkoma-progress-{uuid.uuid4().hex}"
+    counted = [0.0] * len(jobs)  # audio seconds passed to progress() per file
 
-        futures = {client.submit(cluster_job, _absolute(job), settings, factory, pure=False): job for job in jobs}
+    def count(i: int, total: float) -> None:
+        if total > counted[i]:
+            if progress is not None:
+                progress(total - counted[i])
+            counted[i] = total
+
+    futures: list = []
+    try:
+        retries = client.run_on_scheduler(_allowed_failures)
+        client.subscribe_topic(topic, lambda event: events.put(("progress", *event[1])))
+        for i, job in enumerate(jobs):
+            f = client.submit(cluster_job, _absolute(job), settings, factory, topic, i, pure=False)
+            f.add_done_callback(lambda fut, i=i: events.put(("done", i, fut)))
+            futures.append(f)
+        remaining = len(jobs)
         try:
-            for fut in as_completed(futures):
-                job = futures[fut]
+            while remaining:
                 try:
-                    o = fut.result()
-                except Exception as e:  # KilledWorker: the file killed a worker twice; or the task was lost
-                    o = FileOutcome(job.display, "failed",
-                                    reason=f"worker process failed ({type(e).__name__}: {str(e).splitlines()[0]})")
+                    event = events.get(timeout=0.2)
+                except queue_mod.Empty:
+                    continue
+                if event[0] == "progress":
+                    count(event[1], event[2])
+                    continue
+                remaining -= 1
+                o = _outcome(event[2], jobs[event[1]], retries)
+                if o.status == "done":
+                    count(event[1], o.seconds)
                 outcomes.append(o)
-                if progress is not None and o.status == "done":
-                    progress(o.seconds)
                 if on_outcome is not None:
                     on_outcome(o)
         except KeyboardInterrupt:
-            client.cancel(list(futures))
+            client.cancel(futures)
             raise
     finally:
+        try:
+            client.unsubscribe_topic(topic)
+        except Exception:  # never subscribed, or the scheduler is gone
+            pass
         client.close()
         if cluster is not None:
             cluster.close()
     return outcomes
+
+
+def _allowed_failures(dask_scheduler=None) -> int:
+    return int(dask_scheduler.allowed_failures)
+
+
+def _outcome(fut, job: Job, retries: int) -> FileOutcome:
+    """The FileOutcome of a finished task; a task that never returned (its workers died) is a failure."""
+    from distributed import KilledWorker
+
+    if fut.status == "finished":
+        return fut.result()
+    if fut.status == "cancelled":
+        return FileOutcome(job.display, "failed", reason="its task was cancelled on the cluster")
+    e = fut.exception()
+    if isinstance(e, KilledWorker):
+        times = "once" if retries == 0 else f"{retries + 1} times"
+        return FileOutcome(job.display, "failed", reason=f"worker process failed: the Dask worker transcribing it "
+                                                         f"died {times}; nothing of it was written")
+    return FileOutcome(job.display, "failed",
+                       reason=f"worker process failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")

@@ -150,7 +150,7 @@ def test_a_worker_killed_during_a_file_loses_only_that_file(cluster, tmp_path):
                            scheduler=address)
     assert sorted(Path(o.audio).name for o in s.done) == ["f0.wav", "f1.wav", "g_once.wav"]
     assert [Path(o.audio).name for o in s.failed] == ["h_always.wav"]
-    assert "worker process failed" in s.failed[0].reason
+    assert "worker process failed: the Dask worker transcribing it died 2 times" in s.failed[0].reason
     assert not (markers / "kill_once").exists()  # g_once did kill a worker, and was retried
     assert sorted(p.name for p in out.iterdir()) == ["f0.json", "f1.json", "g_once.json"]  # nothing half-written
     T.transcribe_paths([str(src / f) for f in ("f0.wav", "f1.wav", "g_once.wav")], S, out_dir=ref,
@@ -176,3 +176,58 @@ def test_cli_bad_address_is_one_sentence(tmp_path, capsys):
     assert main(["transcribe", str(tmp_path), "--scheduler", "127.0.0.1:8786"]) == 1
     err = capsys.readouterr().err
     assert "is not a scheduler address" in err and "Traceback" not in err
+
+
+class Slow(EnergyTranscriber):
+    """EnergyTranscriber that takes 0.6 s per block, so a file lasts several progress reports."""
+
+    def process(self, block):
+        time.sleep(0.6)
+        return super().process(block)
+
+
+def slow_factory(settings):
+    return Slow(settings)
+
+
+def test_progress_counts_audio_seconds_while_files_run(cluster, tmp_path):
+    """The bar moves during a file (Dask events from the task), and ends at the audio's length, counted once."""
+    from kkoma.offline.cluster import run_jobs_cluster
+
+    address, _ = cluster
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        tone_file(src / f"long{i}.wav", seconds=100.0, sr=16000, bursts=((1.0, 2.0),))
+    inputs, _ = T.find_inputs([str(src)])
+    jobs, _ = T.plan_jobs(inputs, tmp_path / "out", ("mid",), False)
+    calls: list = []
+    outcomes = run_jobs_cluster(jobs, S, address, progress=calls.append, factory=slow_factory)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert sum(calls) == pytest.approx(200.0, abs=0.1)
+    assert len(calls) > len(jobs)  # reports before the files ended, not one per finished file
+
+
+def test_no_worker_is_one_sentence(tmp_path, monkeypatch):
+    """A scheduler without workers: the run says so after WORKERS_TIMEOUT_S instead of waiting for ever."""
+    import kkoma.offline.cluster as C
+
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                          str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        monkeypatch.setattr(C, "WORKERS_TIMEOUT_S", 2.0)
+        _files(tmp_path / "in", 1)
+        with pytest.raises(KkomaError, match="no Dask worker joined the scheduler at tcp://127.0.0.1"):
+            for _ in range(40):  # the scheduler takes a moment to listen
+                try:
+                    T.transcribe_paths([str(tmp_path / "in")], S, out_dir=tmp_path / "out", quiet=True,
+                                       factory=EnergyTranscriber, scheduler=f"tcp://127.0.0.1:{port}")
+                except KkomaError as e:
+                    if "cannot reach" not in str(e):
+                        raise
+                    time.sleep(0.5)
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
