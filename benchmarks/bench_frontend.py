@@ -13,6 +13,13 @@ guessed. The candidates are defined here only (they are not in ``models/``: no w
 - ``conv_of``: the acoustic stack of Onsets and Frames (Hawthorne et al. 2018) on our 264 bins: Conv2D(32, 3x3) ->
   Conv2D(32, 3x3) -> max-pool 2 -> Conv2D(64, 3x3) -> max-pool 2 -> Dense(512) -> LSTM(128) -> the same heads.
 
+- ``pitch_s``, ``pitch_m``, ``pitch_l``: the network of ``models.network`` itself with its pitch-shared front end, the
+  harmonic branch (per key, the 3 bins around 0.5, 1, 1.5, 2, 3 ... 8 x its frequency over the conv's 3 frames,
+  through a network shared by all 88 keys, whose per-key features join the LSTM's input and each key's onset and
+  frame logits), and the files model's backward LSTM over 100-frame blocks: the settings of :data:`PITCH` (``_s``
+  is the campaign's, ``offline/campaigns/pitch_files.toml``). ``pitch_s_live``: ``pitch_s`` without the backward
+  LSTM (the live sibling).
+
 Every convolution is causal in time (3 frames: this one and the two before), as the shipped Conv1D, so each could
 stream with the live look-ahead. Batch and crop are the training defaults (``train.batch_size`` x
 ``model.window_frames``), Adam, float32, TensorFlow on the CPU with its default threads.
@@ -30,6 +37,20 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+_HARMONICS = "model.harmonics=[0.5, 1, 1.5, 2, 3, 4, 5, 6, 7, 8]"
+_FILES = ["model.backward_block_frames=100", "model.backward_context_frames=100"]
+#: Pitch-shared candidates: settings overrides of the configured network (``models.network.build_model``).
+PITCH = {
+    "pitch_s_live": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=0"],
+    "pitch_s": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=128",
+                *_FILES],
+    "pitch_m": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.backward_units=128",
+                *_FILES],
+    "pitch_l": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.units=256",
+                "model.backward_units=256", *_FILES],
+}
+
+
 def candidate(name: str, settings):
     """The Keras model ``name`` (see the module docstring): ``(B, T, n_bins)`` -> onset/frame/velocity ``(B, T, 88)``.
     The candidates end in the shipped network's own LSTM width and heads (``models.network.heads``)."""
@@ -39,6 +60,9 @@ def candidate(name: str, settings):
 
     if name == "shipped":
         return build_model(settings)
+    if name in PITCH:
+        return build_model(settings.replace(**{o.split("=", 1)[0].replace(".", "__"): o.split("=", 1)[1]
+                                               for o in PITCH[name]}))
     # A number is a causal 3x3 convolution with that many channels; ("pool", p) max-pools p bins into one.
     stacks = {"conv_small": ([16, 16, ("pool", 3), 32], 256), "conv_of": ([32, 32, ("pool", 2), 64, ("pool", 2)], 512)}
     stack, dense = stacks[name]
@@ -107,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per network")
     ap.add_argument("--frames", type=int, default=2000, help="frames per inference call")
-    ap.add_argument("--only", nargs="+", default=["shipped", "conv_small", "conv_of"])
+    ap.add_argument("--only", nargs="+", default=["shipped", "conv_small", "conv_of", *PITCH])
     args = ap.parse_args()
     from kkoma.models.settings import load_settings
 

@@ -499,7 +499,9 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no offset head; adding one (model.offset_head = true) whose weights start fresh; the "
             "other outputs start as they are")
         changes["model__offset_head"] = "false"
-    return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
+    # Not adopted: the network is built from the settings, so the file must be of that architecture (less the
+    # parts the run adds, above).
+    return load_weights(init, settings.replace(**changes) if changes else settings, adopt=False)[0], bool(refeature)
 
 
 def _setup_tf(settings, log):
