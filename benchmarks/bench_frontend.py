@@ -15,10 +15,11 @@ guessed. The candidates are defined here only (they are not in ``models/``: no w
 
 - ``pitch_s``, ``pitch_m``, ``pitch_l``: the network of ``models.network`` itself with its pitch-shared front end, the
   harmonic branch (per key, the 3 bins around 0.5, 1, 1.5, 2, 3 ... 8 x its frequency over the conv's 3 frames,
-  through a network shared by all 88 keys, whose per-key features join the LSTM's input and each key's onset and
-  frame logits), and the files model's backward LSTM over 100-frame blocks: the settings of :data:`PITCH` (``_s``
-  is the campaign's, ``offline/campaigns/pitch_files.toml``). ``pitch_s_live``: ``pitch_s`` without the backward
-  LSTM (the live sibling).
+  through a network shared by all 88 keys, Dense(32 or 64) -> Dense(4, 8 or 16 features per key), whose per-key
+  features join the LSTM's input and each key's onset and frame logits), and the files model's backward LSTM (64 or
+  128 units) over 100-frame blocks: the settings of :data:`PITCH` (``pitch_s`` is the campaign's,
+  ``offline/campaigns/pitch_files.toml``). ``pitch_s_live``: ``pitch_s`` without the backward LSTM (the live
+  sibling).
 
 Every convolution is causal in time (3 frames: this one and the two before), as the shipped Conv1D, so each could
 stream with the live look-ahead. Batch and crop are the training defaults (``train.batch_size`` x
@@ -41,13 +42,13 @@ _HARMONICS = "model.harmonics=[0.5, 1, 1.5, 2, 3, 4, 5, 6, 7, 8]"
 _FILES = ["model.backward_block_frames=100", "model.backward_context_frames=100"]
 #: Pitch-shared candidates: settings overrides of the configured network (``models.network.build_model``).
 PITCH = {
-    "pitch_s_live": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=0"],
-    "pitch_s": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=128",
+    "pitch_s_live": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=4", "model.backward_units=0"],
+    "pitch_s": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=4", "model.backward_units=64",
                 *_FILES],
-    "pitch_m": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.backward_units=128",
+    "pitch_m": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=128",
                 *_FILES],
-    "pitch_l": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.units=256",
-                "model.backward_units=256", *_FILES],
+    "pitch_l": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.backward_units=128",
+                *_FILES],
 }
 
 
