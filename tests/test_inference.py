@@ -217,7 +217,9 @@ def test_grown_offset_head_keeps_the_old_outputs_exactly():
     b = StreamingModel(s1, arrays=grown).predict(f)
     assert tuple(b) == KEYS + ("offset",)
     for k in KEYS:
-        np.testing.assert_array_equal(a[k], b[k])
+        # Equal to float32 rounding: the grown model's onset/velocity columns come out of one wider matmul (with
+        # the offset head's), which BLAS may sum in another order.
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
     assert np.median(b["offset"]) < 0.05 and b["offset"].std() > 1e-4
 
 
