@@ -13,9 +13,20 @@ guessed. The candidates are defined here only (they are not in ``models/``: no w
 - ``conv_of``: the acoustic stack of Onsets and Frames (Hawthorne et al. 2018) on our 264 bins: Conv2D(32, 3x3) ->
   Conv2D(32, 3x3) -> max-pool 2 -> Conv2D(64, 3x3) -> max-pool 2 -> Dense(512) -> LSTM(128) -> the same heads.
 
+- ``pitch_s``, ``pitch_m``, ``pitch_l``: the network of ``models.network`` itself with its pitch-shared front end, the
+  harmonic branch (per key, the 3 bins around 0.5, 1, 1.5, 2, 3 ... 8 x its frequency over the conv's 3 frames,
+  through a network shared by all 88 keys, Dense(32 or 64) -> Dense(4, 8 or 16 features per key), whose per-key
+  features join the LSTM's input and each key's onset and frame logits), and the files model's backward LSTM (64 or
+  128 units) over 100-frame blocks: the settings of :data:`PITCH` (``pitch_s`` is the campaign's,
+  ``offline/campaigns/pitch_files.toml``). ``pitch_s_live``: ``pitch_s`` without the backward LSTM (the live
+  sibling).
+
 Every convolution is causal in time (3 frames: this one and the two before), as the shipped Conv1D, so each could
 stream with the live look-ahead. Batch and crop are the training defaults (``train.batch_size`` x
 ``model.window_frames``), Adam, float32, TensorFlow on the CPU with its default threads.
+
+For the networks ``models.network`` builds (``shipped`` and the ``pitch_*`` ones) it also times the NumPy/Numba
+streaming path that ships (``models.inference``), one BLAS thread, random weights of each shape.
 
 Usage: python benchmarks/bench_frontend.py [--steps N] [--frames N] [--only NAME ...]. Prints figures; asserts nothing.
 """
@@ -30,6 +41,48 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+_HARMONICS = "model.harmonics=[0.5, 1, 1.5, 2, 3, 4, 5, 6, 7, 8]"
+_FILES = ["model.backward_block_frames=100", "model.backward_context_frames=100"]
+#: Pitch-shared candidates: settings overrides of the configured network (``models.network.build_model``).
+PITCH = {
+    "pitch_s_live": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=4", "model.backward_units=0"],
+    "pitch_s": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=4", "model.backward_units=64",
+                *_FILES],
+    "pitch_m": [_HARMONICS, "model.harmonic_units=32", "model.harmonic_features=8", "model.backward_units=128",
+                *_FILES],
+    "pitch_l": [_HARMONICS, "model.harmonic_units=64", "model.harmonic_features=16", "model.backward_units=128",
+                *_FILES],
+}
+
+
+def candidate_settings(name: str, settings):
+    """The settings of a candidate that ``models.network`` builds (``shipped`` or one of :data:`PITCH`)."""
+    return settings.replace(**{o.split("=", 1)[0].replace(".", "__"): o.split("=", 1)[1] for o in PITCH.get(name, [])})
+
+
+def numpy_frame_seconds(name: str, settings, frames: int, reps: int = 3) -> float | None:
+    """Seconds per frame of the NumPy/Numba streaming path (``models.inference.StreamingModel.predict``, what the
+    CPU transcriber and the live engine run) for a candidate it can run (None for the others), random weights of its
+    shape (the cost does not depend on their values), one BLAS thread (as each file worker runs), best of ``reps``."""
+    if name != "shipped" and name not in PITCH:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    from kkoma.models.inference import StreamingModel, random_arrays
+
+    s = candidate_settings(name, settings)
+    model = StreamingModel(s, arrays=random_arrays(s))
+    x = np.random.default_rng(0).uniform(0, 5, (frames, s.cqt.n_bins)).astype(np.float32)
+    best = np.inf
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.predict(x[:300])  # Numba compile / load
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model.predict(x)
+            best = min(best, (time.perf_counter() - t0) / frames)
+    return best
+
+
 def candidate(name: str, settings):
     """The Keras model ``name`` (see the module docstring): ``(B, T, n_bins)`` -> onset/frame/velocity ``(B, T, 88)``.
     The candidates end in the shipped network's own LSTM width and heads (``models.network.heads``)."""
@@ -39,6 +92,8 @@ def candidate(name: str, settings):
 
     if name == "shipped":
         return build_model(settings)
+    if name in PITCH:
+        return build_model(candidate_settings(name, settings))
     # A number is a causal 3x3 convolution with that many channels; ("pool", p) max-pools p bins into one.
     stacks = {"conv_small": ([16, 16, ("pool", 3), 32], 256), "conv_of": ([32, 32, ("pool", 2), 64, ("pool", 2)], 512)}
     stack, dense = stacks[name]
@@ -100,14 +155,15 @@ def measure(name: str, settings, steps: int, frames: int) -> dict:
         infer(z)
     frame_s = (time.perf_counter() - t0) / reps / frames
     n_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    return {"step_s": step_s, "frame_s": frame_s, "params": n_params}
+    return {"step_s": step_s, "frame_s": frame_s, "params": n_params,
+            "numpy_s": numpy_frame_seconds(name, settings, frames)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per network")
     ap.add_argument("--frames", type=int, default=2000, help="frames per inference call")
-    ap.add_argument("--only", nargs="+", default=["shipped", "conv_small", "conv_of"])
+    ap.add_argument("--only", nargs="+", default=["shipped", "conv_small", "conv_of", *PITCH])
     args = ap.parse_args()
     from kkoma.models.settings import load_settings
 
@@ -117,11 +173,14 @@ def main() -> None:
     rows = {name: measure(name, s, args.steps, args.frames) for name in args.only}
     base = rows.get("shipped")
     print(f"{'network':<12} {'parameters':>11} {'train step [s]':>15} {'x shipped':>10} "
-          f"{'inference [us/frame]':>21} {'x shipped':>10}")
+          f"{'TF inference [us/frame]':>24} {'x shipped':>10} {'NumPy [us/frame]':>17} {'x shipped':>10}")
     for name, r in rows.items():
         ts = f"{r['step_s'] / base['step_s']:.1f}" if base else "-"
         tf_ = f"{r['frame_s'] / base['frame_s']:.1f}" if base else "-"
-        print(f"{name:<12} {r['params']:>11,} {r['step_s']:>15.3f} {ts:>10} {r['frame_s'] * 1e6:>21.1f} {tf_:>10}")
+        npy = f"{r['numpy_s'] * 1e6:.1f}" if r["numpy_s"] else "-"
+        npx = f"{r['numpy_s'] / base['numpy_s']:.1f}" if base and r["numpy_s"] else "-"
+        print(f"{name:<12} {r['params']:>11,} {r['step_s']:>15.3f} {ts:>10} {r['frame_s'] * 1e6:>24.1f} {tf_:>10} "
+              f"{npy:>17} {npx:>10}")
 
 
 if __name__ == "__main__":

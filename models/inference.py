@@ -38,8 +38,9 @@ arrays (float32; :func:`models.network.array_shapes`)::
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
         (models.network.harmonic_index)
 
-Loading checks the stored audio/cqt/model settings against the current ones; a mismatch raises
-:class:`~models.errors.KkomaError` naming the key.
+Loading adopts the stored network architecture (the ``model`` keys; :func:`models.network.weights_settings`), so a
+file loads whatever ``model.*`` the settings hold, and checks the stored audio/cqt settings (the features) against
+the current ones; a mismatch raises :class:`~models.errors.KkomaError` naming the key.
 """
 from __future__ import annotations
 
@@ -163,8 +164,13 @@ def _settings_record(settings: "Settings") -> dict:
     return settings_record(settings)
 
 
-def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.ndarray], dict]:
+def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Read and check a weights file.
+
+    adopt : the network's architecture (the ``model`` keys of :data:`models.network.ADOPTED_KEYS`) is the file's,
+        whatever ``settings`` say (:func:`models.network.weights_settings`; :class:`StreamingModel` runs it so); only
+        the transform the features come from (``audio``, ``cqt``) must match. False: every stored key must match
+        ``settings`` (``train --init``, which builds the network from the settings).
 
     Returns
     -------
@@ -189,6 +195,8 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
     if meta.get("format") != WEIGHTS_FORMAT:
         raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
                          f"{WEIGHTS_FORMAT}; {_TRAIN_HINT}.")
+    if adopt:
+        settings = _adopted(settings, meta, path)
     want = _settings_record(settings)
     bad = first_mismatch(meta.get("settings", {}), want)
     if bad:
@@ -203,6 +211,18 @@ def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.n
                          f"settings say {_shown(value)}; {fix}.")
     _check_shapes(arrays, settings, path)
     return arrays, meta
+
+
+def _adopted(settings: "Settings", meta: dict, path) -> "Settings":
+    """``settings`` with the architecture stored in a weights file's ``meta`` (:func:`models.network.weights_settings`);
+    a stored value that settings cannot hold means a damaged file (KkomaError)."""
+    from kkoma.models.network import weights_settings
+    from kkoma.models.settings import ConfigError
+
+    try:
+        return weights_settings(settings, meta.get("settings", {}))
+    except ConfigError as e:
+        raise KkomaError(f"model weights {path} are damaged: their settings record is invalid ({e}).") from None
 
 
 def _shown(value) -> str:
@@ -295,6 +315,8 @@ class StreamingModel:
     weights_path : a ``.npz`` weights file (overrides the settings).
     arrays : weights already in memory (as :func:`load_weights` returns them; used by training's validation).
 
+    ``settings`` (attribute): the settings given, with a weights file's own architecture (``model.*``) adopted.
+
     State (restored by :meth:`reset`): ``frames_in`` input frames consumed, ``frames_out`` output frames emitted,
     ``steps_out`` model steps emitted (frames_out + the look-ahead's skipped first steps), ``h``/``c`` the LSTM
     state, the last ``context_frames - 1`` standardised input frames; with a backward LSTM, ``pending``: the
@@ -309,6 +331,8 @@ class StreamingModel:
         if arrays is None:
             self.weights_path = Path(weights_path) if weights_path is not None else settings.model.weights_path
             arrays, self.meta = load_weights(self.weights_path, settings)
+            # The network is the file's (its architecture record), whatever the settings said.
+            settings = self.settings = _adopted(settings, self.meta, self.weights_path)
         else:
             self.weights_path, self.meta = None, {}
             _check_shapes(arrays, settings, "in memory")

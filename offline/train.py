@@ -32,6 +32,7 @@ OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
     summary.json           the training summary (also printed)
+    learning_curve.tsv     per epoch: training hours (wall-clock, CPU), validation score, note onset (+offset) F1
     checkpoints/           last.weights.h5, last.optimizer.npz, [last.average.npz,] best.weights.h5, state.json
     logs/                  TensorBoard scalars per epoch (losses, validation metrics)
 """
@@ -332,6 +333,20 @@ def velocity_loss(y_true, y_pred):
     return K.sum(mask * K.square(y_pred - y_true)) / K.maximum(K.sum(mask), 1.0)
 
 
+def _learning_curve(path: Path, entry: dict, splits: list[str]) -> None:
+    """Append one epoch's row to ``OUT_DIR/learning_curve.tsv`` (header first): epoch, training hours (wall-clock
+    and CPU, across resumes), validation score, and per split note-level onset F1 and onset+offset F1. A resumed run
+    appends after the rows of the epochs it kept; rows of epochs it redoes come again, the later ones count."""
+    cols = ["epoch", "hours", "cpu_hours", "val_score"] + [f"val_{s}_note_{m}_f1" for s in splits
+                                                             for m in ("onset", "onoff")]
+    new = not path.exists()
+    with path.open("a") as f:
+        if new:
+            f.write("\t".join(cols) + "\n")
+        f.write("\t".join(f"{entry[c]:.4f}" if isinstance(entry.get(c), float) else str(entry.get(c, ""))
+                          for c in cols) + "\n")
+
+
 def _atomic_json(path: Path, data) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=float)))
 
@@ -478,7 +493,9 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no offset head; adding one (model.offset_head = true) whose weights start fresh; the "
             "other outputs start as they are")
         changes["model__offset_head"] = "false"
-    return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
+    # Not adopted: the network is built from the settings, so the file must be of that architecture (less the
+    # parts the run adds, above).
+    return load_weights(init, settings.replace(**changes) if changes else settings, adopt=False)[0], bool(refeature)
 
 
 def _setup_tf(settings, log):
@@ -615,6 +632,11 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     data = make_dataset(dataset, train_pieces, settings, batch, t.seed + 1000 * initial_epoch)
 
     st = state or {"epoch": -1, "best_score": None, "best_epoch": -1, "wait": 0, "history": []}
+    # Training time behind the checkpoint, across resumes (what a resumed run redoes after its last checkpoint is
+    # not counted twice): wall-clock and this process's CPU time (every thread; the machine may be shared).
+    clock = {"wall": time.time(), "cpu": time.process_time()}
+    st.setdefault("wall_seconds", 0.0)
+    st.setdefault("cpu_seconds", 0.0)
 
     def summary(final: bool) -> dict:
         return {"dataset": str(dataset), "out_dir": str(out_dir), "epochs_run": st["epoch"] + 1,
@@ -652,8 +674,13 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                 for k, v in metrics.items():
                     logs[f"val_{k}"] = v
                 logs["val_score"] = score
+                now = {"wall": time.time(), "cpu": time.process_time()}
+                st["wall_seconds"] += now["wall"] - clock["wall"]
+                st["cpu_seconds"] += now["cpu"] - clock["cpu"]
+                clock.update(now)
                 entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
-                         "valid_seconds": round(time.time() - t0, 1)}
+                         "valid_seconds": round(time.time() - t0, 1), "hours": st["wall_seconds"] / 3600.0,
+                         "cpu_hours": st["cpu_seconds"] / 3600.0}
                 st["history"].append(entry)
                 st["epoch"] = epoch
                 improved = st["best_score"] is None or score > st["best_score"]
@@ -672,6 +699,7 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                 st["stopped_early"] = True
                 self.model.stop_training = True
             _atomic_json(state_path, st)
+            _learning_curve(out_dir / "learning_curve.tsv", entry, list(valid))
             board.write(epoch + 1, logs)
             parts = [f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}"]
             for split in valid:

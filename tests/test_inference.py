@@ -11,6 +11,9 @@ from kkoma.models.settings import load_settings
 TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2",
         "model.harmonic_units=5", "model.harmonic_features=2"]
 KEYS = ("onset", "frame", "velocity")
+#: The pitch-shared files model's shape in small: harmonic branch with the octave below and the fifth, backward LSTM.
+BACK_ARCH = ["model.harmonic_units=5", "model.harmonic_features=3", "model.harmonics=[0.5, 1, 1.5, 2, 3]",
+             "model.backward_units=6", "model.backward_block_frames=20", "model.backward_context_frames=10"]
 
 
 def _features(n, seed=0):
@@ -109,12 +112,9 @@ def test_corrupt_weights(tmp_path):
 @pytest.mark.parametrize("override,key", [("cqt.lookahead_ms=10", "cqt.lookahead_ms"),
                                           ("audio.hop_length=320", "audio.hop_length"),
                                           ("cqt.filter_scale=0.5", "cqt.filter_scale"),
-                                          ("cqt.max_window_ms=60", "cqt.max_window_ms"),
-                                          ("model.lookahead_frames=4", "model.lookahead_frames"),
-                                          ("model.units=13", "model.units"),
-                                          ("model.harmonic_units=7", "model.harmonic_units"),
-                                          ("model.harmonics=[1, 2]", "model.harmonics")])
+                                          ("cqt.max_window_ms=60", "cqt.max_window_ms")])
 def test_settings_mismatch_names_the_key(tmp_path, override, key):
+    """The features a file was trained on must be the settings' (audio, cqt): a mismatch names the key."""
     s = load_settings(overrides=TINY)
     p = export_random_weights(tmp_path / "w.npz", s)
     load_weights(p, s)
@@ -122,16 +122,43 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
         StreamingModel(load_settings(overrides=TINY + [override]), weights_path=p)
 
 
+@pytest.mark.parametrize("arch", [["model.lookahead_frames=4"], ["model.units=13", "model.input_units=7"],
+                                  ["model.harmonic_units=7", "model.harmonic_features=3",
+                                   "model.harmonics=[0.5, 1, 1.5, 2]"],
+                                  ["model.harmonic_units=0", "model.offset_head=true", "model.context_frames=1"],
+                                  BACK_ARCH])
+def test_weights_file_carries_its_architecture(tmp_path, arch):
+    """A weights file loads under settings of another architecture (config.toml's, with no --set): the network is
+    the file's, and computes what the same weights compute in memory under the file's own settings."""
+    from kkoma.models.network import architecture
+
+    s_file = load_settings(overrides=TINY + arch)
+    p = export_random_weights(tmp_path / "w.npz", s_file, seed=3)
+    for s_other in (load_settings(overrides=TINY), load_settings()):
+        sm = StreamingModel(s_other, weights_path=p)
+        assert architecture(sm.settings) == architecture(s_file)
+        assert sm.settings.tracker == s_other.tracker  # only the network is adopted
+    ref = StreamingModel(s_file, arrays=random_arrays(s_file, seed=3))
+    f = _features(260, seed=4)
+    got, want = sm.predict(f), ref.predict(f)
+    assert tuple(got) == tuple(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    load_weights(p, s_file, adopt=False)
+    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # train --init: no adopting
+        load_weights(p, load_settings(overrides=TINY), adopt=False)
+
+
 @pytest.mark.parametrize("section,key,value,loads", [("cqt", "max_window_ms", "inf", True),
                                                       ("cqt", "max_window_ms", "120", False),
                                                       ("model", "harmonic_units", "0", True),
-                                                      ("model", "harmonic_units", "5", False),
+                                                      ("model", "harmonic_units", "5", True),
                                                       ("model", "offset_head", "false", True),
-                                                      ("model", "offset_head", "true", False)])
+                                                      ("model", "offset_head", "true", True)])
 def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, value, loads):
     """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf), one
     written before ``model.harmonic_units`` without the harmonic branch (0), one before ``model.offset_head``
-    without that head."""
+    without that head. The network's keys are adopted (the file's old value), the transform's must match."""
     import json
     import zipfile
 
@@ -148,6 +175,9 @@ def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, 
     s = load_settings(overrides=TINY + [f"{section}.{key}={value}"])
     if loads:
         load_weights(old, s)
+        if section == "model":
+            assert getattr(StreamingModel(s, weights_path=old).settings.model, key) == {"0": 0, "false": False}[
+                old_value]
     else:
         with pytest.raises(KkomaError, match=rf"{section}\.{key} = {old_value}"):
             load_weights(old, s)
@@ -215,7 +245,8 @@ def test_default_size_weights_are_small(tmp_path):
 BACK = ["model.backward_units=6", "model.backward_block_frames=30", "model.backward_context_frames=10"]
 
 
-@pytest.mark.parametrize("harmonic", [0, 5])
+@pytest.mark.parametrize("harmonic", [["model.harmonic_units=0"], ["model.harmonic_units=5"],
+                                      ["model.harmonic_units=5", "model.harmonics=[0.5, 1, 1.5, 2, 3]"]])
 def test_backward_blocks_equal_the_keras_model_on_each_block(harmonic):
     """The streaming model's outputs for a block are those of the Keras (training) model run over that block and
     its context as one window, from zero backward state at the window's end; in any chunking, and through the
@@ -223,7 +254,7 @@ def test_backward_blocks_equal_the_keras_model_on_each_block(harmonic):
     pytest.importorskip("tensorflow")
     from kkoma.models import network
 
-    s = load_settings(overrides=TINY + BACK + [f"model.harmonic_units={harmonic}"])
+    s = load_settings(overrides=TINY + BACK + harmonic)
     arrays = random_arrays(s, seed=4)
     m = network.build_model(s)
     network.set_model_arrays(m, arrays)

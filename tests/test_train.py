@@ -123,6 +123,36 @@ def test_existing_run_needs_resume_and_resume_continues(trained, tmp_path):
     assert out["epochs_run"] == 4 and len(out["history"]) == 4
     assert out["history"][:3] == summary["history"]
     assert any("resuming after epoch 3" in line for line in lines)
+    # The learning curve: one row per epoch, training hours counted on across the resume.
+    rows = [line.split("\t") for line in (copy / "learning_curve.tsv").read_text().splitlines()]
+    assert rows[0][:4] == ["epoch", "hours", "cpu_hours", "val_score"] and len(rows) == 5
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    hours = [float(r[1]) for r in rows[1:]]
+    assert hours == sorted(hours) and hours[0] > 0
+    assert out["history"][3]["hours"] == pytest.approx(hours[3], abs=1e-4)
+
+
+def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(trained, tmp_path):
+    """The campaign's network in small (harmonic branch with the octave below and the fifth, backward LSTM over
+    blocks): trains, resumes from its checkpoint, and its weights file loads under settings that say nothing of
+    its architecture."""
+    from kkoma.models.inference import StreamingModel
+    from kkoma.offline.train import train
+
+    _, ds, _, _, _ = trained
+    arch = ["model.harmonic_units=4", "model.harmonic_features=2", "model.harmonics=[0.5, 1, 1.5, 2]",
+            "model.backward_units=8", "model.backward_block_frames=30", "model.backward_context_frames=20"]
+    s = load_settings(overrides=TINY + arch + ["train.epochs=1", "train.steps_per_epoch=15"])
+    first = train(ds, tmp_path / "pitch", s, log=lambda m: None, verbose=0)
+    lines = []
+    out = train(ds, tmp_path / "pitch", s.replace(train__epochs="2"), resume=True, log=lines.append, verbose=0)
+    assert any("resuming after epoch 1" in line for line in lines)
+    assert out["history"][0] == first["history"][0] and len(out["history"]) == 2
+    assert out["history"][1]["loss"] < out["history"][0]["loss"]
+    sm = StreamingModel(load_settings(overrides=TINY), weights_path=tmp_path / "pitch" / "kkoma.npz")
+    assert (sm.backward_units, sm.harmonic, list(sm.settings.model.harmonics)) == (8, True, [0.5, 1, 1.5, 2])
+    f = np.load(ds / "valid_pieces" / "valid_pieces_0.npz")["features"]
+    assert sm.predict(f)["onset"].shape == (f.shape[0], 88)
 
 
 def test_dataset_settings_mismatch_is_named(tmp_path):

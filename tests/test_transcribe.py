@@ -344,3 +344,27 @@ def test_process_pool_over_files(tmp_path):
         a = json.loads((out1 / f"f{i}.json").read_text())["notes"]
         assert a == json.loads((out2 / f"f{i}.json").read_text())["notes"]
         assert a[0]["onset"] == pytest.approx(0.1 * (i + 1), abs=0.02)
+
+
+def test_weights_of_another_network_need_no_settings(tmp_path):
+    """`kkoma transcribe` with a weights file of another architecture than config.toml's (the pitch-shared files
+    network in small: harmonic branch with the octave below and the fifth, backward LSTM over blocks) and only
+    --set model.weights: the file's network is used, giving the notes that its own settings give."""
+    from kkoma.models.audio import load_audio
+    from kkoma.models.inference import export_random_weights
+    from kkoma.models.pipeline import transcribe_audio
+
+    arch = ["model.units=12", "model.input_units=20", "model.harmonic_units=5", "model.harmonic_features=3",
+            "model.harmonics=[0.5, 1, 1.5, 2, 3]", "model.backward_units=6", "model.backward_block_frames=40",
+            "model.backward_context_frames=20", "tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3"]
+    w = export_random_weights(tmp_path / "w.npz", load_settings(overrides=arch), seed=2)
+    f = tone_file(tmp_path / "x.wav", seconds=2.0, bursts=((0.1, 0.6), (0.9, 1.5)))
+    out = tmp_path / "out"
+    assert main(["--set", f"model.weights={w}", "--set", "transcribe.overrides=[]", "--set",
+                 "tracker.onset_threshold=0.5", "--set", "tracker.frame_threshold=0.3", "--set", "transcribe.jobs=1",
+                 "transcribe", str(f), "-o", str(out), "-f", "json", "-q"]) == 0
+    s = load_settings(overrides=arch + [f"model.weights={w}"])
+    want = transcribe_audio(load_audio(f, s), s)
+    got = json.loads((out / "x.json").read_text())["notes"]
+    assert len(got) == len(want) > 0
+    assert [n["pitch"] for n in got] == [n.pitch for n in want]

@@ -48,16 +48,24 @@ def _settings(tmp_path, extra=(), seed=0):
                                    ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
                                     "model.harmonic_units=0", "model.backward_units=6",
                                     "model.backward_block_frames=45", "model.backward_context_frames=15",
-                                    "model.offset_head=true"]])
+                                    "model.offset_head=true"],
+                                   # the pitch-shared files model: harmonic branch (octave below, fifth) + backward
+                                   ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
+                                    "model.harmonic_units=5", "model.harmonic_features=3",
+                                    "model.harmonics=[0.5, 1, 1.5, 2, 3, 4]", "model.backward_units=6",
+                                    "model.backward_block_frames=45", "model.backward_context_frames=15"]])
 def test_tf_probabilities_equal_numpy(tmp_path, extra):
-    """Chunked, stateful TF inference (conv context and LSTM state carried, look-ahead flushed) == NumPy path."""
+    """Chunked, stateful TF inference (conv context and LSTM state carried, look-ahead flushed) == NumPy path; the
+    TF model built from the weights file's architecture, not the settings' (no model.* given to it)."""
     from kkoma.models.cqt import CQT
 
     s = _settings(tmp_path, extra)
     f = CQT(s).features(_audio(s.audio.sample_rate))
     assert f.shape[0] > 3 * s.transcribe.chunk_frames  # several chunks, so state crosses chunk boundaries
     want = StreamingModel(s).predict(f)
-    got = TI.tf_probabilities(f, s)
+    plain = load_settings(overrides=TINY + [o for o in extra if o.startswith("transcribe.")]
+                          + [f"model.weights={s.model.weights}"])
+    got = TI.tf_probabilities(f, plain)
     assert tuple(got) == tuple(want) == KEYS + (("offset",) if s.model.offset_head else ())
     for k in want:
         assert got[k].shape == want[k].shape == (f.shape[0], 88)
