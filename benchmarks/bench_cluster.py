@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1")
+                DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1", DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION="1.0")
 
 
 def make_files(folder: Path, n: int, seconds: float) -> float:

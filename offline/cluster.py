@@ -12,7 +12,9 @@ cores for it) or ``local:N`` (a local cluster of N worker processes, started and
 
 A worker that dies during a file (killed, out of memory) loses only that file: the scheduler gives it to another
 worker, once (``local:N`` sets ``distributed.scheduler.allowed-failures`` to 1; for a scheduler of your own, start
-it with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1``; Dask's default is 3 retries); a file that kills its
+it with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1``; Dask's default is 3 retries, and with
+``DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION=1.0``, else a file queued on a worker that another file kills
+is charged with that death too); a file that kills its
 worker again is reported as failed, and the other files go on. Progress counts audio seconds as the workers
 stream them (Dask events, at most every PROGRESS_EVERY_S per task).
 
@@ -64,7 +66,10 @@ def _client(address: str):
     except ImportError:
         raise KkomaError("--scheduler needs Dask: pip install 'kkoma[cluster]'.") from None
     if kind == "local":
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        # worker-saturation 1.0: a worker holds only the files it is running, so a worker that dies costs a retry
+        # to those alone (Dask counts a death against every task on the worker, queued ones included).
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                              "distributed.scheduler.worker-saturation": 1.0}):
             # The scheduler's HTTP server (dashboard, health checks) on a free port: a fixed one may be taken.
             cluster = LocalCluster(n_workers=int(where), threads_per_worker=1, processes=True,
                                    dashboard_address=":0")
@@ -184,17 +189,19 @@ def _allowed_failures(dask_scheduler=None) -> int:
 
 
 def _outcome(fut, job: Job, retries: int) -> FileOutcome:
-    """The FileOutcome of a finished task; a task that never returned (its workers died) is a failure."""
+    """The FileOutcome of a finished task; a task that never returned (its workers died) is a failure.
+
+    A result lives on the worker that computed it: if that worker died after the task ended, the scheduler computes
+    it again, and ``result()`` waits for that (the file is transcribed again; its outputs are replaced atomically).
+    """
     from distributed import KilledWorker
 
-    if fut.status == "finished":
+    try:
         return fut.result()
-    if fut.status == "cancelled":
-        return FileOutcome(job.display, "failed", reason="its task was cancelled on the cluster")
-    e = fut.exception()
-    if isinstance(e, KilledWorker):
+    except KilledWorker:
         times = "once" if retries == 0 else f"{retries + 1} times"
         return FileOutcome(job.display, "failed", reason=f"worker process failed: the Dask worker transcribing it "
                                                          f"died {times}; nothing of it was written")
-    return FileOutcome(job.display, "failed",
-                       reason=f"worker process failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    except Exception as e:  # cancelled on the cluster, or the task itself raised
+        first = str(e).splitlines()[0] if str(e) else ""
+        return FileOutcome(job.display, "failed", reason=f"worker process failed ({type(e).__name__}: {first})")
