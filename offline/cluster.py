@@ -147,7 +147,10 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
 
     futures: list = []
     try:
-        retries = client.run_on_scheduler(_allowed_failures)
+        try:
+            retries = client.run_on_scheduler(_allowed_failures)
+        except Exception:  # a scheduler that refuses to run code (distributed.scheduler.pickle = false)
+            retries = None
         client.subscribe_topic(topic, lambda event: events.put(("progress", *event[1])))
         for i, job in enumerate(jobs):
             f = client.submit(cluster_job, _absolute(job), settings, factory, topic, i, pure=False)
@@ -188,7 +191,7 @@ def _allowed_failures(dask_scheduler=None) -> int:
     return int(dask_scheduler.allowed_failures)
 
 
-def _outcome(fut, job: Job, retries: int) -> FileOutcome:
+def _outcome(fut, job: Job, retries: int | None) -> FileOutcome:
     """The FileOutcome of a finished task; a task that never returned (its workers died) is a failure.
 
     A result lives on the worker that computed it: if that worker died after the task ended, the scheduler computes
@@ -199,7 +202,7 @@ def _outcome(fut, job: Job, retries: int) -> FileOutcome:
     try:
         return fut.result()
     except KilledWorker:
-        times = "once" if retries == 0 else f"{retries + 1} times"
+        times = "more than once" if retries is None else "once" if retries == 0 else f"{retries + 1} times"
         return FileOutcome(job.display, "failed", reason=f"worker process failed: the Dask worker transcribing it "
                                                          f"died {times}; nothing of it was written")
     except Exception as e:  # cancelled on the cluster, or the task itself raised
