@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from kkoma.models.notes import notes_to_arrays, read_midi
     from kkoma.models.settings import load_settings
     from kkoma.realtime.audio_in import FileInput
-    from kkoma.realtime.engine import Engine, make_file_transcriber, make_transcriber
+    from kkoma.realtime.engine import Engine, make_live_transcriber, make_record_transcriber
     from kkoma.realtime.midi_out import NullMidiOut
 
     overrides = list(args.overrides)
@@ -84,8 +84,8 @@ def main(argv=None) -> int:
         source = FileInput(s, path, speed=args.speed)
         files = None
         if file_model:
-            files = make_file_transcriber(load_settings(overrides=args.overrides, offline=True))
-        engine = Engine(s, source, NullMidiOut(s), transcriber=make_transcriber(s), file_transcriber=files,
+            files = make_record_transcriber(load_settings(overrides=args.overrides, offline=True))
+        engine = Engine(s, source, NullMidiOut(s), transcriber=make_live_transcriber(s), file_transcriber=files,
                         on_event=lambda e, t, v: ons.append((e, t)) if e.kind == "on" else None)
         engine.start()
         engine.join()

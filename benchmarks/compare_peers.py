@@ -187,9 +187,9 @@ def main(argv=None) -> int:
                     help="a kkoma settings override (e.g. model.harmonic_units=16 for kkoma_harmonic.npz)")
     args = ap.parse_args(argv)
 
+    from kkoma.models.pipeline import make_transcriber
     from kkoma.models.settings import load_settings
     from kkoma.offline.evaluate import evaluate_dirs, format_table
-    from kkoma.offline.transcribe import make_transcriber
 
     overrides = list(args.overrides) + ([f"model.weights={args.weights.resolve()}"] if args.weights else [])
     settings = load_settings(overrides=overrides, offline=True)

@@ -137,6 +137,30 @@ class Transcriber:
         return 1000.0 * (self.tracker.offset_hold_frames - 1) / self.settings.audio.frame_rate
 
 
+def make_transcriber(settings: "Settings", *, live: bool = False) -> Transcriber:
+    """The streaming pipeline (resampled audio -> CQT -> model -> tracker) for ``settings``, built once and ``reset()``
+    between streams. The one place a pipeline is made: files, ``kkoma live`` / ``record``, the web page.
+
+    On files the model runs where ``transcribe.device`` says (:func:`models.tf_inference.resolve_device`): the
+    NumPy/Numba :class:`~models.inference.StreamingModel` on ``cpu`` (TensorFlow never imported), its TensorFlow twin
+    on ``gpu``. ``live``: the NumPy model, which answers within one hop, and a model with a backward LSTM (for files:
+    its notes come seconds late) is refused in one sentence.
+    """
+    if live or settings.transcribe.device == "cpu":
+        t = Transcriber(settings)
+    else:
+        from kkoma.models.tf_inference import make_model
+
+        t = Transcriber(settings, model=make_model(settings, settings.transcribe.device))
+    if live and getattr(t.model, "backward_units", 0):
+        from kkoma.models.errors import KkomaError
+
+        raise KkomaError(f"the model {settings.model.weights} has a backward LSTM (model.backward_units = "
+                         f"{t.model.backward_units}): it is for files, its notes would come "
+                         f"{t.model.lookahead_ms / 1000:.1f} s late; live needs a forward-only model (--model live).")
+    return t
+
+
 def read_ahead(items: Iterable, depth: int = 2, name: str = "kkoma-read-ahead") -> Iterator:
     """``items``, iterated in a background thread up to ``depth`` items ahead of the consumer.
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kkoma.models.errors import KkomaError
-from kkoma.offline.transcribe import FileOutcome, Job, make_transcriber, run_job, usable_cores
+from kkoma.models.pipeline import make_transcriber
+from kkoma.offline.transcribe import FileOutcome, Job, run_job, usable_cores
 
 PROGRESS_EVERY_S = 0.5  # [s wall] a task reports its file's progress at most this often (each report is a message)
 WORKERS_TIMEOUT_S = 60.0  # [s] a scheduler of your own: how long to wait for its first worker
@@ -127,7 +128,7 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
 
     Progress arrives as Dask events from the tasks; a file's seconds are counted once, as far as its furthest
     attempt got (a file retried after its worker died is not counted twice).
-    ``factory`` (default :func:`offline.transcribe.make_transcriber`) must be importable on the workers.
+    ``factory`` (default :func:`models.pipeline.make_transcriber`) must be importable on the workers.
     Ctrl-C cancels the files not yet done and re-raises KeyboardInterrupt (outputs are written atomically: a file
     is either complete or absent).
     """

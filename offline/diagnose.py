@@ -137,7 +137,8 @@ def diagnose(settings, audio_dir: Path, max_files: int = 0) -> tuple[Diagnosis, 
     """
     from kkoma.models.errors import KkomaError
     from kkoma.models.notes import read_midi
-    from kkoma.offline.transcribe import make_transcriber, transcribe_file
+    from kkoma.models.pipeline import make_transcriber
+    from kkoma.offline.transcribe import transcribe_file
 
     audio_dir = Path(audio_dir)
     files = sorted(p for p in audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())

@@ -43,6 +43,7 @@ from typing import Callable, Iterable
 
 from kkoma.models.atomic import atomic_write as _atomic_write
 from kkoma.models.errors import KkomaError
+from kkoma.models.pipeline import make_transcriber
 
 # Extensions picked up when a folder is given (an explicitly named file is tried whatever its extension).
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -261,21 +262,6 @@ class _NoteCollector:
         r = np.frombuffer(self._rows, dtype=np.float64).reshape(-1, 4) if len(self._rows) else np.zeros((0, 4))
         order = np.lexsort((r[:, 2], r[:, 0], r[:, 1]))
         return NoteRows(np.ascontiguousarray(r[order]))
-
-
-def make_transcriber(settings):
-    """The streaming pipeline (CQT -> model -> tracker) built once per process and ``reset()`` between files.
-
-    The model runs where ``transcribe.device`` says (:func:`models.tf_inference.resolve_device`): the NumPy/Numba
-    :class:`~models.inference.StreamingModel` on ``cpu`` (TensorFlow never imported), its TensorFlow twin on ``gpu``.
-    """
-    from kkoma.models.pipeline import Transcriber
-
-    if settings.transcribe.device == "cpu":
-        return Transcriber(settings)
-    from kkoma.models.tf_inference import make_model
-
-    return Transcriber(settings, model=make_model(settings, settings.transcribe.device))
 
 
 def transcribe_file(path: str | Path, settings, transcriber=None, *,

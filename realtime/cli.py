@@ -182,7 +182,7 @@ def _file_settings(args, settings):
 
 def _session(args, settings, record_path=None, audio_path=None) -> int:
     from kkoma.realtime.audio_in import AudioInput, FileInput
-    from kkoma.realtime.engine import Engine, make_file_transcriber, make_transcriber
+    from kkoma.realtime.engine import Engine, make_live_transcriber, make_record_transcriber
     from kkoma.realtime.midi_out import MidiOut, NullMidiOut
     from kkoma.realtime.recorder import Recorder
 
@@ -202,9 +202,9 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
     error: BaseException | None = None
     try:
         # The order matters for the clean-up below: whatever was opened is closed, in reverse.
-        transcriber = make_transcriber(settings)
+        transcriber = make_live_transcriber(settings)
         file_settings = _file_settings(args, settings) if record_path is not None else None
-        file_transcriber = make_file_transcriber(file_settings) if file_settings is not None else None
+        file_transcriber = make_record_transcriber(file_settings) if file_settings is not None else None
         if args.input:
             source = FileInput(settings, args.input, speed=args.speed)
         else:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from kkoma.models.errors import KkomaError
 from kkoma.models.notes import note_name  # noqa: F401  (the display names keys with it)
+from kkoma.models.pipeline import make_transcriber
 from kkoma.models.resample import Resampler
 from kkoma.realtime.audio_in import InputLost
 
@@ -35,32 +35,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
-def _pipeline(settings: "Settings"):
-    try:
-        from kkoma.models.pipeline import Transcriber
-    except ModuleNotFoundError as e:
-        if e.name == "kkoma.models.pipeline":
-            raise KkomaError("the transcription pipeline (models.pipeline) is not available in this build.") from None
-        raise
-    return Transcriber(settings)
+def make_live_transcriber(settings: "Settings"):
+    """The live pipeline (:func:`models.pipeline.make_transcriber` with ``live``); a module-level hook so tests can
+    substitute a double."""
+    return make_transcriber(settings, live=True)
 
 
-def make_file_transcriber(settings: "Settings"):
-    """The files model's streaming pipeline for ``kkoma record``'s file (``settings``: the offline ones, with their
-    own transform and look-ahead); a module-level hook so tests can substitute a double. Any model may write a file,
-    a backward LSTM's too: its notes come seconds late, which a file does not mind."""
-    return _pipeline(settings)
-
-
-def make_transcriber(settings: "Settings"):
-    """The streaming pipeline (CQT -> model -> tracker); a module-level hook so tests can substitute a double."""
-    t = _pipeline(settings)
-    if getattr(t.model, "backward_units", 0):
-        raise KkomaError(f"the model {settings.model.weights} has a backward LSTM (model.backward_units = "
-                         f"{t.model.backward_units}): it is for files, its notes would come "
-                         f"{t.model.lookahead_ms / 1000:.1f} s late; live needs a forward-only model (the default "
-                         "models/weights/kkoma.npz).")
-    return t
+def make_record_transcriber(settings: "Settings"):
+    """The files model's pipeline for ``kkoma record``'s file (``settings``: the offline ones, with their own
+    transform and look-ahead); a module-level hook so tests can substitute a double. Any model may write a file, a
+    backward LSTM's too: its notes come seconds late, which a file does not mind. On the CPU whatever
+    ``transcribe.device`` says: it runs on the live processing thread, beside the live model."""
+    return make_transcriber(settings.replace(transcribe__device="cpu"))
 
 
 def _budget_of(transcriber) -> dict | None:
@@ -115,12 +101,12 @@ class Engine:
     settings : kkoma settings.
     source : an :mod:`realtime.audio_in` source (``AudioInput`` or ``FileInput``), not started yet.
     midi : a ``MidiOut`` / ``NullMidiOut`` (``send_event(e) -> velocity sent``).
-    transcriber : streaming pipeline; None builds one with :func:`make_transcriber`.
+    transcriber : streaming pipeline; None builds one with :func:`make_live_transcriber`.
     recorder : a :class:`realtime.recorder.Recorder` or None.
     events_jsonl : an open text file receiving one JSON line per MIDI event sent, or None.
     duration : stop (as at the end of a file) after this much input [s], or None.
     on_event : called as ``on_event(event, t_emit, velocity_sent)`` on the processing thread.
-    file_transcriber : a second streaming pipeline (the files model, :func:`make_file_transcriber`) fed the same
+    file_transcriber : a second streaming pipeline (the files model, :func:`make_record_transcriber`) fed the same
         resampled audio right after the live one, each step once the live events are sent; the recorder then gets
         its notes instead of the live ones (they come its look-ahead later, which a file does not mind). None: the
         recorder gets the notes sent.
@@ -134,7 +120,7 @@ class Engine:
         self.settings = settings
         self.source = source
         self.midi = midi
-        self.transcriber = transcriber if transcriber is not None else make_transcriber(settings)
+        self.transcriber = transcriber if transcriber is not None else make_live_transcriber(settings)
         self.file_transcriber = file_transcriber
         self.recorder = recorder
         self.events_jsonl = events_jsonl

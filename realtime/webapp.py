@@ -184,7 +184,8 @@ class Server:
     def transcribe_file(self, path: Path, progress=None):
         """The files model's :class:`offline.transcribe.Transcription` of ``path`` (``kkoma transcribe``'s notes).
         One file at a time: the model is built once and holds state while it runs."""
-        from kkoma.offline.transcribe import make_transcriber, transcribe_file
+        from kkoma.models.pipeline import make_transcriber
+        from kkoma.offline.transcribe import transcribe_file
 
         with self._files_lock:
             s = self.offline_settings
@@ -429,7 +430,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
                                                            "{\"type\": \"start\", \"rate\": Hz} (8000 to 384000)."})
             return
         from kkoma.models.audio import check_finite
-        from kkoma.realtime.engine import Engine, make_transcriber
+        from kkoma.realtime.engine import Engine, make_live_transcriber
         from kkoma.realtime.midi_out import NullMidiOut
 
         def on_event(e, t_emit, velocity):
@@ -439,7 +440,7 @@ async def _live_session(server: Server, ws: WebSocket) -> None:
 
         def build():
             src = SocketInput(settings, rate)
-            eng = Engine(settings, src, NullMidiOut(settings), transcriber=make_transcriber(settings),
+            eng = Engine(settings, src, NullMidiOut(settings), transcriber=make_live_transcriber(settings),
                          on_event=on_event)
             eng.start()
             return src, eng

@@ -339,9 +339,9 @@ def test_grown_backward_weights_are_the_old_model_plus_the_backward_lstm():
 
 
 def test_live_refuses_a_model_with_a_backward_lstm(tmp_path):
-    from kkoma.realtime.engine import make_transcriber
+    from kkoma.realtime.engine import make_live_transcriber
 
     s = load_settings(overrides=TINY + BACK)
     path = export_random_weights(tmp_path / "offline.npz", s)
     with pytest.raises(KkomaError, match="backward LSTM.*for files"):
-        make_transcriber(s.replace(model__weights=str(path)))
+        make_live_transcriber(s.replace(model__weights=str(path)))

@@ -69,8 +69,8 @@ def main(argv):
     import kkoma.realtime.engine as E
     from kkoma.cli import main as kkoma_main
 
-    E.make_transcriber = EnergyTranscriber
-    E.make_file_transcriber = EnergyTranscriber  # kkoma record's files model too
+    E.make_live_transcriber = EnergyTranscriber
+    E.make_record_transcriber = EnergyTranscriber  # kkoma record's files model too
     return kkoma_main(argv)
 
 

@@ -29,8 +29,8 @@ HOP_S = S.audio.hop_seconds
 
 @pytest.fixture
 def double(monkeypatch):
-    monkeypatch.setattr(E, "make_transcriber", EnergyTranscriber)
-    monkeypatch.setattr(E, "make_file_transcriber", EnergyTranscriber)
+    monkeypatch.setattr(E, "make_live_transcriber", EnergyTranscriber)
+    monkeypatch.setattr(E, "make_record_transcriber", EnergyTranscriber)
 
 
 @pytest.fixture
