@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import fmt_spread, load_line, load_warning, machine, snapshot, spread  # noqa: E402
+from machine import finish_report, fmt_spread, machine, snapshot, spread  # noqa: E402
 
 # Runs in the pinned child: one `kkoma transcribe` run with a given layout, or the automatic one.
 DRIVER = r"""
@@ -177,16 +177,10 @@ def main(argv=None) -> int:
         gap = 100 * (1 - speed[auto]["median"] / best)
         verdicts.append(f"{c} cores: auto ({auto}) is {gap:.0f} % below the fastest layout's median"
                         + (" (within 5 %)" if gap <= 5 else ""))
-    lines += ["", *verdicts, "", load_line(snaps, len(mine))]
-    w = load_warning(snaps, len(mine))
-    if w:
-        lines.append(w)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = "python benchmarks/bench_jobs_layout.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.out.write_text(f"# kkoma transcribe: processes and threads against cores\n\n`{cmd.strip()}`\n\n{text}\n")
+    lines += ["", *verdicts, ""]
+    finish_report(lines, snaps, cores=len(mine), out=args.out,
+                  title="kkoma transcribe: processes and threads against cores",
+                  command="python benchmarks/bench_jobs_layout.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.json:
         args.json.write_text(json.dumps({f"{c} {label}": v for (c, label), v in results.items()}, indent=1) + "\n")
     return 0

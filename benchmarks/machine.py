@@ -71,3 +71,19 @@ def load_warning(snaps: list[dict], cores: int | None = None, ours: float = 1.0)
         return (f"note: the load rose above {cores + ours:.0f} during part of the run (max {max(ones):.1f}); "
                 "quote the median and the range, not one run.")
     return None
+
+
+def finish_report(lines: list[str], snaps: list[dict], *, title: str, command: str, out=None,
+                  cores: int | None = None, note: str = "") -> str:
+    """Close a benchmark's report: the load line and any warning under ``lines``; print it, and write it as Markdown
+    under ``title`` with the ``command`` that made it to ``out`` (a path, or None). Returns the text."""
+    lines = [*lines, load_line(snaps, cores)]
+    warning = load_warning(snaps, cores)
+    if warning:
+        lines.append(warning)
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# {title}\n\n`{command.strip()}`{note}\n\n{text}\n")
+    return text

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import fmt_spread, load_line, load_warning, machine, snapshot, spread  # noqa: E402
+from machine import finish_report, fmt_spread, machine, snapshot, spread  # noqa: E402
 
 STAGES = ("decode", "resample", "CQT", "network", "tracker", "write")
 THREADS = {"decode": ("decode", "resample"), "transform": ("CQT",), "model": ("network", "tracker")}  # stream()'s
@@ -215,16 +215,9 @@ def main(argv=None) -> int:
               "", f"400x real time on two cores leaves 5.00 ms of CPU per second of audio for all stages, at most 2.50 "
               f"in one thread. Today: {1000 * total / seconds:.2f} ms in all ({total / seconds * 200:.2f}x that), "
               f"slowest thread {1000 * max(per_thread.values()) / seconds:.2f} ms.",
-              "", load_line(snaps)]
-    w = load_warning(snaps)
-    if w:
-        lines.append(w)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = "python benchmarks/profile_transcribe.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.out.write_text(f"# Per-stage profile of one file\n\n`{cmd.strip()}` ({m['started']})\n\n{text}\n")
+              ""]
+    finish_report(lines, snaps, out=args.out, title="Per-stage profile of one file", note=f" ({m['started']})",
+                  command="python benchmarks/profile_transcribe.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 
