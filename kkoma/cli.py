@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("kkoma.realtime.cli", "live, and write the stream to a MIDI file"),
     "devices": ("kkoma.realtime.cli", "list audio inputs and MIDI outputs"),
     "cqt": ("kkoma.models.cqt_cli", "compute the CQT of an audio file and summarise it"),
-    "prepare": ("kkoma.offline.prepare_cli", "make a training dataset (MAESTRO layout, or render MIDI with FluidSynth)"),
+    "prepare": ("kkoma.offline.prepare_cli",
+                "make a training dataset (render MIDI with FluidSynth, or MAESTRO / MAPS recordings)"),
     "train": ("kkoma.offline.train_cli", "train the onset/frame/velocity model"),
     "evaluate": ("kkoma.offline.evaluate_cli", "score transcriptions against reference MIDI (mir_eval)"),
 }
