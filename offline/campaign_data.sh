@@ -16,8 +16,9 @@
 # Features are the offline (files) model's: every prepare runs with --offline (transcribe.overrides). Each step
 # resumes where it stopped, so running the script again finishes an interrupted run and redoes nothing.
 # Environment: KKOMA (the command, default `kkoma`; e.g. "python -m kkoma.cli"), PYTHON (the interpreter kkoma is
-# installed in, default python3), JOBS (workers, default 2), ASAP_SECONDS (crop of each ASAP performance, default 120;
-# 60 made the r32/r33 training sets), MAPS_SECONDS (crop of each MAPS recording, default 600: all of every one),
+# installed in, default python3), JOBS (workers, default 2), ASAP_VALID_SECONDS (crop of each held-out ASAP performance,
+# default 120: the card's evaluation set data/asap_full), ASAP_TRAIN_SECONDS (crop of each training performance,
+# default 60: r32's and r33's training sets), MAPS_SECONDS (crop of each MAPS recording, default 600: all of every one),
 # NICE (default 5). Needs npm, pip, unzip, FluidSynth, timidity + freepats and csound-soundfont (.ci/install).
 set -euo pipefail
 
@@ -29,7 +30,8 @@ KKOMA=${KKOMA:-kkoma}
 PYTHON=${PYTHON:-python3}
 MAPS_SECONDS=${MAPS_SECONDS:-600}
 JOBS=${JOBS:-2}
-ASAP_SECONDS=${ASAP_SECONDS:-120}
+ASAP_VALID_SECONDS=${ASAP_VALID_SECONDS:-120}
+ASAP_TRAIN_SECONDS=${ASAP_TRAIN_SECONDS:-60}
 NICE=${NICE:-5}
 mkdir -p "$ROOT/downloads" "$ROOT/samples"
 ROOT=$(cd "$ROOT" && pwd)
@@ -94,10 +96,11 @@ SETS=(--samples "$S/salamander" --samples "$S/upright" --samples "$S/csound_gm" 
 step fetch fetch
 step unpack unpack
 step note_sets note_sets
-# The evaluation splits first: a training run can start on them and whatever train pieces exist.
-step asap_valid nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_SECONDS" \
-    "${SETS[@]}" --jobs "$JOBS" --split valid -q
+# Smallest and newest first, so that a training run can start on the MAPS pianos and the evaluation splits while the
+# ASAP training pieces are still being rendered (the manifest grows as pieces finish).
 step maps nice -n "$NICE" $KKOMA prepare maps "$MAPS" "$DATA" --offline --max-seconds "$MAPS_SECONDS" --jobs "$JOBS" -q
-step asap_train nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_SECONDS" \
+step asap_valid nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_VALID_SECONDS" \
+    "${SETS[@]}" --jobs "$JOBS" --split valid -q
+step asap_train nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_TRAIN_SECONDS" \
     "${SETS[@]}" --jobs "$JOBS" -q
 echo "$(date -u +%FT%TZ) dataset complete: $DATA" | tee -a "$LOG"

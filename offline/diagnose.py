@@ -1,7 +1,9 @@
 """Where a model's note errors are: ``python -m kkoma.offline.diagnose AUDIO_DIR [--max-files N] [--set KEY=VALUE]``.
 
 Transcribes the audio files of a folder that has the reference ``X.mid`` beside each ``X.flac`` (as
-``DATASET/audio/<split>/`` made by ``kkoma prepare``) and prints two tables over all of them:
+``DATASET/audio/<split>/`` made by ``kkoma prepare``), or reads transcriptions made already (``--pred DIR``: the
+``X.mid`` files ``kkoma evaluate --dataset DATA --out DIR`` keeps in ``DIR/<split>/``), and prints two tables over all
+of them:
 
 - per register (12 keys from A0): reference notes, onset recall and precision (mir_eval's one-to-one note matching,
   50 ms onset tolerance, no offset), and the median onset error of the matched notes [ms];
@@ -135,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("audio_dir", type=Path, help="audio files with reference X.mid beside (DATASET/audio/<split>)")
     ap.add_argument("--max-files", type=int, default=0, help="the first N files in name order (0 = all)")
+    ap.add_argument("--pred", type=Path, default=None, metavar="DIR",
+                    help="read the transcription of X.flac from DIR/X.mid instead of transcribing (e.g. the folder "
+                         "`kkoma evaluate --dataset DATA --out OUT` writes, OUT/<split>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
 
@@ -150,14 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             files = files[: args.max_files]
         if not files:
             raise KkomaError(f"{args.audio_dir} holds no .flac file with a reference .mid beside it.")
-        transcriber = make_transcriber(settings)
         d = Diagnosis()
-        for f in files:
-            d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
+        if args.pred is not None:
+            missing = [f.stem for f in files if not (args.pred / f"{f.stem}.mid").is_file()]
+            if missing:
+                raise KkomaError(f"{args.pred} has no transcription {missing[0]}.mid (of {len(missing)} missing).")
+            for f in files:
+                d.add(read_midi(f.with_suffix(".mid"), sustain=True), read_midi(args.pred / f"{f.stem}.mid"))
+        else:
+            transcriber = make_transcriber(settings)
+            for f in files:
+                d.add(read_midi(f.with_suffix(".mid"), sustain=True),
+                      list(transcribe_file(f, settings, transcriber).notes))
     except KkomaError as e:
         print(f"kkoma: {e}", file=sys.stderr)
         return 1
-    print(format_report(d, f"{args.audio_dir} ({len(files)} files, {settings.model.weights})"))
+    source = f"transcriptions in {args.pred}" if args.pred is not None else settings.model.weights
+    print(format_report(d, f"{args.audio_dir} ({len(files)} files, {source})"))
     return 0
 
 
