@@ -101,6 +101,7 @@ step note_sets note_sets
 step maps nice -n "$NICE" $KKOMA prepare maps "$MAPS" "$DATA" --offline --max-seconds "$MAPS_SECONDS" --jobs "$JOBS" -q
 step asap_valid nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_VALID_SECONDS" \
     "${SETS[@]}" --jobs "$JOBS" --split valid -q
+# --split train: without it this step would also make any held-out piece not yet made, cropped to 60 s, not 120.
 step asap_train nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_TRAIN_SECONDS" \
-    "${SETS[@]}" --jobs "$JOBS" -q
+    "${SETS[@]}" --jobs "$JOBS" --split train -q
 echo "$(date -u +%FT%TZ) dataset complete: $DATA" | tee -a "$LOG"
