@@ -1,7 +1,9 @@
 """Where a model's note errors are: ``kkoma diagnose AUDIO_DIR [--max-files N]`` (offline/diagnose_cli.py).
 
 Transcribes the audio files of a folder that has the reference ``X.mid`` beside each ``X.flac`` (as
-``DATASET/audio/<split>/`` made by ``kkoma prepare``) and prints two tables over all of them:
+``DATASET/audio/<split>/`` made by ``kkoma prepare``), or reads transcriptions made already (``--pred DIR``: the
+``X.mid`` files ``kkoma evaluate --dataset DATA --out DIR`` keeps in ``DIR/<split>/``), and prints two tables over all
+of them:
 
 - per register (12 keys from A0): reference notes, onset recall and precision (mir_eval's one-to-one note matching,
   50 ms onset tolerance, no offset), and the median onset error of the matched notes [ms];
@@ -129,16 +131,16 @@ def format_report(d: Diagnosis, title: str) -> str:
     return "\n".join(lines)
 
 
-def diagnose(settings, audio_dir: Path, max_files: int = 0) -> tuple[Diagnosis, int]:
-    """Transcribe the ``.flac`` files of ``audio_dir`` that have a reference ``.mid`` beside them (the first
-    ``max_files`` in name order; 0 = all) with ``settings`` and gather their errors -> (diagnosis, files used).
+def diagnose(settings, audio_dir: Path, max_files: int = 0, pred: Path | None = None) -> tuple[Diagnosis, int]:
+    """Gather the note errors on the ``.flac`` files of ``audio_dir`` that have a reference ``.mid`` beside them (the
+    first ``max_files`` in name order; 0 = all) -> (diagnosis, files used). Each file is transcribed with
+    ``settings``, or, with ``pred``, its transcription ``pred/X.mid`` is read (e.g. what ``kkoma evaluate --out``
+    wrote).
 
-    Raises KkomaError when the folder holds no such file.
+    Raises KkomaError when the folder holds no such file, or ``pred`` lacks one of their transcriptions.
     """
     from kkoma.models.errors import KkomaError
     from kkoma.models.notes import read_midi
-    from kkoma.models.pipeline import make_transcriber
-    from kkoma.offline.transcribe import transcribe_file
 
     audio_dir = Path(audio_dir)
     files = sorted(p for p in audio_dir.glob("*.flac") if p.with_suffix(".mid").is_file())
@@ -146,8 +148,19 @@ def diagnose(settings, audio_dir: Path, max_files: int = 0) -> tuple[Diagnosis, 
         files = files[:max_files]
     if not files:
         raise KkomaError(f"{audio_dir} holds no .flac file with a reference .mid beside it.")
-    transcriber = make_transcriber(settings)
     d = Diagnosis()
+    if pred is not None:
+        pred = Path(pred)
+        missing = [f.stem for f in files if not (pred / f"{f.stem}.mid").is_file()]
+        if missing:
+            raise KkomaError(f"{pred} has no transcription {missing[0]}.mid (of {len(missing)} missing).")
+        for f in files:
+            d.add(read_midi(f.with_suffix(".mid"), sustain=True), read_midi(pred / f"{f.stem}.mid"))
+        return d, len(files)
+    from kkoma.models.pipeline import make_transcriber
+    from kkoma.offline.transcribe import transcribe_file
+
+    transcriber = make_transcriber(settings)
     for f in files:
         d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
     return d, len(files)

@@ -34,6 +34,23 @@ Splits of a synthesised dataset (``prepare_synth``):
 A MAESTRO folder (``prepare_maestro``) keeps its own split column: train -> ``train`` (augmented as above),
 validation -> ``valid_pieces``, test -> ``test``.
 
+A MAPS-layout folder (``prepare_maps``; ``../shared/data/maps-synth``): ``<piano>/<piece>.<ogg|flac|wav>`` recordings,
+each beside the ``<piece>.mid`` that played it (sustain pedal included), one folder per piano set-up. Pieces are
+held out by name across all pianos (``sha256(f"{data.seed}:holdout:{piece}")`` below
+``data.maps_holdout_piece_fraction``, as works above), so a held-out piece is never heard on any piano; pianos in
+``data.maps_holdout_pianos`` are never trained on.
+
+* ``train``: the other pianos' recordings of the other pieces, augmented as above (they are real recordings:
+  the audio comes from the file, only the augmentation chain is added).
+* ``valid_maps_piano``: every recording of a held-out piano, clean (the proxy for a piano never heard; some of its
+  pieces are played by training pianos in ``train``: the manifest entries say which, ``"piece_in_train"``).
+* ``valid_maps_pieces``: held-out pieces on the training pianos with close microphones, clean.
+* ``valid_maps_ambient``: held-out pieces on the training pianos of ``data.maps_ambient_pianos`` (ambient
+  microphones in a room), clean.
+
+All three go into the same dataset as a synthesised one when given the same OUT_DIR (ids ``maps__<piano>__<piece>``
+do not clash with the rendered pieces'), so one ``kkoma train`` reads both.
+
 Every piece is cropped to ``data.max_piece_seconds`` (``--max-seconds``), notes and audio alike. Every random draw
 of a piece comes from a generator seeded with ``data.seed`` and the piece's key, so a re-run makes the same data.
 
@@ -81,6 +98,8 @@ class Task:
     augment: str           # "train" (random chain with augment.probability), "room" (reverb + noise), "none"
     work: str
     program: int = 0       # GM program of the rendering soundfont (synth)
+    piano: str = ""        # the recording's piano set-up (MAPS: its folder)
+    piece_in_train: bool = False  # MAPS: another piano's recording of this piece is in train
 
     @property
     def key(self) -> str:
@@ -290,6 +309,65 @@ def plan_maestro(root: str | os.PathLike, settings, max_pieces: int = 0) -> list
     return tasks
 
 
+MAPS_AUDIO_SUFFIXES = (".flac", ".ogg", ".wav")
+MAPS_SPLITS = ("valid_maps_piano", "valid_maps_pieces", "valid_maps_ambient")
+
+
+def find_maps(root: Path) -> list[tuple[str, str, Path, Path]]:
+    """``(piano, piece, audio, midi)`` of every ``<piano>/<piece>.<audio>`` with a ``<piece>.mid`` beside it, sorted
+    by piano and piece; KkomaError when ``root`` is not a folder or holds no such pair."""
+    if not root.is_dir():
+        raise KkomaError(f"{root} is not a folder.")
+    pairs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        by_stem: dict[str, Path] = {}
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in MAPS_AUDIO_SUFFIXES and f.is_file():
+                by_stem.setdefault(f.stem, f)  # one audio file per piece: the first suffix in name order
+        for stem, audio in sorted(by_stem.items()):
+            midi = next((m for m in (folder / f"{stem}{x}" for x in MIDI_SUFFIXES) if m.is_file()), None)
+            if midi is not None:
+                pairs.append((folder.name, stem, audio, midi))
+    if not pairs:
+        raise KkomaError(f"{root} holds no <piano>/<piece>.ogg|flac|wav recordings with a <piece>.mid beside them "
+                         "(the MAPS layout).")
+    return pairs
+
+
+def plan_maps(root: str | os.PathLike, settings, max_pieces: int = 0) -> list[Task]:
+    """The tasks of a MAPS-layout folder (see the module notes for the splits)."""
+    root = Path(root).absolute()  # as in plan_synth: the manifest is read from any folder
+    pairs = find_maps(root)
+    data = settings.data
+    pianos = {p for p, *_ in pairs}
+    held_pianos = set(data.maps_holdout_pianos)
+    unknown = sorted(held_pianos - pianos)
+    if unknown:
+        raise KkomaError(f"data.maps_holdout_pianos names {', '.join(unknown)}, which {root} does not have (it has "
+                         f"{', '.join(sorted(pianos))}).")
+    if not pianos - held_pianos:
+        raise KkomaError("data.maps_holdout_pianos holds out every piano: no recording is left to train on.")
+    ambient = set(data.maps_ambient_pianos)
+    held_pieces = holdout_works(sorted({piece for _, piece, *_ in pairs}), data.seed,
+                                data.maps_holdout_piece_fraction)
+    trained = {piece for piano, piece, *_ in pairs if piano not in held_pianos and piece not in held_pieces}
+    chosen = round_robin(pairs, lambda x: x[1], data.seed)
+    if max_pieces:
+        chosen = chosen[:max_pieces]
+    tasks = []
+    for piano, piece, audio, midi in sorted(chosen):
+        if piano in held_pianos:
+            split = "valid_maps_piano"
+        elif piece in held_pieces:
+            split = "valid_maps_ambient" if piano in ambient else "valid_maps_pieces"
+        else:
+            split = "train"
+        tasks.append(Task(split, "maps__" + re.sub(r"[^A-Za-z0-9._-]+", "_", f"{piano}__{piece}"), str(midi), str(audio), None,
+                          "train" if split == "train" else "none", piece, piano=piano,
+                          piece_in_train=piece in trained))
+    return tasks
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Making one piece (runs in the worker processes)
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,6 +415,8 @@ def make_piece(task: Task, settings, out_dir: str | os.PathLike, max_seconds: fl
         raise KkomaError(f"{task.midi} has no notes on the piano's 88 keys.")
     entry = {"id": task.id, "split": task.split, "file": f"{task.split}/{task.id}.npz", "midi": task.midi,
              "audio": task.audio, "soundfont": task.soundfont, "program": task.program, "work": task.work}
+    if task.piano:
+        entry.update({"piano": task.piano, "piece_in_train": task.piece_in_train})
     if task.audio is None:
         from kkoma.offline.synth import midi_events
 
@@ -458,6 +538,9 @@ def run_tasks(tasks: list[Task], out_dir: str | os.PathLike, settings, *, kind: 
                                                     "settings": settings_record(settings), "renderer_offsets_ms": {},
                                                     "pieces": [], "skipped": []}
     manifest.setdefault("renderer_offsets_ms", {})
+    # One dataset may gather several sources (an ASAP rendering and MAPS recordings): "kind"/"source" name the
+    # first, "sources" every one.
+    manifest.setdefault("sources", {manifest.get("kind", kind): manifest.get("source", source)})[kind] = source
     manifest.setdefault("skipped", [])
     have = {f"{p['split']}/{p['id']}": p for p in manifest["pieces"] if (out_dir / p["file"]).is_file()}
     manifest["pieces"] = list(have.values())
@@ -603,3 +686,14 @@ def prepare_maestro(root, out_dir, settings, *, max_pieces: int = 0, max_seconds
     tasks = select_splits(plan_maestro(root, settings, max_pieces), splits)
     return run_tasks(tasks, out_dir, settings, kind="maestro", source=str(root), max_seconds=max_seconds,
                      jobs=jobs, export_audio=export_audio, quiet=quiet)
+
+
+def prepare_maps(root, out_dir, settings, *, max_pieces: int = 0, max_seconds: float | None = None,
+                 jobs: int | None = None, export_audio: bool | None = None, quiet: bool = False,
+                 splits: list[str] | None = None) -> Summary:
+    """Featurise a MAPS-layout folder into a dataset in ``out_dir`` (see the module notes; a folder already holding
+    a synthesised dataset gains the MAPS pieces beside its own); ``splits``: make only these
+    (:func:`select_splits`)."""
+    tasks = select_splits(plan_maps(root, settings, max_pieces), splits)
+    return run_tasks(tasks, out_dir, settings, kind="maps", source=str(Path(root).absolute()),
+                     max_seconds=max_seconds, jobs=jobs, export_audio=export_audio, quiet=quiet)

@@ -4,6 +4,7 @@
                         [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio] [--split SPLIT ...]
     kkoma prepare maestro MAESTRO_ROOT OUT_DIR [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio]
                           [--split SPLIT ...]
+    kkoma prepare maps MAPS_ROOT OUT_DIR [--max-pieces N] [--max-seconds S] [--jobs J] [--no-audio] [--split SPLIT ...]
 
 Re-running the same command resumes: pieces already made are skipped. Splits and formats: offline/prepare.py.
 """
@@ -20,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "data.holdout_soundfont is never trained on; --samples adds recorded pianos (extra training "
                      "copies). Splits: train, valid_pieces, valid_soundfont, valid_room (and valid_samples).\n"
                      "maestro: a MAESTRO-layout folder (maestro-v*.csv + audio/MIDI pairs); train -> "
-                     "train, validation -> valid_pieces, test -> test.\nRe-run the same command to resume.")
+                     "train, validation -> valid_pieces, test -> test.\n"
+                     "maps: a MAPS-layout folder (<piano>/<piece>.ogg|flac|wav + <piece>.mid, e.g. "
+                     "../shared/data/maps-synth); data.maps_holdout_pianos are never trained on (valid_maps_piano), "
+                     "pieces are held out by name on every piano (data.maps_holdout_piece_fraction: "
+                     "valid_maps_pieces, and valid_maps_ambient for data.maps_ambient_pianos). Give the OUT_DIR of a "
+                     "synth dataset to train on both at once.\nRe-run the same command to resume.")
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -57,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("root", metavar="MAESTRO_ROOT", help="folder holding maestro-v*.csv")
     common(m)
 
+    a = sub.add_parser("maps", help="a MAPS-layout folder of piano recordings + MIDI (one folder per piano)",
+                       description="Featurise a MAPS-layout folder (<piano>/<piece>.ogg|flac|wav + <piece>.mid) into a "
+                                   "dataset, or into an existing one beside its pieces.")
+    a.add_argument("root", metavar="MAPS_ROOT", help="folder holding one folder per piano")
+    common(a)
+
 
 def run(args: argparse.Namespace, settings) -> int:
     from kkoma.models.errors import KkomaError
@@ -67,13 +79,15 @@ def run(args: argparse.Namespace, settings) -> int:
         raise KkomaError(f"--max-seconds must be more than 0, not {args.max_seconds}.")
     if args.jobs is not None and args.jobs < 0:
         raise KkomaError(f"--jobs must be 0 (all cores) or more, not {args.jobs}.")
-    from kkoma.offline.prepare import prepare_maestro, prepare_synth
+    from kkoma.offline.prepare import prepare_maestro, prepare_maps, prepare_synth
 
     common = dict(max_pieces=args.max_pieces, max_seconds=args.max_seconds, jobs=args.jobs,
                   export_audio=False if args.no_audio else None, quiet=args.quiet, splits=args.split)
     if args.source == "synth":
         summary = prepare_synth(args.midi_dir, args.out_dir, settings, soundfonts=args.soundfont,
                                 holdout_soundfont=args.holdout_soundfont, sample_sets=args.samples, **common)
+    elif args.source == "maps":
+        summary = prepare_maps(args.root, args.out_dir, settings, **common)
     else:
         summary = prepare_maestro(args.root, args.out_dir, settings, **common)
     print(summary.text(), file=sys.stderr)

@@ -49,3 +49,28 @@ def test_cli_on_the_bundled_example(capsys):
 def test_cli_folder_without_references(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 1
     assert "no .flac file with a reference .mid" in capsys.readouterr().err
+
+
+def test_cli_reads_transcriptions_made_already(tmp_path, capsys):
+    """--pred DIR scores DIR/X.mid (what `kkoma evaluate --out` keeps) instead of transcribing: a perfect
+    transcription (the reference itself) gives 100 % recall and precision; a missing one is an error."""
+    import shutil
+
+    audio = tmp_path / "audio"
+    pred = tmp_path / "pred"
+    audio.mkdir()
+    pred.mkdir()
+    shutil.copy(ROOT / "examples" / "example.flac", audio / "a.flac")
+    from kkoma.models.notes import read_midi, write_midi
+    from kkoma.models.settings import load_settings
+
+    ref = read_midi(ROOT / "examples" / "example.mid", sustain=True)
+    write_midi(ref, audio / "a.mid", load_settings())
+    assert main(["diagnose", str(audio), "--pred", str(pred)]) == 1
+    assert "has no transcription a.mid" in capsys.readouterr().err
+    write_midi(ref, pred / "a.mid", load_settings())
+    assert main(["diagnose", str(audio), "--pred", str(pred)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    assert rows and all(line.split("|")[3].strip() == line.split("|")[4].strip() == "100.0 %" for line in rows)
+    assert f"transcriptions in {pred}" in out

@@ -464,3 +464,128 @@ def test_a_manifest_older_than_a_key_reads_as_its_old_value(tmp_path, cap, ok):
                 read(tmp_path, s)
     with pytest.raises(KkomaError, match=r"audio\.hop_length = 160"):
         read_existing(tmp_path, s.replace(audio__hop_length="320"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MAPS layout: <piano>/<piece>.<audio> + <piece>.mid
+# ----------------------------------------------------------------------------------------------------------------
+MAPS_PIECES = {  # piece -> (notes, pedal)
+    "alb_esp1": (_scale(0.2, [45, 52, 57, 61]), [(0.25, 127), (1.2, 0)]),
+    "bach_846": (_scale(0.3, [60, 64, 67]), []),
+    "chpn_op25": (_scale(0.25, [72, 76, 79, 84], vel=100), []),
+    "liz_et1": (_scale(0.2, [33, 40, 45]), []),
+    "mz_331": (_scale(0.35, [62, 66, 69]), []),
+}
+
+
+def _maps_settings(*extra):
+    return _settings('data.maps_holdout_pianos=["PnoHeld"]', 'data.maps_ambient_pianos=["PnoAm"]',
+                     "data.maps_holdout_piece_fraction=0.4", *extra)
+
+
+@pytest.fixture
+def maps_root(tmp_path):
+    """Three pianos (one to hold out, one 'ambient'), each playing four of the five pieces; 44.1 kHz stereo FLAC,
+    one Ogg Vorbis (the maps-synth format), and a stray file without MIDI that must be ignored."""
+    root = tmp_path / "maps"
+    pianos = {"PnoA": ["alb_esp1", "bach_846", "chpn_op25", "liz_et1", "mz_331"],
+              "PnoAm": ["alb_esp1", "bach_846", "chpn_op25", "mz_331"],
+              "PnoHeld": ["bach_846", "chpn_op25", "liz_et1"]}
+    for piano, pieces in pianos.items():
+        for piece in pieces:
+            notes, pedal = MAPS_PIECES[piece]
+            write_midi_file(root / piano / f"{piece}.mid", notes, pedal)
+            fmt = "ogg" if (piano, piece) == ("PnoA", "bach_846") else "flac"
+            kw = {"format": "OGG", "subtype": "VORBIS"} if fmt == "ogg" else {}
+            sf.write(root / piano / f"{piece}.{fmt}", _sine_render(notes, 1.6), 44100, **kw)
+    sf.write(root / "PnoA" / "no_midi.flac", np.zeros((4410, 2)), 44100)
+    (root / "README.md").write_text("not a piano")
+    return root
+
+
+def test_plan_maps_holds_out_a_piano_and_pieces_on_every_piano(maps_root):
+    from kkoma.offline.prepare import plan_maps
+
+    s = _maps_settings()
+    tasks = plan_maps(maps_root, s)
+    assert len(tasks) == 12  # every recording with a MIDI file, the stray one left out
+    by_split: dict[str, list] = {}
+    for t in tasks:
+        by_split.setdefault(t.split, []).append(t)
+    train = by_split["train"]
+    held_pieces = {t.work for t in tasks if t.split in ("valid_maps_pieces", "valid_maps_ambient")}
+    assert train and held_pieces
+    # the held-out piano is never trained on, and is all of valid_maps_piano
+    assert {t.piano for t in train} == {"PnoA", "PnoAm"}
+    assert {t.piano for t in by_split["valid_maps_piano"]} == {"PnoHeld"} and len(by_split["valid_maps_piano"]) == 3
+    # a held-out piece is heard on no piano in training
+    assert held_pieces.isdisjoint(t.work for t in train)
+    assert all(t.piano == "PnoAm" for t in by_split.get("valid_maps_ambient", []))
+    assert all(t.piano == "PnoA" for t in by_split.get("valid_maps_pieces", []))
+    assert all(t.augment == ("train" if t.split == "train" else "none") for t in tasks)
+    assert all(t.audio and Path(t.audio).is_file() and Path(t.midi).stem == Path(t.audio).stem for t in tasks)
+    assert all(t.piece_in_train == (t.work in {x.work for x in train}) for t in tasks)
+    assert len({t.key for t in tasks}) == len(tasks) and all(t.id.startswith("maps__") for t in tasks)
+    assert [t.key for t in plan_maps(maps_root, s)] == [t.key for t in tasks]  # deterministic
+    # the settings choose: no piano held out, no piece held out
+    none = plan_maps(maps_root, _maps_settings("data.maps_holdout_pianos=[]", "data.maps_holdout_piece_fraction=0"))
+    assert {t.split for t in none} == {"train"}
+    assert len(plan_maps(maps_root, s, max_pieces=4)) == 4
+    with pytest.raises(KkomaError, match="PnoX.*PnoA, PnoAm, PnoHeld"):
+        plan_maps(maps_root, _maps_settings('data.maps_holdout_pianos=["PnoX"]'))
+    with pytest.raises(KkomaError, match="every piano"):
+        plan_maps(maps_root, _maps_settings('data.maps_holdout_pianos=["PnoA", "PnoAm", "PnoHeld"]'))
+    with pytest.raises(KkomaError, match="MAPS layout"):
+        plan_maps(maps_root / "PnoA", s)
+
+
+def test_prepare_maps_labels_and_joins_an_existing_dataset(maps_root, maestro_root, tmp_path):
+    """MAPS pieces go into a dataset beside another source's (one `kkoma train` reads both); labels are the MIDI's
+    notes, sustain-extended, on the frame grid."""
+    from kkoma.offline.prepare import prepare_maestro, prepare_maps
+    from kkoma.offline.train import read_manifest
+
+    out = tmp_path / "ds"
+    s = _maps_settings()
+    prepare_maestro(maestro_root, out, s, max_seconds=1.5, jobs=1, quiet=True)
+    summary = prepare_maps(maps_root, out, s, max_seconds=1.5, jobs=1, quiet=True)
+    assert summary.done == 12 and not summary.skipped
+    m = read_manifest(out, s)
+    assert m["kind"] == "maestro" and m["sources"] == {"maestro": str(maestro_root), "maps": str(maps_root)}
+    maps = [p for p in m["pieces"] if p["id"].startswith("maps__")]
+    assert len(maps) == 12 and len(m["pieces"]) == 15
+    assert {p["split"] for p in m["pieces"] if p["split"] == "train" and not p["id"].startswith("maps__")}
+    assert {p["split"] for p in maps} >= {"train", "valid_maps_piano"}
+    assert not any(p["piano"] == "PnoHeld" for p in maps if p["split"] == "train")
+    for p in maps:
+        assert p["audio"].endswith((".flac", ".ogg")) and p["soundfont"] is None
+        with np.load(out / p["file"]) as z:
+            assert z["features"].shape == (p["n_frames"], 264)
+            notes = [n for n in read_midi(p["midi"], sustain=True) if n.onset < 1.5]
+            assert z["onset"].sum() == len(notes) == p["n_notes"]
+            if p["split"] != "train":  # training copies may be detuned (times and length scaled)
+                assert p["augment"] == {} and p["n_frames"] == 151
+                assert set(zip(*np.nonzero(z["onset"]))) == {(int(round(n.onset * 100)), n.pitch - 21)
+                                                            for n in notes}
+                assert (out / "audio" / p["split"] / f"{p['id']}.flac").is_file()
+            if p["work"] == "alb_esp1" and p["split"] != "train":
+                # the pedal (0.25-1.2 s) holds the first note (0.2-0.4 s) to 1.2 s: frame targets are extended
+                assert z["frame"][20:120, 45 - 21].all() and not z["frame"][121:, 45 - 21].any()
+    # the ambient piano's held-out pieces are their own condition
+    assert all(p["piano"] == "PnoAm" for p in maps if p["split"] == "valid_maps_ambient")
+    # resume: nothing left to do
+    assert prepare_maps(maps_root, out, s, max_seconds=1.5, jobs=1, quiet=True).already == 12
+
+
+def test_cli_prepare_maps(maps_root, tmp_path, capsys):
+    from kkoma.cli import main
+
+    out = tmp_path / "ds"
+    sets = ["--set", 'data.maps_holdout_pianos=["PnoHeld"]', "--set", 'data.maps_ambient_pianos=["PnoAm"]']
+    assert main(sets + ["prepare", "maps", str(maps_root), str(out), "--max-seconds", "1.0", "--jobs", "1", "-q",
+                        "--split", "valid_maps_piano"]) == 0
+    assert "3 pieces made (valid_maps_piano 3)" in capsys.readouterr().err
+    assert main(["prepare", "maps", str(maps_root), str(out)]) == 1  # AkPnBsdf (config.toml) is not in this folder
+    assert "data.maps_holdout_pianos names AkPnBsdf" in capsys.readouterr().err
+    assert main(["prepare", "maps", str(tmp_path / "nowhere"), str(out)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
