@@ -85,7 +85,7 @@ note_sets() {  # pianos only a synthesiser plays, key by key (into NAME.part, re
               "/etc/timidity/freepats.cfg:freepats"; do   # apt: csound-soundfont, freepats + timidity
     src=${pair%%:*}; name=${pair##*:}
     [ -d "$S/$name" ] && continue
-    nice -n "$NICE" "$PYTHON" -m kkoma.offline.note_set "$src" "$S/$name.part"
+    nice -n "$NICE" $KKOMA note-set "$src" "$S/$name.part"
     mv "$S/$name.part" "$S/$name"
   done
 }
