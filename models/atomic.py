@@ -32,6 +32,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     _fsync_dir(path.parent)
 
 
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temp files :func:`atomic_write` left beside ``path`` when its process was killed mid-write
+    (SIGKILL leaves no chance to clean up). Only for a caller that knows no writer of ``path`` is still running."""
+    import glob
+
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (POSIX); best effort, as not every system allows opening a folder."""
     try:

@@ -130,7 +130,7 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
     attempt got (a file retried after its worker died is not counted twice).
     ``factory`` (default :func:`models.pipeline.make_transcriber`) must be importable on the workers.
     Ctrl-C cancels the files not yet done and re-raises KeyboardInterrupt (outputs are written atomically: a file
-    is either complete or absent). Temp files a killed worker left beside the outputs are removed at the end.
+    is either complete or absent).
     """
     # Fail fast here on problems every file would share (missing weights, bad model settings).
     (factory or make_transcriber)(settings)
@@ -177,7 +177,6 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
         except KeyboardInterrupt:
             client.cancel(futures)
             raise
-        _remove_stale_temps(jobs)
     finally:
         try:
             client.unsubscribe_topic(topic)
@@ -187,21 +186,6 @@ def run_jobs_cluster(jobs: Sequence[Job], settings, address: str, *, progress=No
         if cluster is not None:
             cluster.close()
     return outcomes
-
-
-def _remove_stale_temps(jobs: Sequence[Job]) -> None:
-    """Remove the temp files a killed worker left beside this run's outputs (``models.atomic``'s hidden
-    ``.name.<pid>.<hex>.tmp.ext``). Called once every task has ended, so none of them is still being written."""
-    import glob
-
-    for job in jobs:
-        for out in job.outputs.values():
-            out = Path(out).resolve()
-            for tmp in out.parent.glob(f".{glob.escape(out.stem)}.*.tmp{glob.escape(out.suffix)}"):
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
 
 
 def _allowed_failures(dask_scheduler=None) -> int:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from kkoma.models.atomic import atomic_write as _atomic_write
+from kkoma.models.atomic import atomic_write as _atomic_write, remove_stale_temps
 from kkoma.models.errors import KkomaError
 from kkoma.models.pipeline import make_transcriber
 
@@ -787,6 +787,10 @@ def transcribe_paths(specs: Sequence[str], settings, *, out_dir=None, formats: S
             else:
                 run_jobs(todo, settings, n_jobs=n_jobs, layout=layout, progress=progress, on_outcome=on_outcome,
                          factory=factory)
+            # Every file has ended: what a worker killed mid-write left beside its outputs is stale.
+            for job in todo:
+                for out in job.outputs.values():
+                    remove_stale_temps(Path(out).resolve())
         finally:
             if bar is not None:
                 bar.close()

@@ -94,6 +94,18 @@ def test_one_file_next_to_input(fake, tmp_path, capsys):
     assert "1 transcribed, 0 skipped, 0 failed" in err
 
 
+def test_a_run_removes_temps_a_killed_writer_left_beside_its_outputs(fake, tmp_path):
+    """A worker killed mid-write (SIGKILL) leaves models.atomic's hidden temp file; once every file of the run has
+    ended it is stale, and the run removes it. Another file's temp is left alone."""
+    f = tone_file(tmp_path / "take.wav")
+    stale = tmp_path / ".take.4242.0badf00d.tmp.mid"
+    other = tmp_path / ".other.4242.0badf00d.tmp.mid"
+    stale.write_bytes(b"half a file")
+    other.write_bytes(b"someone else's")
+    assert run([str(f)]) == 0
+    assert read_midi(tmp_path / "take.mid") and not stale.exists() and other.exists()
+
+
 def test_formats_csv_json_and_piano_roll(fake, tmp_path):
     f = tone_file(tmp_path / "a.flac", sr=44100, channels=2)
     out = tmp_path / "out"
