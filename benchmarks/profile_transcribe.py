@@ -100,7 +100,7 @@ def profile_once(path: Path, settings, tr, out_dir: Path) -> tuple[dict, float, 
     events = []
     for o in outs:
         if o["onset"].shape[0]:
-            events += tr.tracker.process(o["onset"], o["frame"], o["velocity"], o.get("offset"))
+            events += tr.tracker.process(o["onset"], o["frame"], o["velocity"])
     events += tr.tracker.flush()
     t["tracker"] = clock.lap()
 

@@ -1,8 +1,7 @@
 """Streaming inference in NumPy (+ one Numba kernel) from the exported ``.npz`` weights; no TensorFlow.
 
 The network is the one of :mod:`models.network` (read its notes): per-bin standardisation, a causal conv over the
-last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads
-(four with the offset head).
+last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads.
 Everything but the LSTM recurrence is vectorised over the frames of a chunk; the recurrence runs in a Numba loop.
 State carried between calls: the last ``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, the
 step counters, and with a backward LSTM the forward results of the steps still waiting for their block's backward
@@ -23,16 +22,15 @@ Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
 -----------------------------------------------------------------------------
 ``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
 input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics], backward_units[,
-backward_block_frames, backward_context_frames], offset_head}}, "summary": {...}}`` (a record without
-offset_head predates it: false);
+backward_block_frames, backward_context_frames]}}, "summary": {...}}`` (files written before the offset head was
+removed also hold ``offset_head``: false loads, true is refused);
 arrays (float32; :func:`models.network.array_shapes`)::
 
     norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
     lstm_kernel (n_in, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order); n_in =
         input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
     onset_kernel (u', 88), frame_kernel (u' + 88, 88), velocity_kernel (u', 88), and their biases (88,); u' = u
-        (+ ub with the backward LSTM: its rows after the forward one's); offset head only: offset_kernel (u', 88),
-        offset_bias (88,)
+        (+ ub with the backward LSTM: its rows after the forward one's)
     backward LSTM only: backward_kernel (n_in, 4ub), backward_recurrent (ub, 4ub), backward_bias (4ub,)
     harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
@@ -55,7 +53,7 @@ import numpy as np
 
 from kkoma.models.errors import KkomaError
 from kkoma.models.notes import N_KEYS
-from kkoma.models.settings import first_mismatch, parse_override
+from kkoma.models.settings import first_mismatch, parse_override, retired_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from kkoma.models.settings import Settings
@@ -195,6 +193,11 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
     if meta.get("format") != WEIGHTS_FORMAT:
         raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
                          f"{WEIGHTS_FORMAT}; {_TRAIN_HINT}.")
+    gone = retired_setting(meta.get("settings", {}))
+    if gone:
+        section, key, have = gone
+        raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)}, an option this "
+                         f"kkoma no longer has; retrain the model without it.")
     if adopt:
         settings = _adopted(settings, meta, path)
     want = _settings_record(settings)
@@ -280,9 +283,6 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "velocity_kernel": glorot("velocity_kernel"),
         "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
-    if "offset_kernel" in shapes:
-        a.update(offset_kernel=glorot("offset_kernel", 4.0),
-                 offset_bias=np.full(shapes["offset_bias"], -1.0, np.float32))
     if "backward_kernel" in shapes:
         a.update(backward_kernel=glorot("backward_kernel"), backward_recurrent=glorot("backward_recurrent"),
                  backward_bias=unit_forget_bias(shapes["backward_recurrent"][0]))
@@ -325,7 +325,7 @@ class StreamingModel:
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
-        from kkoma.models.network import architecture, output_names
+        from kkoma.models.network import OUTPUTS, architecture
 
         self.settings = settings
         if arrays is None:
@@ -346,14 +346,14 @@ class StreamingModel:
         self.backward_units = m["backward_units"]
         self.backward_block = m.get("backward_block_frames", 0)
         self.backward_context = m.get("backward_context_frames", 0)
-        #: the outputs' names: onset, frame, velocity, and offset when the model has that head
-        self.outputs = output_names(m)
+        #: the outputs' names: onset, frame, velocity
+        self.outputs = OUTPUTS
         hh = self.units + self.backward_units
         self._fk_h = np.ascontiguousarray(a["frame_kernel"][:hh])
         self._fk_o = np.ascontiguousarray(a["frame_kernel"][hh:])
-        # Onset, velocity (and offset) heads read the same input: one matmul for all. The causal conv as one
+        # Onset and velocity heads read the same input: one matmul for both. The causal conv as one
         # matmul over the flattened window of context_frames frames.
-        direct = ["onset", "velocity"] + (["offset"] if "offset" in self.outputs else [])
+        direct = ["onset", "velocity"]
         self._ov_k = np.ascontiguousarray(np.concatenate([a[f"{n}_kernel"] for n in direct], axis=1))
         self._ov_b = np.concatenate([a[f"{n}_bias"] for n in direct])
         self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
@@ -462,10 +462,7 @@ class StreamingModel:
         if g3 is not None:
             frame += g3 @ a["harmonic_frame_kernel"]
         _sigmoid(frame)
-        out = {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:2 * N_KEYS]}
-        if "offset" in self.outputs:
-            out["offset"] = ov[:, 2 * N_KEYS:]
-        return out
+        return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
 
     def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """``(k, n_bins)`` raw features -> the outputs of the steps now complete (k of them without a backward
@@ -506,8 +503,8 @@ class StreamingModel:
         return out
 
     def process(self, features) -> dict[str, np.ndarray]:
-        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity[/offset]
-        ``(k', 88)`` (:attr:`outputs`).
+        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``
+        (:attr:`outputs`).
 
         The outputs are for frames ``frames_out .. frames_out + k' - 1`` in [0, 1] (velocity = MIDI velocity / 127),
         ``k' = k`` once the first ``lookahead_frames`` frames have been fed (with a backward LSTM, whole blocks
@@ -556,7 +553,7 @@ class StreamingModel:
     def predict(self, features) -> dict[str, np.ndarray]:
         """Whole-piece batch entry point: ``reset``, ``process`` in ``transcribe.chunk_frames`` chunks, ``flush``.
 
-        features : (n, n_bins) raw features -> dict onset/frame/velocity[/offset] (n, 88). Leaves the model reset.
+        features : (n, n_bins) raw features -> dict onset/frame/velocity (n, 88). Leaves the model reset.
         """
         f = np.asarray(features, dtype=np.float32)
         self.reset()

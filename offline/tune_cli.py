@@ -18,8 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="onset_threshold values")
     p.add_argument("--frame", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5], help="frame_threshold values")
     p.add_argument("--hold", type=float, nargs="+", default=[0.0, 20.0, 30.0, 50.0], help="offset_hold_ms values")
-    p.add_argument("--offset", type=float, nargs="+", default=[0.3, 0.5, 0.7],
-                   help="offset_threshold values (models with the offset head)")
     p.add_argument("--restrike", type=float, nargs="+", default=None,
                    help="restrike_margin values (a sounding key is re-struck at onset_threshold + this); "
                         "default: the settings' own")
@@ -32,5 +30,5 @@ def run(args: argparse.Namespace, settings) -> int:
     from kkoma.offline.tune import tune
 
     tune(settings, args.dataset, args.weights, split=args.split, onsets=args.onset, frames=args.frame,
-         holds=args.hold, offsets=args.offset, restrikes=args.restrike, max_pieces=args.max_pieces)
+         holds=args.hold, restrikes=args.restrike, max_pieces=args.max_pieces)
     return 0
