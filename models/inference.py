@@ -36,9 +36,11 @@ arrays (float32; :func:`models.network.array_shapes`)::
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
         (models.network.harmonic_index)
 
-Loading adopts the stored network architecture (the ``model`` keys; :func:`models.network.weights_settings`), so a
-file loads whatever ``model.*`` the settings hold, and checks the stored audio/cqt settings (the features) against
-the current ones; a mismatch raises :class:`~models.errors.KkomaError` naming the key.
+Loading checks every stored key (audio, transform and network) against the settings it is given, and a mismatch
+raises :class:`~models.errors.KkomaError` naming the key. It adopts nothing: the settings that go with a weights file
+are resolved once, by :func:`models.settings.load_settings`, which takes the file's record for every key the user
+did not set (``--model FILE`` or ``--set model.weights=FILE``), so a file needs no ``--set`` of its own and a key the
+user did set to another value is this error.
 """
 from __future__ import annotations
 
@@ -162,13 +164,9 @@ def _settings_record(settings: "Settings") -> dict:
     return settings_record(settings)
 
 
-def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and check a weights file.
-
-    adopt : the network's architecture (the ``model`` keys of :data:`models.network.ADOPTED_KEYS`) is the file's,
-        whatever ``settings`` say (:func:`models.network.weights_settings`; :class:`StreamingModel` runs it so); only
-        the transform the features come from (``audio``, ``cqt``) must match. False: every stored key must match
-        ``settings`` (``train --init``, which builds the network from the settings).
+def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.ndarray], dict]:
+    """Read and check a weights file: every key of its settings record (audio, cqt, model) must be ``settings``'
+    (as :func:`models.settings.load_settings` makes them for the file), and its arrays of the shapes they give.
 
     Returns
     -------
@@ -176,8 +174,8 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
 
     Raises
     ------
-    KkomaError : the file is missing or unreadable, or was made for other audio/cqt/model settings (the message
-        names the first mismatching key and both values).
+    KkomaError : the file is missing or unreadable, was made for other audio/cqt/model settings (the message
+        names the first mismatching key and both values), or has a part this kkoma no longer has.
     """
     path = Path(path)
     if not path.is_file():
@@ -198,8 +196,6 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
         section, key, have = gone
         raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)}, an option this "
                          f"kkoma no longer has; retrain the model without it.")
-    if adopt:
-        settings = _adopted(settings, meta, path)
     want = _settings_record(settings)
     bad = first_mismatch(meta.get("settings", {}), want)
     if bad:
@@ -208,24 +204,13 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
             # The live and offline models read different transforms: name the switch, not one key of it.
             fix = ("weights for the live transform go with --set 'transcribe.overrides=[]' on files, weights for "
                    "the offline one (transcribe.overrides in config.toml) are for files only")
-        else:
-            fix = f"use matching settings (--set {section}.{key}={_shown(have)}) or retrain the model"
+        else:  # load_settings gives a file its own values: this one was set (config file, --set) or is another's
+            fix = (f"leave {section}.{key} unset (a weights file brings its settings) or set it to "
+                   f"{_shown(have)}, or retrain the model")
         raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)} but the "
                          f"settings say {_shown(value)}; {fix}.")
     _check_shapes(arrays, settings, path)
     return arrays, meta
-
-
-def _adopted(settings: "Settings", meta: dict, path) -> "Settings":
-    """``settings`` with the architecture stored in a weights file's ``meta`` (:func:`models.network.weights_settings`);
-    a stored value that settings cannot hold means a damaged file (KkomaError)."""
-    from kkoma.models.network import weights_settings
-    from kkoma.models.settings import ConfigError
-
-    try:
-        return weights_settings(settings, meta.get("settings", {}))
-    except ConfigError as e:
-        raise KkomaError(f"model weights {path} are damaged: their settings record is invalid ({e}).") from None
 
 
 def _shown(value) -> str:
@@ -311,11 +296,11 @@ class StreamingModel:
 
     Parameters
     ----------
-    settings : kkoma settings; ``model.weights_path`` is read unless ``weights_path`` or ``arrays`` is given.
-    weights_path : a ``.npz`` weights file (overrides the settings).
+    settings : kkoma settings for these weights (:func:`models.settings.load_settings` with the file in
+        ``model.weights`` or ``--model``: the file's own settings where the user set none); ``model.weights_path`` is
+        read unless ``weights_path`` or ``arrays`` is given.
+    weights_path : a ``.npz`` weights file instead of ``model.weights_path`` (its record must match ``settings``).
     arrays : weights already in memory (as :func:`load_weights` returns them; used by training's validation).
-
-    ``settings`` (attribute): the settings given, with a weights file's own architecture (``model.*``) adopted.
 
     State (restored by :meth:`reset`): ``frames_in`` input frames consumed, ``frames_out`` output frames emitted,
     ``steps_out`` model steps emitted (frames_out + the look-ahead's skipped first steps), ``h``/``c`` the LSTM
@@ -331,8 +316,6 @@ class StreamingModel:
         if arrays is None:
             self.weights_path = Path(weights_path) if weights_path is not None else settings.model.weights_path
             arrays, self.meta = load_weights(self.weights_path, settings)
-            # The network is the file's (its architecture record), whatever the settings said.
-            settings = self.settings = _adopted(settings, self.meta, self.weights_path)
         else:
             self.weights_path, self.meta = None, {}
             _check_shapes(arrays, settings, "in memory")

@@ -74,35 +74,6 @@ def architecture(settings: "Settings") -> dict:
     return a
 
 
-#: Architecture keys that a weights file fixes (every key of :func:`architecture` but ``n_bins``, which is the
-#: transform's ``cqt.n_bins``): loading a file adopts its values (:func:`weights_settings`), so no ``--set`` has to
-#: repeat them. Keys present only with their part on (``harmonic_features``, ``backward_block_frames``, ...) are
-#: absent from a file without it.
-ADOPTED_KEYS = ("context_frames", "input_units", "units", "lookahead_frames", "harmonic_units", "harmonic_features",
-                "harmonics", "backward_units", "backward_block_frames", "backward_context_frames")
-
-
-def weights_settings(settings: "Settings", record: dict) -> "Settings":
-    """``settings`` with the network architecture stored in a weights file's settings ``record`` (its ``meta``'s
-    ``settings``): the ``model`` keys of :data:`ADOPTED_KEYS` take the file's values (a key the file predates its
-    :data:`models.settings.ADDED_KEYS` value; a key it lacks because its part is off stays as it is). The
-    transform (``audio``, ``cqt``) is not adopted: weights are checked against it (``models.inference``)."""
-    from kkoma.models.settings import recorded
-
-    mine = settings.model
-    changes = {}
-    for key in ADOPTED_KEYS:
-        have = recorded(record, "model", key, None)
-        if have is None:
-            continue
-        want = getattr(mine, key)
-        if key == "harmonics":
-            have, want = [float(h) for h in have], [float(h) for h in want]
-        if have != want:
-            changes[f"model__{key}"] = json.dumps(have)
-    return settings.replace(**changes) if changes else settings
-
-
 def head_input_size(arch: dict) -> int:
     """Width of what the heads read: the forward LSTM's units, plus the backward one's when there is one."""
     return arch["units"] + arch["backward_units"]

@@ -532,8 +532,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
-    file and ``overrides`` do not set, so a model needs no ``--set`` of its own. A user's value that differs from the
-    record is kept, and loading the weights then says which key does not match. ``weights_settings=False`` leaves
+    file and ``overrides`` do not set, so a model needs no ``--set`` of its own. This is the one place a file's
+    record is applied: loading the weights (:func:`models.inference.load_weights`) adopts nothing, it checks. A
+    user's value that differs from the record is kept, and loading the weights then says which key does not match
+    (as it does for settings made for another file). ``weights_settings=False`` leaves
     the record out (``kkoma prepare`` and ``kkoma train`` make data and models for the settings as written, whatever
     file ``model.weights`` names, unless ``--model`` asks for one's settings).
 

@@ -120,7 +120,7 @@ class TFStreamingModel(StreamingModel):
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
         super().__init__(settings, weights_path, arrays)
-        settings = self.settings  # with the weights file's architecture
+        settings = self.settings
         _gpu_memory_growth()
         import keras
         import tensorflow as tf

@@ -483,9 +483,9 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no backward LSTM; adding one (model.backward_units = {settings.model.backward_units})"
             " (it and the heads' weights for it freshly initialised; the rest as they are)")
         changes["model__backward_units"] = "0"
-    # Not adopted: the network is built from the settings, so the file must be of that architecture (less the
-    # parts the run adds, above).
-    return load_weights(init, settings.replace(**changes) if changes else settings, adopt=False)[0], bool(refeature)
+    # The network is built from the settings, so the file must be of that architecture (less the parts the run
+    # adds, above).
+    return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
 def _setup_tf(settings, log):

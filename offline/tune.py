@@ -8,15 +8,15 @@ the held-out soundfont and room conditions with the chosen values, so they stay 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 
-def tune(settings, dataset: Path, weights: Path, *, split: str, onsets, frames, holds, restrikes=None,
+def tune(settings, dataset: Path, *, split: str, onsets, frames, holds, restrikes=None,
          max_pieces: int = 0) -> tuple:
-    """Score every grid point on ``split`` of ``dataset`` with ``weights``; print one line per point and the best.
+    """Score every grid point on ``split`` of ``dataset`` with the model of ``settings`` (``model.weights``, the
+    settings as :func:`models.settings.load_settings` gives them for it); print one line per point and the best.
 
     ``onsets``, ``frames``, ``holds`` [ms] and ``restrikes`` are the values tried for the tracker's onset_threshold,
     frame_threshold, offset_hold_ms and restrike_margin (None: the settings' own). Returns the best row ``(onset,
@@ -33,7 +33,6 @@ def tune(settings, dataset: Path, weights: Path, *, split: str, onsets, frames, 
     mir_eval = require("mir_eval", "kkoma tune")
 
     dataset = Path(dataset)
-    settings = settings.replace(model__weights=json.dumps(str(weights)))
     pieces = spread_subset(split_pieces(read_manifest(dataset, settings), split), max_pieces)
     if not pieces:
         raise KkomaError(f"{dataset} has no {split} pieces to tune on.")

@@ -126,35 +126,39 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
                                   ["model.harmonic_units=0", "model.context_frames=1"],
                                   BACK_ARCH])
 def test_weights_file_carries_its_architecture(tmp_path, arch):
-    """A weights file loads under settings of another architecture (config.toml's, with no --set): the network is
-    the file's, and computes what the same weights compute in memory under the file's own settings."""
+    """A weights file's settings are resolved once, by load_settings: named as the model (``--model FILE`` or
+    ``--set model.weights=FILE``) under config.toml with no --set, the network is the file's and computes what the
+    same weights compute in memory under the file's own settings. Loading itself adopts nothing: settings made for
+    another file (or with a key set against the file) are refused, naming the key."""
     from kkoma.models.network import architecture
 
     s_file = load_settings(overrides=TINY + arch)
     p = export_random_weights(tmp_path / "w.npz", s_file, seed=3)
-    for s_other in (load_settings(overrides=TINY), load_settings()):
-        sm = StreamingModel(s_other, weights_path=p)
+    for s_for in (load_settings(model=str(p)), load_settings(overrides=[f"model.weights={p}"])):
+        sm = StreamingModel(s_for)
         assert architecture(sm.settings) == architecture(s_file)
-        assert sm.settings.tracker == s_other.tracker  # only the network is adopted
+        assert s_for.tracker == load_settings().tracker  # only what the file records comes from it
     ref = StreamingModel(s_file, arrays=random_arrays(s_file, seed=3))
     f = _features(260, seed=4)
     got, want = sm.predict(f), ref.predict(f)
     assert tuple(got) == tuple(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    load_weights(p, s_file, adopt=False)
-    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # train --init: no adopting
-        load_weights(p, load_settings(overrides=TINY), adopt=False)
+    load_weights(p, s_file)
+    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # settings of another file
+        StreamingModel(load_settings(), weights_path=p)
+    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # train --init: as written
+        load_weights(p, load_settings(overrides=TINY))
 
 
 @pytest.mark.parametrize("section,key,value,loads", [("cqt", "max_window_ms", "inf", True),
                                                       ("cqt", "max_window_ms", "120", False),
                                                       ("model", "harmonic_units", "0", True),
-                                                      ("model", "harmonic_units", "5", True)])
+                                                      ("model", "harmonic_units", "5", False)])
 def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, value, loads):
     """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf), one
-    written before ``model.harmonic_units`` without the harmonic branch (0). The network's keys are adopted (the
-    file's old value), the transform's must match."""
+    written before ``model.harmonic_units`` without the harmonic branch (0): a key left unset takes that value, one
+    set to another is refused."""
     import json
     import zipfile
 
@@ -169,10 +173,10 @@ def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, 
     np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
     assert zipfile.is_zipfile(old)
     s = load_settings(overrides=TINY + [f"{section}.{key}={value}"])
+    unset = [o for o in TINY if not o.startswith(f"{section}.{key}=")] + [f"model.weights={old}"]
+    assert getattr(getattr(load_settings(overrides=unset), section), key) == float(old_value)  # the file's value
     if loads:
         load_weights(old, s)
-        if section == "model":
-            assert getattr(StreamingModel(s, weights_path=old).settings.model, key) == int(old_value)
     else:
         with pytest.raises(KkomaError, match=rf"{section}\.{key} = {old_value}"):
             load_weights(old, s)

@@ -149,7 +149,7 @@ def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(
     assert any("resuming after epoch 1" in line for line in lines)
     assert out["history"][0] == first["history"][0] and len(out["history"]) == 2
     assert out["history"][1]["loss"] < out["history"][0]["loss"]
-    sm = StreamingModel(load_settings(overrides=TINY), weights_path=tmp_path / "pitch" / "kkoma.npz")
+    sm = StreamingModel(load_settings(model=str(tmp_path / "pitch" / "kkoma.npz")))
     assert (sm.backward_units, sm.harmonic, list(sm.settings.model.harmonics)) == (8, True, [0.5, 1, 1.5, 2])
     f = np.load(ds / "valid_pieces" / "valid_pieces_0.npz")["features"]
     assert sm.predict(f)["onset"].shape == (f.shape[0], 88)
