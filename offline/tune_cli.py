@@ -30,11 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
+    from kkoma.models.catalog import resolve_model
     from kkoma.models.settings import ConfigError, load_settings
     from kkoma.offline.tune import tune
 
-    if args.model is not None:
-        raise ConfigError("kkoma tune takes its model as WEIGHTS; drop --model.")
+    if args.model is not None and resolve_model(args.model)[0].resolve() != resolve_model(args.weights)[0].resolve():
+        raise ConfigError(f"--model {args.model} is not WEIGHTS ({args.weights}): kkoma tune tunes WEIGHTS; drop "
+                          "--model.")
     # The settings for WEIGHTS, resolved as `--model WEIGHTS` would have them (its own record under the user's keys).
     settings = load_settings(args.config, args.overrides, offline=True, model=args.weights)
     tune(settings, args.dataset, split=args.split, onsets=args.onset, frames=args.frame,

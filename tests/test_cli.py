@@ -114,7 +114,7 @@ def test_global_options_after_the_command(monkeypatch, tmp_path, capsys):
 
 def test_tune_runs_its_weights_with_the_settings_they_carry(monkeypatch, tmp_path, capsys):
     """`kkoma tune DATASET WEIGHTS`: WEIGHTS is the model as --model takes it (a file or a shipped name), with the
-    settings it carries under the user's --set; --model beside it is refused in one sentence."""
+    settings it carries under the user's --set; a --model naming another model is refused in one sentence."""
     from kkoma.models.inference import export_random_weights
     from kkoma.models.settings import load_settings
     from kkoma.offline import tune
@@ -128,5 +128,7 @@ def test_tune_runs_its_weights_with_the_settings_they_carry(monkeypatch, tmp_pat
     assert s == load_settings(overrides=["tracker.onset_threshold=0.7"], offline=True, model=str(path))
     assert main(["tune", "data", "live"]) == 0
     assert seen[-1][0] == load_settings(model="live")  # the shipped live model, with the live settings
+    assert main(["--model", str(path), "tune", "data", str(path)]) == 0  # the same file twice: fine
+    assert seen[-1][0] == load_settings(offline=True, model=str(path))
     assert main(["tune", "data", str(path), "--model", "live"]) == 2
     assert "drop --model" in capsys.readouterr().err
