@@ -23,7 +23,7 @@ def main() -> None:
     from kkoma.models.inference import StreamingModel, export_random_weights
     from kkoma.models.settings import load_settings
 
-    s = load_settings(overrides=args.overrides)
+    s = load_settings(overrides=args.overrides, model=args.weights)  # a file's own settings where --set gives none
     path = Path(args.weights) if args.weights else export_random_weights(Path(tempfile.mkdtemp()) / "w.npz", s)
     sm = StreamingModel(s, weights_path=path)
     x = np.random.default_rng(0).uniform(0, 5, (args.frames, s.cqt.n_bins)).astype(np.float32)

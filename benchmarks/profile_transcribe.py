@@ -100,7 +100,7 @@ def profile_once(path: Path, settings, tr, out_dir: Path) -> tuple[dict, float, 
     events = []
     for o in outs:
         if o["onset"].shape[0]:
-            events += tr.tracker.process(o["onset"], o["frame"], o["velocity"], o.get("offset"))
+            events += tr.tracker.process(o["onset"], o["frame"], o["velocity"])
     events += tr.tracker.flush()
     t["tracker"] = clock.lap()
 
@@ -138,7 +138,9 @@ def main(argv=None) -> int:
     from kkoma.models.pipeline import Transcriber
     from kkoma.models.settings import load_settings
 
-    settings = load_settings(overrides=args.overrides, offline=True)  # as `kkoma transcribe`
+    # as `kkoma transcribe` (--model WEIGHTS: the file's own settings where --set gives none)
+    settings = load_settings(overrides=args.overrides, offline=True,
+                             model=str(args.weights) if args.weights else None)
     tmp = Path(tempfile.mkdtemp(prefix="kkoma-profile-"))
     random_w = args.random_weights or any(o.startswith("model.") and not o.startswith("model.weights")
                                           for o in args.overrides)

@@ -93,14 +93,16 @@ def weights_record(path: str | Path) -> dict[str, Any] | None:
 
 def record_table(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A weights record as a settings table (section -> key -> value) of the keys it fixes. Keys it predates
-    (:data:`models.settings.ADDED_KEYS`) read as their value from before they existed."""
-    from kkoma.models.settings import ADDED_KEYS
+    (:data:`models.settings.ADDED_KEYS`) read as their value from before they existed; keys of removed options
+    (:data:`models.settings.RETIRED_KEYS`) are left out (loading the weights refuses a file that has one on)."""
+    from kkoma.models.settings import ADDED_KEYS, RETIRED_KEYS
 
     table: dict[str, dict[str, Any]] = {}
     for section in _RECORD_SECTIONS:
         keys = dict(ADDED_KEYS.get(section, {}))
         keys.update(record.get(section, {}) or {})
-        table[section] = {k: v for k, v in keys.items() if (section, k) not in _NOT_SETTINGS}
+        table[section] = {k: v for k, v in keys.items()
+                          if (section, k) not in _NOT_SETTINGS and k not in RETIRED_KEYS.get(section, {})}
     return table
 
 

@@ -1,8 +1,7 @@
 """Streaming inference in NumPy (+ one Numba kernel) from the exported ``.npz`` weights; no TensorFlow.
 
 The network is the one of :mod:`models.network` (read its notes): per-bin standardisation, a causal conv over the
-last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads
-(four with the offset head).
+last ``context_frames`` frames, one forward LSTM (and, in an offline model, a backward one), three sigmoid heads.
 Everything but the LSTM recurrence is vectorised over the frames of a chunk; the recurrence runs in a Numba loop.
 State carried between calls: the last ``context_frames - 1`` standardised frames, the LSTM's ``h`` and ``c``, the
 step counters, and with a backward LSTM the forward results of the steps still waiting for their block's backward
@@ -23,24 +22,25 @@ Weights file (``.npz``; written by :func:`models.network.save_weights_npz`)
 -----------------------------------------------------------------------------
 ``meta``: JSON string ``{"format", "settings": {"audio": {...}, "cqt": {...}, "model": {n_bins, context_frames,
 input_units, units, lookahead_frames, harmonic_units[, harmonic_features, harmonics], backward_units[,
-backward_block_frames, backward_context_frames], offset_head}}, "summary": {...}}`` (a record without
-offset_head predates it: false);
+backward_block_frames, backward_context_frames]}}, "summary": {...}}`` (files written before the offset head was
+removed also hold ``offset_head``: false loads, true is refused);
 arrays (float32; :func:`models.network.array_shapes`)::
 
     norm_mean, norm_inv_std (n_bins,)         context_kernel (context, n_bins, input_units), context_bias
     lstm_kernel (n_in, 4u), lstm_recurrent (u, 4u), lstm_bias (4u,)   gates i, f, c, o (Keras order); n_in =
         input_units, + 88 * harmonic_features with the harmonic branch (its rows after the conv's)
     onset_kernel (u', 88), frame_kernel (u' + 88, 88), velocity_kernel (u', 88), and their biases (88,); u' = u
-        (+ ub with the backward LSTM: its rows after the forward one's); offset head only: offset_kernel (u', 88),
-        offset_bias (88,)
+        (+ ub with the backward LSTM: its rows after the forward one's)
     backward LSTM only: backward_kernel (n_in, 4ub), backward_recurrent (ub, 4ub), backward_bias (4ub,)
     harmonic branch only: harmonic_kernel (context, P, hu), harmonic_bias (hu,), harmonic_out_kernel (hu, hf),
         harmonic_out_bias (hf,), harmonic_onset_kernel (hf,), harmonic_frame_kernel (hf,)   P = bins per key
         (models.network.harmonic_index)
 
-Loading adopts the stored network architecture (the ``model`` keys; :func:`models.network.weights_settings`), so a
-file loads whatever ``model.*`` the settings hold, and checks the stored audio/cqt settings (the features) against
-the current ones; a mismatch raises :class:`~models.errors.KkomaError` naming the key.
+Loading checks every stored key (audio, transform and network) against the settings it is given, and a mismatch
+raises :class:`~models.errors.KkomaError` naming the key. It adopts nothing: the settings that go with a weights file
+are resolved once, by :func:`models.settings.load_settings`, which takes the file's record for every key the user
+did not set (``--model FILE`` or ``--set model.weights=FILE``), so a file needs no ``--set`` of its own and a key the
+user did set to another value is this error.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ import numpy as np
 
 from kkoma.models.errors import KkomaError
 from kkoma.models.notes import N_KEYS
-from kkoma.models.settings import first_mismatch, parse_override
+from kkoma.models.settings import first_mismatch, parse_override, retired_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from kkoma.models.settings import Settings
@@ -164,13 +164,9 @@ def _settings_record(settings: "Settings") -> dict:
     return settings_record(settings)
 
 
-def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and check a weights file.
-
-    adopt : the network's architecture (the ``model`` keys of :data:`models.network.ADOPTED_KEYS`) is the file's,
-        whatever ``settings`` say (:func:`models.network.weights_settings`; :class:`StreamingModel` runs it so); only
-        the transform the features come from (``audio``, ``cqt``) must match. False: every stored key must match
-        ``settings`` (``train --init``, which builds the network from the settings).
+def load_weights(path: str | Path, settings: "Settings") -> tuple[dict[str, np.ndarray], dict]:
+    """Read and check a weights file: every key of its settings record (audio, cqt, model) must be ``settings``'
+    (as :func:`models.settings.load_settings` makes them for the file), and its arrays of the shapes they give.
 
     Returns
     -------
@@ -178,8 +174,8 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
 
     Raises
     ------
-    KkomaError : the file is missing or unreadable, or was made for other audio/cqt/model settings (the message
-        names the first mismatching key and both values).
+    KkomaError : the file is missing or unreadable, was made for other audio/cqt/model settings (the message
+        names the first mismatching key and both values), or has a part this kkoma no longer has.
     """
     path = Path(path)
     if not path.is_file():
@@ -195,8 +191,11 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
     if meta.get("format") != WEIGHTS_FORMAT:
         raise KkomaError(f"model weights {path} have format {meta.get('format')!r}, this kkoma reads format "
                          f"{WEIGHTS_FORMAT}; {_TRAIN_HINT}.")
-    if adopt:
-        settings = _adopted(settings, meta, path)
+    gone = retired_setting(meta.get("settings", {}))
+    if gone:
+        section, key, have = gone
+        raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)}, an option this "
+                         f"kkoma no longer has; retrain the model without it.")
     want = _settings_record(settings)
     bad = first_mismatch(meta.get("settings", {}), want)
     if bad:
@@ -205,24 +204,13 @@ def load_weights(path: str | Path, settings: "Settings", adopt: bool = True) -> 
             # The live and offline models read different transforms: name the switch, not one key of it.
             fix = ("weights for the live transform go with --set 'transcribe.overrides=[]' on files, weights for "
                    "the offline one (transcribe.overrides in config.toml) are for files only")
-        else:
-            fix = f"use matching settings (--set {section}.{key}={_shown(have)}) or retrain the model"
+        else:  # load_settings gives a file its own values: this one was set (config file, --set) or is another's
+            fix = (f"leave {section}.{key} unset (a weights file brings its settings) or set it to "
+                   f"{_shown(have)}, or retrain the model")
         raise KkomaError(f"model weights {path} were trained with {section}.{key} = {_shown(have)} but the "
                          f"settings say {_shown(value)}; {fix}.")
     _check_shapes(arrays, settings, path)
     return arrays, meta
-
-
-def _adopted(settings: "Settings", meta: dict, path) -> "Settings":
-    """``settings`` with the architecture stored in a weights file's ``meta`` (:func:`models.network.weights_settings`);
-    a stored value that settings cannot hold means a damaged file (KkomaError)."""
-    from kkoma.models.network import weights_settings
-    from kkoma.models.settings import ConfigError
-
-    try:
-        return weights_settings(settings, meta.get("settings", {}))
-    except ConfigError as e:
-        raise KkomaError(f"model weights {path} are damaged: their settings record is invalid ({e}).") from None
 
 
 def _shown(value) -> str:
@@ -280,9 +268,6 @@ def random_arrays(settings: "Settings", seed: int = 0) -> dict[str, np.ndarray]:
         "velocity_kernel": glorot("velocity_kernel"),
         "velocity_bias": np.zeros(shapes["velocity_bias"], np.float32),
     }
-    if "offset_kernel" in shapes:
-        a.update(offset_kernel=glorot("offset_kernel", 4.0),
-                 offset_bias=np.full(shapes["offset_bias"], -1.0, np.float32))
     if "backward_kernel" in shapes:
         a.update(backward_kernel=glorot("backward_kernel"), backward_recurrent=glorot("backward_recurrent"),
                  backward_bias=unit_forget_bias(shapes["backward_recurrent"][0]))
@@ -311,11 +296,11 @@ class StreamingModel:
 
     Parameters
     ----------
-    settings : kkoma settings; ``model.weights_path`` is read unless ``weights_path`` or ``arrays`` is given.
-    weights_path : a ``.npz`` weights file (overrides the settings).
+    settings : kkoma settings for these weights (:func:`models.settings.load_settings` with the file in
+        ``model.weights`` or ``--model``: the file's own settings where the user set none); ``model.weights_path`` is
+        read unless ``weights_path`` or ``arrays`` is given.
+    weights_path : a ``.npz`` weights file instead of ``model.weights_path`` (its record must match ``settings``).
     arrays : weights already in memory (as :func:`load_weights` returns them; used by training's validation).
-
-    ``settings`` (attribute): the settings given, with a weights file's own architecture (``model.*``) adopted.
 
     State (restored by :meth:`reset`): ``frames_in`` input frames consumed, ``frames_out`` output frames emitted,
     ``steps_out`` model steps emitted (frames_out + the look-ahead's skipped first steps), ``h``/``c`` the LSTM
@@ -325,14 +310,12 @@ class StreamingModel:
 
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
-        from kkoma.models.network import architecture, output_names
+        from kkoma.models.network import OUTPUTS, architecture
 
         self.settings = settings
         if arrays is None:
             self.weights_path = Path(weights_path) if weights_path is not None else settings.model.weights_path
             arrays, self.meta = load_weights(self.weights_path, settings)
-            # The network is the file's (its architecture record), whatever the settings said.
-            settings = self.settings = _adopted(settings, self.meta, self.weights_path)
         else:
             self.weights_path, self.meta = None, {}
             _check_shapes(arrays, settings, "in memory")
@@ -346,14 +329,14 @@ class StreamingModel:
         self.backward_units = m["backward_units"]
         self.backward_block = m.get("backward_block_frames", 0)
         self.backward_context = m.get("backward_context_frames", 0)
-        #: the outputs' names: onset, frame, velocity, and offset when the model has that head
-        self.outputs = output_names(m)
+        #: the outputs' names: onset, frame, velocity
+        self.outputs = OUTPUTS
         hh = self.units + self.backward_units
         self._fk_h = np.ascontiguousarray(a["frame_kernel"][:hh])
         self._fk_o = np.ascontiguousarray(a["frame_kernel"][hh:])
-        # Onset, velocity (and offset) heads read the same input: one matmul for all. The causal conv as one
+        # Onset and velocity heads read the same input: one matmul for both. The causal conv as one
         # matmul over the flattened window of context_frames frames.
-        direct = ["onset", "velocity"] + (["offset"] if "offset" in self.outputs else [])
+        direct = ["onset", "velocity"]
         self._ov_k = np.ascontiguousarray(np.concatenate([a[f"{n}_kernel"] for n in direct], axis=1))
         self._ov_b = np.concatenate([a[f"{n}_bias"] for n in direct])
         self._ck = np.ascontiguousarray(a["context_kernel"].reshape(-1, a["context_kernel"].shape[2]))
@@ -462,10 +445,7 @@ class StreamingModel:
         if g3 is not None:
             frame += g3 @ a["harmonic_frame_kernel"]
         _sigmoid(frame)
-        out = {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:2 * N_KEYS]}
-        if "offset" in self.outputs:
-            out["offset"] = ov[:, 2 * N_KEYS:]
-        return out
+        return {"onset": onset, "frame": frame, "velocity": ov[:, N_KEYS:]}
 
     def _run(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """``(k, n_bins)`` raw features -> the outputs of the steps now complete (k of them without a backward
@@ -506,8 +486,8 @@ class StreamingModel:
         return out
 
     def process(self, features) -> dict[str, np.ndarray]:
-        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity[/offset]
-        ``(k', 88)`` (:attr:`outputs`).
+        """Feed ``(k, n_bins)`` raw features (k ≥ 0, any chunking) -> dict onset/frame/velocity ``(k', 88)``
+        (:attr:`outputs`).
 
         The outputs are for frames ``frames_out .. frames_out + k' - 1`` in [0, 1] (velocity = MIDI velocity / 127),
         ``k' = k`` once the first ``lookahead_frames`` frames have been fed (with a backward LSTM, whole blocks
@@ -556,7 +536,7 @@ class StreamingModel:
     def predict(self, features) -> dict[str, np.ndarray]:
         """Whole-piece batch entry point: ``reset``, ``process`` in ``transcribe.chunk_frames`` chunks, ``flush``.
 
-        features : (n, n_bins) raw features -> dict onset/frame/velocity[/offset] (n, 88). Leaves the model reset.
+        features : (n, n_bins) raw features -> dict onset/frame/velocity (n, 88). Leaves the model reset.
         """
         f = np.asarray(features, dtype=np.float32)
         self.reset()

@@ -17,7 +17,6 @@ Architecture (one model for onsets, frames and velocities; live == offline exact
       -> onset    = sigmoid(Dense(88)(h))
       -> frame    = sigmoid(Dense(88)([h, stop_gradient(onset)]))   Onsets-and-Frames style: onsets gate lengths
       -> velocity = sigmoid(Dense(88)(h))      MIDI velocity / 127, trained on onset frames only
-      (-> offset  = sigmoid(Dense(88)(h)), when model.offset_head: a key's note ends at this frame)
 
 Look-ahead: the network is causal, and its outputs are *delayed* by ``R = model.lookahead_frames``: the output at
 step ``s`` describes frame ``s - R``. Training shifts the labels by ``R`` (:func:`align`), so the LSTM sees R frames
@@ -55,13 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from kkoma.models.settings import Settings
 
 WEIGHTS_FORMAT = 1
-#: Output names, in the order of the model's outputs (``offset`` only with ``model.offset_head``).
-OUTPUTS = ("onset", "frame", "velocity", "offset")
-
-
-def output_names(arch: dict) -> tuple[str, ...]:
-    """The outputs a model of this :func:`architecture` has."""
-    return OUTPUTS if arch.get("offset_head") else OUTPUTS[:3]
+#: Output names, in the order of the model's outputs.
+OUTPUTS = ("onset", "frame", "velocity")
 
 
 def architecture(settings: "Settings") -> dict:
@@ -70,7 +64,7 @@ def architecture(settings: "Settings") -> dict:
     m = settings.model
     a = {"n_bins": settings.cqt.n_bins, "context_frames": m.context_frames, "input_units": m.input_units,
          "units": m.units, "lookahead_frames": m.lookahead_frames, "harmonic_units": m.harmonic_units,
-         "backward_units": m.backward_units, "offset_head": bool(m.offset_head)}
+         "backward_units": m.backward_units}
     if m.harmonic_units:
         a["harmonic_features"] = m.harmonic_features
         a["harmonics"] = [float(h) for h in m.harmonics]
@@ -78,35 +72,6 @@ def architecture(settings: "Settings") -> dict:
         a["backward_block_frames"] = m.backward_block_frames
         a["backward_context_frames"] = m.backward_context_frames
     return a
-
-
-#: Architecture keys that a weights file fixes (every key of :func:`architecture` but ``n_bins``, which is the
-#: transform's ``cqt.n_bins``): loading a file adopts its values (:func:`weights_settings`), so no ``--set`` has to
-#: repeat them. Keys present only with their part on (``harmonic_features``, ``backward_block_frames``, ...) are
-#: absent from a file without it.
-ADOPTED_KEYS = ("context_frames", "input_units", "units", "lookahead_frames", "harmonic_units", "harmonic_features",
-                "harmonics", "backward_units", "backward_block_frames", "backward_context_frames", "offset_head")
-
-
-def weights_settings(settings: "Settings", record: dict) -> "Settings":
-    """``settings`` with the network architecture stored in a weights file's settings ``record`` (its ``meta``'s
-    ``settings``): the ``model`` keys of :data:`ADOPTED_KEYS` take the file's values (a key the file predates its
-    :data:`models.settings.ADDED_KEYS` value; a key it lacks because its part is off stays as it is). The
-    transform (``audio``, ``cqt``) is not adopted: weights are checked against it (``models.inference``)."""
-    from kkoma.models.settings import recorded
-
-    mine = settings.model
-    changes = {}
-    for key in ADOPTED_KEYS:
-        have = recorded(record, "model", key, None)
-        if have is None:
-            continue
-        want = getattr(mine, key)
-        if key == "harmonics":
-            have, want = [float(h) for h in have], [float(h) for h in want]
-        if have != want:
-            changes[f"model__{key}"] = json.dumps(have)
-    return settings.replace(**changes) if changes else settings
 
 
 def head_input_size(arch: dict) -> int:
@@ -145,8 +110,6 @@ def array_shapes(settings: "Settings") -> dict[str, tuple]:
               "lstm_bias": (4 * u,), "onset_kernel": (hh, N_KEYS), "onset_bias": (N_KEYS,),
               "frame_kernel": (hh + N_KEYS, N_KEYS), "frame_bias": (N_KEYS,), "velocity_kernel": (hh, N_KEYS),
               "velocity_bias": (N_KEYS,)}
-    if a["offset_head"]:
-        shapes.update(offset_kernel=(hh, N_KEYS), offset_bias=(N_KEYS,))
     if a["backward_units"]:
         ub = a["backward_units"]
         shapes.update(backward_kernel=(lstm_input_size(a), 4 * ub), backward_recurrent=(ub, 4 * ub),
@@ -236,7 +199,7 @@ _LAYERS = None
 
 
 def build_model(settings: "Settings", stateful_batch: int | None = None):
-    """The Keras model: ``(B, T, n_bins)`` raw features -> dict onset/frame/velocity[/offset] ``(B, T, 88)`` in
+    """The Keras model: ``(B, T, n_bins)`` raw features -> dict onset/frame/velocity ``(B, T, 88)`` in
     [0, 1].
 
     Parameters
@@ -274,8 +237,7 @@ def backward(layers: dict, x):
 LAYER_NAMES = ("context", "harmonic_patches", "harmonic_grid", "harmonic_pad", "harmonic_conv", "harmonic_dense",
                "harmonic_flat", "lstm_in", "backward_in", "backward", "backward_out", "lstm_join",
                "onset", "harmonic_onset", "harmonic_onset_flat", "onset_sum", "onset_prob", "onset_stop",
-               "frame_in", "frame", "harmonic_frame", "harmonic_frame_flat", "frame_sum", "frame_prob", "velocity",
-               "offset")
+               "frame_in", "frame", "harmonic_frame", "harmonic_frame_flat", "frame_sum", "frame_prob", "velocity")
 
 
 def make_layers(settings: "Settings") -> dict:
@@ -295,8 +257,6 @@ def make_layers(settings: "Settings") -> dict:
               "frame_in": keras.layers.Concatenate(name="frame_in"),
               "frame": keras.layers.Dense(N_KEYS, activation=head_act, dtype="float32", name="frame"),
               "velocity": keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="velocity")}
-    if a["offset_head"]:
-        layers["offset"] = keras.layers.Dense(N_KEYS, activation="sigmoid", dtype="float32", name="offset")
     if a["backward_units"]:
         layers.update(backward_in=L["Reverse"](name="backward_in"),
                       backward=keras.layers.LSTM(a["backward_units"], return_sequences=True, name="backward"),
@@ -340,8 +300,7 @@ def encode(layers: dict, z):
 
 def heads(layers: dict, h, g) -> dict:
     """LSTM outputs ``(B, T, head_input_size)`` and the branch's features (or None) -> dict onset/frame/velocity
-    (and offset, with that head) ``(B, T, 88)`` in [0, 1]. The frame head also reads the onset output, with its
-    gradient stopped."""
+    ``(B, T, 88)`` in [0, 1]. The frame head also reads the onset output, with its gradient stopped."""
 
     def head(name, logits):
         if g is None:
@@ -352,10 +311,7 @@ def heads(layers: dict, h, g) -> dict:
     onset = head("onset", layers["onset"](h))
     frame_in = layers["frame_in"]([h, layers["onset_stop"](onset)])
     frame = head("frame", layers["frame"](frame_in))
-    out = {"onset": onset, "frame": frame, "velocity": layers["velocity"](h)}
-    if "offset" in layers:
-        out["offset"] = layers["offset"](h)
-    return out
+    return {"onset": onset, "frame": frame, "velocity": layers["velocity"](h)}
 
 
 def model_layers(model) -> dict:
@@ -383,8 +339,6 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     arrays = dict(norm_mean=mean, norm_inv_std=inv_std, context_kernel=ck, context_bias=cb, lstm_kernel=lk,
                   lstm_recurrent=lr, lstm_bias=lb, onset_kernel=ok, onset_bias=ob, frame_kernel=fk,
                   frame_bias=fb, velocity_kernel=vk, velocity_bias=vb)
-    if "offset" in model_layers(model):
-        arrays["offset_kernel"], arrays["offset_bias"] = g("offset").get_weights()
     if "backward" in model_layers(model):
         arrays["backward_kernel"], arrays["backward_recurrent"], arrays["backward_bias"] = \
             g("backward").get_weights()
@@ -408,8 +362,6 @@ def set_model_arrays(model, arrays: dict[str, np.ndarray]) -> None:
     g("onset").set_weights([a["onset_kernel"], a["onset_bias"]])
     g("frame").set_weights([a["frame_kernel"], a["frame_bias"]])
     g("velocity").set_weights([a["velocity_kernel"], a["velocity_bias"]])
-    if "offset" in model_layers(model):
-        g("offset").set_weights([a["offset_kernel"], a["offset_bias"]])
     if "backward" in model_layers(model):
         g("backward").set_weights([a["backward_kernel"], a["backward_recurrent"], a["backward_bias"]])
     if "harmonic_conv" in model_layers(model):
@@ -462,18 +414,6 @@ def grow_backward(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> d
             grown[grown.shape[0] - N_KEYS:] = old[k][u:]
         out[k] = grown
     return out
-
-
-def grow_offset(fresh: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Weights for a model with the offset head, made from ``old`` weights without it: every array of ``old`` as it
-    is, the offset head's kernel from ``fresh`` (a new model's initialisation) and its bias at -4 (probability
-    0.018: offsets are rare), so that its first losses, which train the shared LSTM too, are those of
-    a head that says "no offset" rather than 0.5 everywhere. The other outputs are exactly ``old``'s.
-
-    fresh : :func:`model_arrays` of the new model; old : arrays of the same model without the offset head.
-    """
-    return {**old, "offset_kernel": fresh["offset_kernel"],
-            "offset_bias": np.full_like(fresh["offset_bias"], -4.0)}
 
 
 def settings_record(settings: "Settings") -> dict:

@@ -58,7 +58,7 @@ class Transcriber:
         self.tracker.reset()
 
     def _track(self, out: dict[str, np.ndarray]) -> list["NoteEvent"]:
-        return self.tracker.process(out["onset"], out["frame"], out["velocity"], out.get("offset"))
+        return self.tracker.process(out["onset"], out["frame"], out["velocity"])
 
     def process(self, block) -> list["NoteEvent"]:
         """Push ``(n,)`` audio samples (any n ≥ 0) -> the note events that became certain (time-ordered)."""

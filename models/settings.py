@@ -101,8 +101,22 @@ class CQTSettings:
 
 #: Keys added after weights files and datasets were first written: a record without one was made with this value.
 ADDED_KEYS: dict[str, dict[str, Any]] = {"cqt": {"max_window_ms": math.inf},
-                                         "model": {"harmonic_units": 0, "backward_units": 0,
-                                                   "offset_head": False}}
+                                         "model": {"harmonic_units": 0, "backward_units": 0}}
+
+#: Keys of options since removed that records written before may still hold, with the one value this kkoma runs
+#: (the option off): a record holding another value was made for a part this kkoma no longer has.
+RETIRED_KEYS: dict[str, dict[str, Any]] = {"model": {"offset_head": False}}
+
+
+def retired_setting(record: Mapping[str, Any]) -> tuple[str, str, Any] | None:
+    """The first ``(section, key, stored)`` of :data:`RETIRED_KEYS` that a stored settings record holds with a value
+    other than the one this kkoma runs, or None."""
+    for section, keys in RETIRED_KEYS.items():
+        for key, value in keys.items():
+            sec = record.get(section, {})
+            if isinstance(sec, Mapping) and key in sec and sec[key] != value:
+                return section, key, sec[key]
+    return None
 
 
 def recorded(record: Mapping[str, Any], section: str, key: str, missing: Any = "<missing>") -> Any:
@@ -145,7 +159,6 @@ class ModelSettings:
     backward_units: int = _f(lo=0, hi=2048)
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
-    offset_head: bool = _f()
 
     @property
     def weights_path(self) -> Path:
@@ -167,7 +180,6 @@ class TrackerSettings:
     min_duration_ms: float = _f(lo=0.0, unit="ms")
     max_duration_s: float = _f(lo=0.0, lo_open=True, unit="s")
     offset_hold_ms: float = _f(lo=0.0, unit="ms")
-    offset_threshold: float = _f(lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -272,7 +284,6 @@ class TrainSettings:
     norm_pieces: int = _f(lo=1)
     clip_norm: float = _f(lo=0.0)
     velocity_weight: float = _f(lo=0.0)
-    offset_weight: float = _f(lo=0.0)
     valid_max_pieces: int = _f(lo=0)
     onset_pos_weight: float = _f(lo=1.0, hi=1000.0)
     onset_target_frames: int = _f(lo=1, hi=10, unit="frames")
@@ -521,8 +532,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
-    file and ``overrides`` do not set, so a model needs no ``--set`` of its own. A user's value that differs from the
-    record is kept, and loading the weights then says which key does not match. ``weights_settings=False`` leaves
+    file and ``overrides`` do not set, so a model needs no ``--set`` of its own. This is the one place a file's
+    record is applied: loading the weights (:func:`models.inference.load_weights`) adopts nothing, it checks. A
+    user's value that differs from the record is kept, and loading the weights then says which key does not match
+    (as it does for settings made for another file). ``weights_settings=False`` leaves
     the record out (``kkoma prepare`` and ``kkoma train`` make data and models for the settings as written, whatever
     file ``model.weights`` names, unless ``--model`` asks for one's settings).
 

@@ -120,7 +120,7 @@ class TFStreamingModel(StreamingModel):
     def __init__(self, settings: "Settings", weights_path: str | Path | None = None,
                  arrays: dict[str, np.ndarray] | None = None):
         super().__init__(settings, weights_path, arrays)
-        settings = self.settings  # with the weights file's architecture
+        settings = self.settings
         _gpu_memory_growth()
         import keras
         import tensorflow as tf
@@ -199,7 +199,7 @@ class TFStreamingModel(StreamingModel):
 def tf_probabilities(features, settings: "Settings", weights_path: str | Path | None = None,
                      arrays: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Whole-piece TensorFlow inference (in ``transcribe.chunk_frames`` chunks, state carried, flushed):
-    ``(n, n_bins)`` raw features -> dict onset/frame/velocity[/offset] ``(n, 88)``, as ``StreamingModel.predict``."""
+    ``(n, n_bins)`` raw features -> dict onset/frame/velocity ``(n, 88)``, as ``StreamingModel.predict``."""
     return TFStreamingModel(settings, weights_path, arrays).predict(features)
 
 

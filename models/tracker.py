@@ -12,7 +12,7 @@ Rules (docs/design.md §4), per pitch, with zero look-ahead (an event at frame t
   it then; the note closes and a new one opens at that frame (off before on). A re-strike refused there is dropped
   for the rest of the excursion. Why: a sounding key's own partials and its decay make the onset output flicker
   at mid heights, the commonest false onset; a silent key needs no such guard (margin 0 = one rule for both).
-  An excursion still under way when a note closes for another reason (Close, Offset) opens a new note.
+  An excursion still under way when a note closes for another reason (Close) opens a new note.
 * **Close.** A sounding note closes at the frame t where its frame probability has been < ``tracker.frame_threshold``
   for ``tracker.offset_hold_ms`` (frames t - hold + 1 .. t; hold = 1 frame closes at the first low frame), so a
   dip of the frame output shorter than the hold does not cut a note (hysteresis: the frame threshold is below the
@@ -21,10 +21,6 @@ Rules (docs/design.md §4), per pitch, with zero look-ahead (an event at frame t
   frames after its own time, live and offline alike. A note never closes before it has lasted
   ``tracker.min_duration_ms`` (and at least one frame); it is closed at ``tracker.max_duration_s`` whatever the
   probabilities say (a stuck key is not held forever; it reopens only on a new rising edge).
-* **Offset.** With a model that has an offset head, a sounding note also closes at the frame t where the offset
-  probability crosses ``tracker.offset_threshold`` (a rising edge, as for onsets) if it has lasted the minimum
-  duration by then (an earlier edge is dropped); the off is stamped at t. The frame output's low run (Close) still
-  ends it too, whichever comes first.
 * **Flush.** ``flush()`` ends the stream: every sounding note closes at the next unseen frame (or at the start of
   its current low run, as in Close), or later if needed to reach the minimum duration.
 
@@ -64,13 +60,13 @@ def _rising_edges(p: np.ndarray, threshold: float, above_before: np.ndarray) -> 
 
 
 @nb.njit(cache=True, nogil=True)
-def _track(rising, above, above_strike, low, ending, velocity, t0, sounding, armed, onset_frame, last_onset, vel_state,
+def _track(rising, above, above_strike, low, velocity, t0, sounding, armed, onset_frame, last_onset, vel_state,
            low_run, min_ioi, min_dur, max_dur, hold, reonset, ev_kind, ev_key, ev_vel, ev_frame):
     """The per-frame rules over ``k`` frames, state arrays updated in place (see :meth:`NoteTracker.process`).
 
-    rising, above, above_strike, low, ending : (k, 88) bool (the onset's rising edges over, and frames at or above,
-    the onset threshold; frames at or above the re-strike threshold; frame below its threshold; the offset's rising
-    edges); velocity : (k, 88) float32; ev_* : event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity;
+    rising, above, above_strike, low : (k, 88) bool (the onset's rising edges over, and frames at or above, the
+    onset threshold; frames at or above the re-strike threshold; frame below its threshold); velocity : (k, 88)
+    float32; ev_* : event buffers (kind 0 = off, 1 = on; key index 0..87; MIDI velocity;
     frame), long enough for every event. Returns the number of events written.
     """
     k = rising.shape[0]
@@ -108,7 +104,7 @@ def _track(rising, above, above_strike, low, ending, velocity, t0, sounding, arm
                     strike = False
                 if dur >= max_dur:  # a stuck key reopens only on a new excursion
                     armed[p] = False
-                close = dur >= max_dur or strike or (ending[i, p] and dur >= min_dur)
+                close = dur >= max_dur or strike
                 if low_run[p] >= hold and dur >= min_dur:
                     close = True
                     stamp = max(t - low_run[p] + 1, onset_frame[p] + min_dur)
@@ -158,7 +154,6 @@ class NoteTracker:
     armed : bool, the key is in an onset excursion (from a rising edge over onset_threshold until the probability
         falls below it again) that has not yet opened a note or been refused; only a sounding key stays armed
         between frames (waiting for onset_threshold + restrike_margin).
-    offset_above : bool, likewise for the offset probability and offset_threshold.
     low_run : int64, consecutive frames (up to the last one processed) that the open note's frame probability has
         been below frame_threshold [frames].
 
@@ -171,7 +166,6 @@ class NoteTracker:
         self.onset_threshold = float(t.onset_threshold)
         self.restrike_threshold = float(t.onset_threshold + t.restrike_margin)
         self.frame_threshold = float(t.frame_threshold)
-        self.offset_threshold = float(t.offset_threshold)
         self.min_ioi_frames = _frames(t.min_ioi_ms / 1000.0, self.frame_rate)
         # A note lasts at least one frame, so its offset is always after its onset.
         self.min_duration_frames = max(1, _frames(t.min_duration_ms / 1000.0, self.frame_rate))
@@ -191,19 +185,16 @@ class NoteTracker:
         self.last_onset_frame = np.full(N_KEYS, self._never, np.int64)
         self.onset_above = np.zeros(N_KEYS, bool)
         self.armed = np.zeros(N_KEYS, bool)
-        self.offset_above = np.zeros(N_KEYS, bool)
         self.low_run = np.zeros(N_KEYS, np.int64)
 
     # -------------------------------------------------------------------------------------------------------------
-    def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray,
-                offset: np.ndarray | None = None) -> list[NoteEvent]:
+    def process(self, onset: np.ndarray, frame: np.ndarray, velocity: np.ndarray) -> list[NoteEvent]:
         """Track ``k`` consecutive frames.
 
         Parameters
         ----------
         onset, frame, velocity : (k, 88) probabilities in [0, 1] (k may be 0), frames ``frame_index ..
             frame_index + k - 1``.
-        offset : (k, 88) offset probabilities, from a model with the offset head; None for one without.
 
         Returns
         -------
@@ -214,11 +205,10 @@ class NoteTracker:
         onset = np.asarray(onset)
         frame = np.asarray(frame)
         velocity = np.asarray(velocity)
-        offset = None if offset is None else np.asarray(offset)
         k = onset.shape[0] if onset.ndim == 2 else -1
-        shapes = [a.shape for a in (onset, frame, velocity, offset) if a is not None]
+        shapes = [a.shape for a in (onset, frame, velocity)]
         if any(s != (k, N_KEYS) for s in shapes):
-            raise ValueError(f"onset, frame, velocity (and offset) must all be (k, {N_KEYS}); got "
+            raise ValueError(f"onset, frame, velocity must all be (k, {N_KEYS}); got "
                              + ", ".join(map(str, shapes)))
         if k == 0:
             return []
@@ -227,11 +217,6 @@ class NoteTracker:
         self.onset_above = above[-1].copy()
         above_strike = onset >= self.restrike_threshold          # (k, 88)
         low = frame < self.frame_threshold                       # (k, 88)
-        if offset is None:
-            ending = np.zeros_like(rising)
-        else:
-            ending, offset_above = _rising_edges(offset, self.offset_threshold, self.offset_above)
-            self.offset_above = offset_above[-1].copy()
 
         # Every on comes from a rising edge in this call or a key armed before it; every off closes a note sounding
         # before this call or opened in it: at most 88 + 2 x (rising edges + armed keys) events.
@@ -241,7 +226,7 @@ class NoteTracker:
         vel = np.empty(cap, np.int64)
         at = np.empty(cap, np.int64)
         t0 = self.frame_index
-        n = _track(rising, above, above_strike, low, ending, np.ascontiguousarray(velocity, np.float32), t0,
+        n = _track(rising, above, above_strike, low, np.ascontiguousarray(velocity, np.float32), t0,
                    self.sounding, self.armed, self.onset_frame, self.last_onset_frame, self.velocity, self.low_run,
                    self.min_ioi_frames, self.min_duration_frames, self.max_duration_frames, self.offset_hold_frames,
                    self._reonset_frames, kind, key, vel, at)

@@ -24,10 +24,6 @@ the note-level scores did). With
 ``train.average_decay`` > 0, the weights validated, kept as best and exported are a moving average of the weights
 over the steps (:class:`_WeightAverage`); the step's own weights are scored beside them (``raw_score`` in the log).
 
-A model with the offset head (``model.offset_head``) learns the offset labels as the onset head its onsets: the same
-weighted BCE (``train.onset_pos_weight``) on a target ``train.onset_target_frames`` wide, its loss weighted
-``train.offset_weight``; validation's tracker ends notes with it.
-
 OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
@@ -201,9 +197,9 @@ def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
 
 
 def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, seed: int):
-    """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity[, offset]: (B, T, 88)
-    float32})``; velocity targets are MIDI velocity / 127 (0 off the onset frames); offset targets only for a model
-    with the offset head."""
+    """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity: (B, T, 88) float32})``;
+    velocity targets are MIDI velocity / 127 (0 off the onset frames). The shards' offset labels are read (their
+    format has them) but not trained on."""
     import tensorflow as tf
 
     m, t = settings.model, settings.train
@@ -225,7 +221,7 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
     width = settings.train.onset_target_frames
 
     def widen(x):
-        # An onset (offset) is a target on its frame and the (width - 1) frames after it: the frame grid cuts them
+        # An onset is a target on its frame and the (width - 1) frames after it: the frame grid cuts them
         # at an arbitrary phase, and the tracker acts on the first frame over threshold, so a wider target costs
         # no extra events.
         x = tf.cast(x, tf.float32)
@@ -236,8 +232,6 @@ def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, s
 
     def to_example(f, on, fr, off, vel):  # LABEL_NAMES' order
         y = {"onset": widen(on), "frame": tf.cast(fr, tf.float32), "velocity": tf.cast(vel, tf.float32) / 127.0}
-        if m.offset_head:
-            y["offset"] = widen(off)
         return tf.cast(f, tf.float32), y
 
     return ds.batch(batch_size, drop_remainder=True).map(to_example, num_parallel_calls=2).prefetch(2)
@@ -275,7 +269,7 @@ def validate(arrays: dict, settings, dataset: Path, splits: dict[str, list[dict]
             f, lab = load_piece(dataset, piece)
             p = model.predict(f)
             tracker.reset()
-            events = tracker.process(p["onset"], p["frame"], p["velocity"], p.get("offset")) + tracker.flush()
+            events = tracker.process(p["onset"], p["frame"], p["velocity"]) + tracker.flush()
             est = events_to_notes(events)
             ref = label_notes(lab["onset"], lab["frame"], lab["velocity"], settings.audio.frame_rate)
             sc = score_notes(ref, est, settings.audio.frame_rate)  # kkoma evaluate's scores
@@ -489,13 +483,9 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
         log(f"  {init} has no backward LSTM; adding one (model.backward_units = {settings.model.backward_units})"
             " (it and the heads' weights for it freshly initialised; the rest as they are)")
         changes["model__backward_units"] = "0"
-    if settings.model.offset_head and not recorded(stored, "model", "offset_head", True):
-        log(f"  {init} has no offset head; adding one (model.offset_head = true) whose weights start fresh; the "
-            "other outputs start as they are")
-        changes["model__offset_head"] = "false"
-    # Not adopted: the network is built from the settings, so the file must be of that architecture (less the
-    # parts the run adds, above).
-    return load_weights(init, settings.replace(**changes) if changes else settings, adopt=False)[0], bool(refeature)
+    # The network is built from the settings, so the file must be of that architecture (less the parts the run
+    # adds, above).
+    return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
 def _setup_tf(settings, log):
@@ -584,8 +574,6 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
         opt = keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm or None)
         losses = {"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy", "velocity": velocity_loss}
         weights = {"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight}
-        if settings.model.offset_head:  # offsets are as rare as onsets: the same weighted BCE
-            losses["offset"], weights["offset"] = onset_loss(t.onset_pos_weight), t.offset_weight
         model.compile(optimizer=opt, loss=losses, loss_weights=weights)
         if state is not None:
             model.load_weights(ckpt / "last.weights.h5")
@@ -598,8 +586,6 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
                     arrays = network.grow_arrays(network.model_arrays(model), arrays)
                 if "backward_kernel" not in arrays and settings.model.backward_units:
                     arrays = network.grow_backward(network.model_arrays(model), arrays)
-                if "offset_kernel" not in arrays and settings.model.offset_head:
-                    arrays = network.grow_offset(network.model_arrays(model), arrays)
                 network.set_model_arrays(model, arrays)
                 log(f"starting from the weights in {init}")
             if refeature or not init:

@@ -110,3 +110,25 @@ def test_global_options_after_the_command(monkeypatch, tmp_path, capsys):
     assert "--config is given twice" in capsys.readouterr().err
     assert cli.main(["live", "--set", "midi.channel=99"]) == 2
     assert "midi.channel must be" in capsys.readouterr().err
+
+
+def test_tune_runs_its_weights_with_the_settings_they_carry(monkeypatch, tmp_path, capsys):
+    """`kkoma tune DATASET WEIGHTS`: WEIGHTS is the model as --model takes it (a file or a shipped name), with the
+    settings it carries under the user's --set; a --model naming another model is refused in one sentence."""
+    from kkoma.models.inference import export_random_weights
+    from kkoma.models.settings import load_settings
+    from kkoma.offline import tune
+
+    path = export_random_weights(tmp_path / "small.npz", load_settings(overrides=["model.units=8"]))
+    seen = []
+    monkeypatch.setattr(tune, "tune", lambda settings, dataset, **kw: seen.append((settings, dataset)))
+    assert main(["tune", "data", str(path), "--set", "tracker.onset_threshold=0.7"]) == 0
+    s, dataset = seen[-1]
+    assert str(dataset) == "data" and s.model.weights_path == path and s.model.units == 8
+    assert s == load_settings(overrides=["tracker.onset_threshold=0.7"], offline=True, model=str(path))
+    assert main(["tune", "data", "live"]) == 0
+    assert seen[-1][0] == load_settings(model="live")  # the shipped live model, with the live settings
+    assert main(["--model", str(path), "tune", "data", str(path)]) == 0  # the same file twice: fine
+    assert seen[-1][0] == load_settings(offline=True, model=str(path))
+    assert main(["tune", "data", str(path), "--model", "live"]) == 2
+    assert "drop --model" in capsys.readouterr().err

@@ -31,15 +31,13 @@ def _stream(model, f, rng, max_chunk=17):
     return {k: np.concatenate([p[k] for p in parts]) for k in model.outputs}
 
 
-@pytest.mark.parametrize("lookahead,context,harmonic,offset", [(2, 3, 5, False), (0, 1, 5, False), (5, 2, 5, True),
-                                                               (2, 3, 0, True)])
-def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic, offset):
+@pytest.mark.parametrize("lookahead,context,harmonic", [(2, 3, 5), (0, 1, 5), (5, 2, 5), (2, 3, 0)])
+def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic):
     pytest.importorskip("tensorflow")
     from kkoma.models import network
 
     s = load_settings(overrides=TINY + [f"model.lookahead_frames={lookahead}", f"model.context_frames={context}",
-                                        f"model.harmonic_units={harmonic}", "model.harmonic_features=2",
-                                        f"model.offset_head={str(offset).lower()}"])
+                                        f"model.harmonic_units={harmonic}", "model.harmonic_features=2"])
     m = network.build_model(s)
     rng = np.random.default_rng(lookahead)
     network.set_normalization(m, rng.uniform(0, 2, 264), rng.uniform(0.5, 2, 264))
@@ -51,7 +49,7 @@ def test_numpy_equals_tensorflow_in_any_chunking(lookahead, context, harmonic, o
     fa, _ = network.align(f, {}, lookahead)
     ref = {k: np.asarray(v)[0, lookahead:] for k, v in m(fa[None]).items()}
     sm = StreamingModel(s, arrays=network.model_arrays(m))
-    assert sm.outputs == (KEYS + ("offset",) if offset else KEYS) == tuple(ref)
+    assert sm.outputs == KEYS == tuple(ref)
     whole = sm.predict(f)
     for trial in range(3):
         got = _stream(sm, f, np.random.default_rng(trial))
@@ -125,44 +123,46 @@ def test_settings_mismatch_names_the_key(tmp_path, override, key):
 @pytest.mark.parametrize("arch", [["model.lookahead_frames=4"], ["model.units=13", "model.input_units=7"],
                                   ["model.harmonic_units=7", "model.harmonic_features=3",
                                    "model.harmonics=[0.5, 1, 1.5, 2]"],
-                                  ["model.harmonic_units=0", "model.offset_head=true", "model.context_frames=1"],
+                                  ["model.harmonic_units=0", "model.context_frames=1"],
                                   BACK_ARCH])
 def test_weights_file_carries_its_architecture(tmp_path, arch):
-    """A weights file loads under settings of another architecture (config.toml's, with no --set): the network is
-    the file's, and computes what the same weights compute in memory under the file's own settings."""
+    """A weights file's settings are resolved once, by load_settings: named as the model (``--model FILE`` or
+    ``--set model.weights=FILE``) under config.toml with no --set, the network is the file's and computes what the
+    same weights compute in memory under the file's own settings. Loading itself adopts nothing: settings made for
+    another file (or with a key set against the file) are refused, naming the key."""
     from kkoma.models.network import architecture
 
     s_file = load_settings(overrides=TINY + arch)
     p = export_random_weights(tmp_path / "w.npz", s_file, seed=3)
-    for s_other in (load_settings(overrides=TINY), load_settings()):
-        sm = StreamingModel(s_other, weights_path=p)
+    for s_for in (load_settings(model=str(p)), load_settings(overrides=[f"model.weights={p}"])):
+        sm = StreamingModel(s_for)
         assert architecture(sm.settings) == architecture(s_file)
-        assert sm.settings.tracker == s_other.tracker  # only the network is adopted
+        assert s_for.tracker == load_settings().tracker  # only what the file records comes from it
     ref = StreamingModel(s_file, arrays=random_arrays(s_file, seed=3))
     f = _features(260, seed=4)
     got, want = sm.predict(f), ref.predict(f)
     assert tuple(got) == tuple(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    load_weights(p, s_file, adopt=False)
-    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # train --init: no adopting
-        load_weights(p, load_settings(overrides=TINY), adopt=False)
+    load_weights(p, s_file)
+    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # settings of another file
+        StreamingModel(load_settings(), weights_path=p)
+    with pytest.raises(KkomaError, match="model weights.*trained with model"):  # train --init: as written
+        load_weights(p, load_settings(overrides=TINY))
 
 
 @pytest.mark.parametrize("section,key,value,loads", [("cqt", "max_window_ms", "inf", True),
                                                       ("cqt", "max_window_ms", "120", False),
                                                       ("model", "harmonic_units", "0", True),
-                                                      ("model", "harmonic_units", "5", True),
-                                                      ("model", "offset_head", "false", True),
-                                                      ("model", "offset_head", "true", True)])
+                                                      ("model", "harmonic_units", "5", False)])
 def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, value, loads):
     """A weights file written before ``cqt.max_window_ms`` existed was made with uncapped windows (inf), one
-    written before ``model.harmonic_units`` without the harmonic branch (0), one before ``model.offset_head``
-    without that head. The network's keys are adopted (the file's old value), the transform's must match."""
+    written before ``model.harmonic_units`` without the harmonic branch (0): a key left unset takes that value, one
+    set to another is refused."""
     import json
     import zipfile
 
-    old_value = {"max_window_ms": "inf", "offset_head": "false"}.get(key, "0")
+    old_value = {"max_window_ms": "inf"}.get(key, "0")
     s_old = load_settings(overrides=TINY + [f"{section}.{key}={old_value}"])
     p = export_random_weights(tmp_path / "w.npz", s_old)
     with np.load(p) as z:
@@ -173,14 +173,40 @@ def test_weights_older_than_a_key_read_as_its_old_value(tmp_path, section, key, 
     np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
     assert zipfile.is_zipfile(old)
     s = load_settings(overrides=TINY + [f"{section}.{key}={value}"])
+    unset = [o for o in TINY if not o.startswith(f"{section}.{key}=")] + [f"model.weights={old}"]
+    assert getattr(getattr(load_settings(overrides=unset), section), key) == float(old_value)  # the file's value
     if loads:
         load_weights(old, s)
-        if section == "model":
-            assert getattr(StreamingModel(s, weights_path=old).settings.model, key) == {"0": 0, "false": False}[
-                old_value]
     else:
         with pytest.raises(KkomaError, match=rf"{section}\.{key} = {old_value}"):
             load_weights(old, s)
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_weights_of_the_removed_offset_head(tmp_path, head):
+    """Files written while the offset head existed record ``model.offset_head`` (every shipped one: false). Off, the
+    file loads as before; on (with its arrays), loading refuses it in one sentence naming the key."""
+    import json
+
+    s = load_settings(overrides=TINY)
+    p = export_random_weights(tmp_path / "w.npz", s)
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    meta["settings"]["model"]["offset_head"] = head
+    if head:
+        arrays.update(offset_kernel=np.zeros((12, 88), np.float32), offset_bias=np.zeros(88, np.float32))
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
+    if not head:
+        a, _ = load_weights(old, s)
+        assert set(a) == set(arrays)
+        assert StreamingModel(s, weights_path=old).outputs == KEYS
+        return
+    with pytest.raises(KkomaError) as e:
+        load_weights(old, s)
+    msg = str(e.value)
+    assert "model.offset_head = true" in msg and "no longer" in msg and msg.count(". ") == 0
 
 
 def test_grown_weights_compute_the_old_model_exactly():
@@ -200,27 +226,6 @@ def test_grown_weights_compute_the_old_model_exactly():
     for k in KEYS:
         np.testing.assert_array_equal(a[k], b[k])
         assert np.abs(c[k] - a[k]).max() > 1e-3  # the branch's rows do change the outputs once non-zero
-
-
-def test_grown_offset_head_keeps_the_old_outputs():
-    """:func:`models.network.grow_offset`: a model given the offset head by ``train --init`` computes exactly the
-    outputs of the model it grew from, plus an offset output that starts low (bias -4) but reads the LSTM."""
-    from kkoma.models.network import grow_offset
-
-    s0 = load_settings(overrides=TINY)
-    s1 = load_settings(overrides=TINY + ["model.offset_head=true"])
-    old, fresh = random_arrays(s0, seed=1), random_arrays(s1, seed=2)
-    grown = grow_offset(fresh, old)
-    assert set(grown) == set(fresh) and all(grown[k].shape == fresh[k].shape for k in fresh)
-    f = _features(120, 3)
-    a = StreamingModel(s0, arrays=old).predict(f)
-    b = StreamingModel(s1, arrays=grown).predict(f)
-    assert tuple(b) == KEYS + ("offset",)
-    for k in KEYS:
-        # Equal to float32 rounding: the heads are one matrix product whose width (3 or 4 heads) changes how BLAS
-        # blocks it, and so the order of the additions (seen: 6e-8 on some processors).
-        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
-    assert np.median(b["offset"]) < 0.05 and b["offset"].std() > 1e-4
 
 
 def test_incomplete_weights_are_named(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from kkoma import cli
 from kkoma.models.catalog import record_table, resolve_model, shipped_models, weights_record
+from kkoma.models.errors import KkomaError
 from kkoma.models.inference import StreamingModel, export_random_weights
 from kkoma.models.settings import ConfigError, load_settings
 
@@ -39,7 +40,10 @@ def test_the_models_own_settings_replace_a_second_set():
     assert h.model.harmonic_units == 16 and norm(h) == norm(load_settings(model="harmonic"))
     assert norm(load_settings(model="kkoma_harmonic")) == norm(h)  # the file's stem works as a name
     # what the user sets explicitly is kept (and the weights then refuse to load, naming the key)
-    assert load_settings(model="harmonic", overrides=["model.harmonic_units=8"]).model.harmonic_units == 8
+    mine = load_settings(model="harmonic", overrides=["model.harmonic_units=8"])
+    assert mine.model.harmonic_units == 8
+    with pytest.raises(KkomaError, match=r"model\.harmonic_units = 16 but the settings say 8"):
+        StreamingModel(mine)
 
 
 def test_files_model_brings_its_transform_and_tracker_everywhere():
@@ -58,6 +62,32 @@ def test_a_weights_file_by_path_carries_its_shape(tmp_path):
     assert s.tracker == load_settings().tracker  # a file of one's own: the command's usual settings otherwise
     assert load_settings(model=str(path), offline=True).cqt.lookahead_ms == 0.0  # its record beats the overrides'
     StreamingModel(s)
+
+
+def test_one_resolution_of_a_files_settings(tmp_path, capsys):
+    """The one mechanism: load_settings takes a weights file's record for every key the user did not set (an unset
+    key is the file's, a --set beats it), and loading the weights checks the settings against the file, adopting
+    nothing: a --set that contradicts the file's arrays is one sentence (exit 1, no traceback)."""
+    small = load_settings(overrides=["model.units=8", "model.input_units=16"])
+    path = export_random_weights(tmp_path / "small.npz", small)
+    s = load_settings(model=str(path), overrides=["model.units=12", "tracker.onset_threshold=0.6"])
+    assert (s.model.units, s.model.input_units, s.tracker.onset_threshold) == (12, 16, 0.6)
+    with pytest.raises(KkomaError) as e:
+        StreamingModel(s)
+    assert "model.units = 8 but the settings say 12" in str(e.value)
+    StreamingModel(load_settings(model=str(path), overrides=["model.units=8"]))  # a --set that agrees is fine
+    with pytest.raises(KkomaError, match="trained with model.input_units = 16 but the settings say 256"):
+        StreamingModel(load_settings(), weights_path=path)  # settings made for another file: not adopted
+    assert cli.main(["models", "--model", str(path), "--set", "model.units=12"]) == 0  # listing loads no weights
+    wav = tmp_path / "silence.wav"
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    capsys.readouterr()
+    assert cli.main(["transcribe", str(wav), "-o", str(tmp_path / "out"), "-q", "--model", str(path),
+                     "--set", "model.units=12"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err and "model.units = 8 but the settings say 12" in err
 
 
 def test_unknown_model_is_one_sentence_exit_2(capsys):

@@ -17,13 +17,12 @@ def zeros(n):
     return np.zeros((n, N_KEYS), np.float32)
 
 
-def run(tracker, onset, frame, velocity=None, chunks=None, offset=None):
+def run(tracker, onset, frame, velocity=None, chunks=None):
     """Feed a whole stream (optionally in the given chunk sizes) and flush."""
     velocity = np.full_like(onset, 0.5) if velocity is None else velocity
     events, i = [], 0
     for c in (chunks or [len(onset)]):
-        events += tracker.process(onset[i:i + c], frame[i:i + c], velocity[i:i + c],
-                                  None if offset is None else offset[i:i + c])
+        events += tracker.process(onset[i:i + c], frame[i:i + c], velocity[i:i + c])
         i += c
     assert i == len(onset)
     return events + tracker.flush()
@@ -123,28 +122,6 @@ def test_offset_hold_bridges_short_dips_and_stamps_the_off_when_the_hold_ends():
     tr.reset()
     assert run(tr, on[:21], fr[:21]) == [ev("on", 61, 1, 64), ev("off", 61, 20)]  # flush: the low run's start
     assert run(NoteTracker(S), on, fr)[:2] == [ev("on", 61, 1, 64), ev("off", 61, 10)]  # no hold: cut by the dip
-
-
-def test_offset_output_ends_a_note_at_its_rising_edge():
-    """With an offset head, a sounding note closes at the offset probability's rising edge (stamped there), not
-    before the minimum duration (an earlier edge is dropped); without one (None) only the frame output ends it."""
-    s = S.replace(tracker__offset_threshold=0.6, tracker__min_duration_ms=50.0)
-    on, fr, off = zeros(60), zeros(60), zeros(60)
-    on[2, 40] = 0.9
-    fr[2:50, 40] = 0.9                 # the frame output says the note goes on to frame 50
-    off[4:6, 40] = 0.7                 # an edge 2 frames in: before the 5-frame minimum, dropped
-    off[6:9, 40] = 0.7                 # still above: no new edge while it stays there
-    off[20, 40] = 0.59                 # below the threshold: no edge
-    off[30:33, 40] = 0.8               # the edge that ends it, at 30
-    off[40, 41] = 0.9                  # an edge on a silent key does nothing
-    assert run(NoteTracker(s), on, fr, offset=off) == [ev("on", 61, 2, 64), ev("off", 61, 30)]
-    assert run(NoteTracker(s), on, fr, chunks=[5, 26, 29], offset=off) == [ev("on", 61, 2, 64), ev("off", 61, 30)]
-    assert run(NoteTracker(s), on, fr) == [ev("on", 61, 2, 64), ev("off", 61, 50)]
-    # A re-strike: the offset and the new onset at one frame close the old note and open the new one there.
-    on[30, 40] = 0.9
-    on[29, 40] = 0.0
-    assert run(NoteTracker(s), on, fr, offset=off) == [ev("on", 61, 2, 64), ev("off", 61, 30), ev("on", 61, 30, 64),
-                                                      ev("off", 61, 50)]
 
 
 def test_max_duration_closes_a_stuck_note_and_it_does_not_reopen_without_a_new_edge():
@@ -252,9 +229,9 @@ def test_durations_in_frames_follow_the_frame_rate():
 # ---------------------------------------------------------------------------------------------------------------
 # Property tests
 # ---------------------------------------------------------------------------------------------------------------
-def reference_events(onset, frame, velocity, tracker, offset=None):
+def reference_events(onset, frame, velocity, tracker):
     """A plain scalar re-statement of the rules, one pitch and one frame at a time."""
-    on_thr, fr_thr, off_thr = tracker.onset_threshold, tracker.frame_threshold, tracker.offset_threshold
+    on_thr, fr_thr = tracker.onset_threshold, tracker.frame_threshold
     strike_thr = tracker.restrike_threshold
     ioi, dmin, dmax = tracker.min_ioi_frames, tracker.min_duration_frames, tracker.max_duration_frames
     hold = tracker.offset_hold_frames
@@ -268,7 +245,6 @@ def reference_events(onset, frame, velocity, tracker, offset=None):
             rising = onset[t, p] >= on_thr and (t == 0 or onset[t - 1, p] < on_thr)
             armed = rising or (armed and onset[t, p] >= on_thr)
             ioi_ok = last is None or t - last >= ioi
-            ending = offset is not None and offset[t, p] >= off_thr and (t == 0 or offset[t - 1, p] < off_thr)
             if sounding:
                 d = t - start
                 if frame[t, p] >= fr_thr:
@@ -281,7 +257,7 @@ def reference_events(onset, frame, velocity, tracker, offset=None):
                     armed = strike = False
                 if d >= dmax:
                     armed = False
-                if (held_low and d >= dmin) or d >= dmax or strike or (ending and d >= dmin):
+                if (held_low and d >= dmin) or d >= dmax or strike:
                     end = max(low_since, start + dmin) if held_low and d >= dmin else t
                     per_frame[t][0].append(NoteEvent("off", p + 21, 0, end, end / FR))
                     sounding = False
@@ -307,7 +283,7 @@ VARIANTS = [
     ["tracker.max_duration_s=0.12", "tracker.min_duration_ms=50"],
     ["tracker.min_ioi_ms=0", "tracker.min_duration_ms=0"],
     ["tracker.min_ioi_ms=100", "tracker.onset_threshold=0.3", "tracker.frame_threshold=0.3"],
-    ["tracker.offset_threshold=0.3", "tracker.offset_hold_ms=30"],
+    ["tracker.offset_hold_ms=30"],
     ["tracker.onset_threshold=0.5", "tracker.frame_threshold=0.3", "tracker.restrike_margin=0.3"],
     ["tracker.onset_threshold=0.3", "tracker.frame_threshold=0.3", "tracker.restrike_margin=0.25",
      "tracker.offset_hold_ms=30", "tracker.max_duration_s=0.12"],
@@ -323,9 +299,9 @@ def streams(draw):
     rng = np.random.default_rng(seed)
     # Piecewise-constant levels around the thresholds on a few pitches (events on every kind of boundary), random
     # noise elsewhere now and then.
-    onset, frame, offset = zeros(n), zeros(n), zeros(n)
+    onset, frame = zeros(n), zeros(n)
     pitches = rng.choice(N_KEYS, size=rng.integers(1, 6), replace=False)
-    for target in (onset, frame, offset):
+    for target in (onset, frame):
         for p in pitches:
             t = 0
             while t < n:
@@ -338,26 +314,24 @@ def streams(draw):
     velocity = rng.random((n, N_KEYS), np.float32)
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
     chunks = np.diff([0, *cuts, n]).tolist()
-    offset = offset if draw(st.booleans()) else None  # a model with the offset head, or one without
-    return onset, frame, velocity, chunks, TRACKER_SETTINGS[variant], offset
+    return onset, frame, velocity, chunks, TRACKER_SETTINGS[variant]
 
 
 @hsettings(max_examples=250, deadline=None)
 @given(streams())
 def test_random_streams_keep_the_invariants(case):
-    onset, frame, velocity, chunks, s, offset = case
+    onset, frame, velocity, chunks, s = case
     tracker = NoteTracker(s)
-    events = run(tracker, onset, frame, velocity, chunks, offset)
+    events = run(tracker, onset, frame, velocity, chunks)
 
     # chunked feeding == one-shot feeding == the scalar restatement of the rules
-    assert run(NoteTracker(s), onset, frame, velocity, offset=offset) == events
-    assert reference_events(onset, frame, velocity, tracker, offset) == events
+    assert run(NoteTracker(s), onset, frame, velocity) == events
+    assert reference_events(onset, frame, velocity, tracker) == events
 
     # zero look-ahead: a prefix of the stream gives the start of the full run's events, and only offs held back by
     # the offset hold (stamped at most hold - 1 frames before the cut) are decided after it
     cut = len(onset) // 2
-    prefix = NoteTracker(s).process(onset[:cut], frame[:cut], velocity[:cut],
-                                    None if offset is None else offset[:cut])
+    prefix = NoteTracker(s).process(onset[:cut], frame[:cut], velocity[:cut])
     assert events[:len(prefix)] == prefix
     hold = tracker.offset_hold_frames
     assert all(e.frame >= (cut if e.kind == "on" else cut - hold + 1) for e in events[len(prefix):])

@@ -149,7 +149,7 @@ def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(
     assert any("resuming after epoch 1" in line for line in lines)
     assert out["history"][0] == first["history"][0] and len(out["history"]) == 2
     assert out["history"][1]["loss"] < out["history"][0]["loss"]
-    sm = StreamingModel(load_settings(overrides=TINY), weights_path=tmp_path / "pitch" / "kkoma.npz")
+    sm = StreamingModel(load_settings(model=str(tmp_path / "pitch" / "kkoma.npz")))
     assert (sm.backward_units, sm.harmonic, list(sm.settings.model.harmonics)) == (8, True, [0.5, 1, 1.5, 2])
     f = np.load(ds / "valid_pieces" / "valid_pieces_0.npz")["features"]
     assert sm.predict(f)["onset"].shape == (f.shape[0], 88)
@@ -285,36 +285,6 @@ def test_init_without_a_backward_lstm_grows_one_and_trains_it(trained, tmp_path)
     trained_arrays, _ = load_weights(tmp_path / "trained" / "kkoma.npz", s1)
     assert np.abs(trained_arrays["backward_recurrent"] - got["backward_recurrent"]).max() > 1e-4  # trained
     assert np.isfinite(summary["history"][-1]["loss"])
-
-
-def test_init_without_an_offset_head_grows_one_that_learns_offsets(trained, tmp_path):
-    """--init from weights without the offset head with model.offset_head = true: every array carries over and the
-    head starts at bias -4; a few epochs train it to tell the offset frames (the toy's keys go dark after them)
-    from the others, and validation tracks notes with it."""
-    from kkoma.models.inference import StreamingModel, load_weights
-    from kkoma.offline.train import load_piece, train
-
-    s_old, ds, run, _, _ = trained
-    s = load_settings(overrides=TINY + ["model.offset_head=true"])
-    start, _ = load_weights(run / "kkoma.npz", s_old)
-    lines = []
-    s0 = s.replace(train__epochs="1", train__steps_per_epoch="2", train__learning_rate="1e-30")
-    train(ds, tmp_path / "grown", s0, init=run / "kkoma.npz", log=lines.append, verbose=0)
-    got, meta = load_weights(tmp_path / "grown" / "kkoma.npz", s0)
-    assert meta["settings"]["model"]["offset_head"] is True
-    for k in start:  # see test_init_without_the_harmonic_branch_grows_one for the tolerances
-        np.testing.assert_allclose(got[k], start[k], rtol=1e-6, atol=1e-20, err_msg=k)
-    np.testing.assert_allclose(got["offset_bias"], -4.0, atol=1e-6)
-    assert any("has no offset head; adding one" in line for line in lines)
-    s1 = s.replace(train__epochs="3", train__steps_per_epoch="30")
-    summary = train(ds, tmp_path / "trained", s1, init=run / "kkoma.npz", log=lambda m: None, verbose=0)
-    assert all("offset_loss" in h for h in summary["history"])
-    model = StreamingModel(s1, weights_path=tmp_path / "trained" / "kkoma.npz")
-    piece = next(p for p in json.loads((ds / "manifest.json").read_text())["pieces"] if p["split"] == "valid_pieces")
-    f, lab = load_piece(ds, piece)
-    off = model.predict(f)["offset"]
-    at = lab["offset"] > 0
-    assert off[at].mean() > 3 * off[~at].mean()
 
 
 def test_init_from_other_features_recomputes_statistics(trained, tmp_path):

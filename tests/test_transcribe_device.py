@@ -47,8 +47,7 @@ def _settings(tmp_path, extra=(), seed=0):
                                    # the offline model's backward LSTM: blocks of 45 + 15 steps across chunks of 37
                                    ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
                                     "model.harmonic_units=0", "model.backward_units=6",
-                                    "model.backward_block_frames=45", "model.backward_context_frames=15",
-                                    "model.offset_head=true"],
+                                    "model.backward_block_frames=45", "model.backward_context_frames=15"],
                                    # the pitch-shared files model: harmonic branch (octave below, fifth) + backward
                                    ["model.context_frames=3", "model.lookahead_frames=2", "transcribe.chunk_frames=37",
                                     "model.harmonic_units=5", "model.harmonic_features=3",
@@ -66,7 +65,7 @@ def test_tf_probabilities_equal_numpy(tmp_path, extra):
     plain = load_settings(overrides=TINY + [o for o in extra if o.startswith("transcribe.")]
                           + [f"model.weights={s.model.weights}"])
     got = TI.tf_probabilities(f, plain)
-    assert tuple(got) == tuple(want) == KEYS + (("offset",) if s.model.offset_head else ())
+    assert tuple(got) == tuple(want) == KEYS
     for k in want:
         assert got[k].shape == want[k].shape == (f.shape[0], 88)
         assert np.abs(got[k] - want[k]).max() <= 1e-4, k
