@@ -56,6 +56,10 @@ def run(args: argparse.Namespace, settings) -> int:
                         verbose=2 if args.quiet else "auto")
     except KeyboardInterrupt:
         raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None
+    if summary.get("chief") is False:
+        print(f"worker {summary['worker']} of {summary['workers']}: {summary['epochs_run']} epochs done (the chief "
+              "writes OUT_DIR)")
+        return 0
     best = summary.get("best") or {}
     print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"best": best}, indent=2, default=str))
     print(f"best weights: {os.path.join(args.out_dir, 'kkoma.npz')} (use with --set model.weights=...)")
