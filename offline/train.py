@@ -670,6 +670,10 @@ def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState 
             if refeature or not init:
                 mean, std = feature_stats(data.dataset, data.train, t.norm_pieces, t.seed)
                 network.set_normalization(model, mean, std)
+        # Attached (no loss: the loop computes it) so that the .weights.h5 checkpoints hold the optimizer's variables
+        # too, as when model.fit trained the model. After loading: loading into a compiled model makes variables,
+        # which under several workers only the chief would make (a collective operation the others never join).
+        model.compile(optimizer=opt, jit_compile=False)
     return model, opt
 
 
