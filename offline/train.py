@@ -28,6 +28,13 @@ A model with the offset head (``model.offset_head``) learns the offset labels as
 weighted BCE (``train.onset_pos_weight``) on a target ``train.onset_target_frames`` wide, its loss weighted
 ``train.offset_weight``; validation's tracker ends notes with it.
 
+The loop (:mod:`offline.train_loop`) is the same on one machine and on several TensorFlow workers (``TF_CONFIG``;
+docs/cluster.md): steps synchronous over a global batch of ``train.batch_size``, the training pieces dealt out to
+the workers, and the chief alone reading and writing OUT_DIR. :func:`_train` runs the named steps: read the splits
+(:func:`read_splits`), open the run's state (:class:`RunState`), build or restore the model (:func:`build_model`),
+epochs of steps each ended by :class:`EpochEnd` (validate, keep the best, checkpoint, early stop, log), and
+:func:`export`.
+
 OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
@@ -842,14 +849,22 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
 def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
     """The run: read the splits -> open the run state (the chief) -> strategy -> model (built, restored or
     started) -> every worker takes the chief's weights and epoch -> epochs of steps, each ended by the chief's
-    :class:`EpochEnd` and a stop decision every worker shares -> export (the chief)."""
+    :class:`EpochEnd` and a stop decision every worker shares -> export (the chief). With several workers, a lost
+    worker ends it in one sentence (:func:`offline.train_loop.lost_workers`)."""
+    from kkoma.offline.train_loop import Workers, lost_workers
+
+    workers = Workers.from_env()
+    with lost_workers(workers):
+        return _run(dataset, Path(out_dir), settings, workers, resume=resume, init=init, log=log, verbose=verbose)
+
+
+def _run(dataset, out_dir: Path, settings, workers, *, resume, init, log, verbose) -> dict:
+    """:func:`_train`'s steps, for this process's place among the ``workers``."""
     from kkoma.models import network
-    from kkoma.offline.train_loop import ChiefBroadcast, Trainer, Workers, distributed_batches, setup_tf
+    from kkoma.offline.train_loop import ChiefBroadcast, Trainer, distributed_batches, setup_tf
 
     started = time.time()
-    out_dir = Path(out_dir)
     t = settings.train
-    workers = Workers.from_env()
     data = read_splits(dataset, settings)
     if len(data.train) < workers.count:
         raise KkomaError(f"dataset {data.dataset} has {len(data.train)} training pieces, fewer than the "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,6 +67,22 @@ class Workers:
         if not 0 <= place < len(members) or (kind == "chief" and index != 0):
             raise KkomaError(f"TF_CONFIG's task ({kind} {index}) is not in its cluster.")
         return cls(count=len(members), index=place)
+
+
+@contextmanager
+def lost_workers(workers: Workers):
+    """Several workers: a collective operation that fails (TensorFlow finds a worker crashed or unreachable within
+    about a minute and aborts the others' exchanges) ends the run in one sentence. One worker: errors as they are."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        if workers.count == 1:
+            raise
+        text = str(e.message)
+        reason = ("a worker stopped sending heartbeats" if "unhealthy" in text else
+                  f"{type(e).__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}")
+        raise KkomaError(f"worker {workers.index}: training stopped, the cluster lost a worker ({reason}); start "
+                         "every worker again with --resume to continue from the last checkpoint.") from None
 
 
 def setup_tf(settings, workers: Workers):
