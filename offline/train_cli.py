@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `kkoma prepare` (manifest.json)")
     p.add_argument("out_dir", metavar="OUT_DIR",
                    help="output folder: kkoma.npz (best weights for transcribe/live), summary.json, checkpoints/, "
-                        "logs/ (TensorBoard)")
+                        "logs/ (TensorBoard); on several TensorFlow workers (the TF_CONFIG environment variable, "
+                        "docs/cluster.md) the chief alone writes it")
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default: train.epochs)")
     p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="batches per epoch; 0 = one pass over the training pieces (default: train.steps_per_epoch)")

@@ -140,3 +140,12 @@ def test_workers_from_tf_config():
             read(cluster, task)
     with pytest.raises(KkomaError, match="TF_CONFIG"):
         Workers.from_env({"TF_CONFIG": "{not json"})
+
+
+def test_train_help_names_the_workers(capsys):
+    from kkoma.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "TF_CONFIG" in out and "the chief alone writes it" in out
