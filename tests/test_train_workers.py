@@ -142,6 +142,62 @@ def test_workers_from_tf_config():
         Workers.from_env({"TF_CONFIG": "{not json"})
 
 
+#: Runs in a fresh process: two logical CPUs must be set up before TensorFlow starts.
+REPLICAS = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from kkoma.offline.train_loop import SummedGradientAdam, Trainer, distributed_batches
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(4, 6, 5)).astype(np.float32)
+y = (rng.random((4, 6, 3)) < 0.3).astype(np.float32)
+
+def make(batch, pipeline, pipelines):
+    return tf.data.Dataset.from_tensor_slices((x, {"a": y})).batch(batch).repeat()
+
+def run(strategy, optimizer_class):
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        inp = keras.Input((None, 5))
+        h = keras.layers.LSTM(8, return_sequences=True)(inp)
+        model = keras.Model(inp, {"a": keras.layers.Dense(3, activation="sigmoid", name="a")(h)})
+        opt = optimizer_class(0.1, global_clipnorm=0.05)  # small: the clip acts
+        opt.build(model.trainable_variables)
+    trainer = Trainer(model, opt, strategy, {"a": keras.losses.binary_crossentropy}, {"a": 1.0})
+    logs = trainer.epoch(distributed_batches(strategy, 4, make), 3)
+    return logs, [v.numpy() for v in model.trainable_variables]
+
+one_logs, one = run(tf.distribute.get_strategy(), SummedGradientAdam)
+two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert two.num_replicas_in_sync == 2
+two_logs, both = run(two, SummedGradientAdam)
+_, keras_adam = run(two, keras.optimizers.Adam)
+same = max(float(np.max(np.abs(a - b))) for a, b in zip(one, both))
+other = max(float(np.max(np.abs(a - b))) for a, b in zip(one, keras_adam))
+print("RESULT", one_logs["loss"], two_logs["loss"], same, other)
+"""
+
+
+def test_two_replicas_take_the_step_of_one_on_the_global_batch():
+    """The step's arithmetic: two replicas sharing a batch of 4 (MirroredStrategy over two logical CPUs) end where
+    one replica on the whole batch does, with the global-norm clip acting; Keras' own Adam, which clips each
+    replica's share before summing, does not."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TF_CONFIG", None)
+    p = subprocess.run([sys.executable, "-c", REPLICAS], env=env, capture_output=True, text=True, timeout=240)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, p.stdout[-2000:] + p.stderr[-3000:]
+    one_loss, two_loss, same, keras_adam = (float(v) for v in line.split()[1:])
+    assert two_loss == pytest.approx(one_loss, rel=1e-6)
+    assert same < 1e-5
+    assert keras_adam > 1e-3
+
+
 def test_train_help_names_the_workers(capsys):
     from kkoma.cli import main
 
