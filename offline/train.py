@@ -24,6 +24,13 @@ the note-level scores did). With
 ``train.average_decay`` > 0, the weights validated, kept as best and exported are a moving average of the weights
 over the steps (:class:`_WeightAverage`); the step's own weights are scored beside them (``raw_score`` in the log).
 
+The loop (:mod:`offline.train_loop`) is the same on one machine and on several TensorFlow workers (``TF_CONFIG``;
+docs/cluster.md): steps synchronous over a global batch of ``train.batch_size``, the training pieces dealt out to
+the workers, and the chief alone reading and writing OUT_DIR. :func:`_train` runs the named steps: read the splits
+(:func:`read_splits`), open the run's state (:class:`RunState`), build or restore the model (:func:`build_model`),
+epochs of steps each ended by :class:`EpochEnd` (validate, keep the best, checkpoint, early stop, log), and
+:func:`export`.
+
 OUT_DIR layout::
 
     kkoma.npz              best weights for models.inference (settings + training summary inside)
@@ -39,7 +46,7 @@ import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -196,11 +203,24 @@ def crops_per_pass(pieces: list[dict], window: int, lookahead: int) -> int:
     return sum(max(1, math.ceil((int(p["n_frames"]) + lookahead) / window)) for p in pieces)
 
 
-def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, seed: int):
+def make_dataset(dataset: Path, pieces: list[dict], settings, batch_size: int, seed: int, worker: int = 0,
+                 workers: int = 1):
     """tf.data pipeline of batches ``(x (B, T, n_bins) float32, {onset, frame, velocity: (B, T, 88) float32})``;
     velocity targets are MIDI velocity / 127 (0 off the onset frames). The shards' offset labels are read (their
-    format has them) but not trained on."""
+    format has them) but not trained on.
+
+    worker, workers : this worker's share when several train together: every ``workers``-th piece from its index
+        on, its crops drawn with a seed of its own (worker 0 keeps ``seed``, so one worker's pipeline is the
+        pipeline). Each worker loads and crops only its own pieces: the crops are made in Python (loading,
+        cropping, rooms, recolouring), the costliest part of the input, which tf.data's own sharding (every worker
+        makes every batch and keeps its share) would repeat on every worker.
+    """
     import tensorflow as tf
+
+    if workers > 1:
+        pieces = pieces[worker::workers]
+        if worker:
+            seed = int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
 
     m, t = settings.model, settings.train
     nb_, w = settings.cqt.n_bins, m.window_frames
@@ -358,7 +378,8 @@ def _save_optimizer(opt, path: Path) -> None:
 def _load_optimizer(opt, model, path: Path, log) -> None:
     with np.load(path) as z:
         values = [z[f"arr_{i}"] for i in range(len(z.files))]
-    opt.build(model.trainable_variables)
+    if not opt.built:
+        opt.build(model.trainable_variables)
     if len(values) != len(opt.variables) or any(tuple(v.shape) != a.shape for v, a in zip(opt.variables, values)):
         log("  optimizer state does not match this model; resuming with a fresh optimizer")
         return
@@ -488,21 +509,297 @@ def _init_arrays(init, settings, log) -> tuple[dict[str, np.ndarray], bool]:
     return load_weights(init, settings.replace(**changes) if changes else settings)[0], bool(refeature)
 
 
-def _setup_tf(settings, log):
-    """Seeds, strategy and precision policy. Returns (strategy, mixed_precision: bool, devices: str)."""
-    import keras
-    import tensorflow as tf
+# ----------------------------------------------------------------------------------------------------------------
+# The run, step by step: its data, its state, its model, the end of an epoch, the export
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunData:
+    """A run's pieces (manifest entries): the ``train`` split, and each ``valid*`` split by name (spread over
+    ``train.valid_max_pieces`` pieces when that is set)."""
 
-    gpus = tf.config.list_physical_devices("GPU")
-    keras.utils.set_random_seed(settings.train.seed)
-    if not gpus:
-        tf.config.experimental.enable_op_determinism()
-    mp = settings.train.mixed_precision
-    mixed = (mp == "on") or (mp == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
-    devices = f"{len(gpus)} GPU(s)" if gpus else "CPU"
-    return strategy, mixed, devices
+    dataset: Path
+    train: list
+    valid: dict
+
+
+def read_splits(dataset: str | Path, settings) -> RunData:
+    """The dataset's manifest, checked against the settings, split for training. No training pieces: an error."""
+    dataset = Path(dataset)
+    pieces = read_manifest(dataset, settings, require_pieces=True)["pieces"]
+    train_pieces = [p for p in pieces if p.get("split") == "train"]
+    if not train_pieces:
+        raise KkomaError(f"dataset {dataset} has no pieces in the train split.")
+    valid: dict[str, list[dict]] = {}
+    for p in pieces:
+        if str(p.get("split", "")).startswith("valid"):
+            valid.setdefault(p["split"], []).append(p)
+    if settings.train.valid_max_pieces:
+        valid = {k: spread_subset(v, settings.train.valid_max_pieces) for k, v in valid.items()}
+    return RunData(dataset, train_pieces, valid)
+
+
+class RunState:
+    """The resumable state of a run (``checkpoints/state.json``) and the clock of its training time.
+
+    ``st`` holds: ``epoch`` (the last one finished, counted from 0; -1 before the first), ``best_score`` and
+    ``best_epoch`` (the best validation score so far and its epoch; None and -1 before the first), ``wait`` (epochs
+    since the best), ``history`` (per epoch its training logs, validation metrics ``val_*``, ``valid_seconds``,
+    ``hours`` and ``cpu_hours``), ``wall_seconds`` and ``cpu_seconds`` (the training time behind the checkpoint,
+    across resumes [s]: wall-clock, and this process's CPU time in all its threads; what a resumed run redoes after
+    its last checkpoint is not counted twice), and ``stopped_early`` once early stopping has ended the run.
+    """
+
+    def __init__(self, path: Path, st: dict | None = None):
+        self.path = path
+        self.resumed = st is not None
+        self.st = st or {"epoch": -1, "best_score": None, "best_epoch": -1, "wait": 0, "history": []}
+        self.st.setdefault("wall_seconds", 0.0)
+        self.st.setdefault("cpu_seconds", 0.0)
+        self.start_clock()
+
+    @classmethod
+    def open(cls, out_dir: Path, resume: bool, log) -> "RunState":
+        """The run in ``out_dir``: with ``resume`` its saved state (a new run, said so, when it has none); without,
+        a new run (an error when the folder already holds one). Makes ``out_dir/checkpoints``."""
+        ckpt = out_dir / "checkpoints"
+        path = ckpt / "state.json"
+        st = None
+        if path.exists():
+            if not resume:
+                raise KkomaError(f"{out_dir} already holds a training run; continue it with --resume or choose "
+                                 "another OUT_DIR.")
+            st = json.loads(path.read_text())
+        elif resume:
+            log(f"no checkpoint in {ckpt}; starting a new run")
+        ckpt.mkdir(parents=True, exist_ok=True)
+        return cls(path, st)
+
+    @property
+    def next_epoch(self) -> int:
+        """The first epoch (from 0) this process trains."""
+        return int(self.st["epoch"]) + 1
+
+    def start_clock(self) -> None:
+        self._clock = (time.time(), time.process_time())
+
+    def tick(self) -> None:
+        """Add the time since the clock's start or the last tick to ``wall_seconds`` and ``cpu_seconds``."""
+        wall, cpu = time.time(), time.process_time()
+        self.st["wall_seconds"] += wall - self._clock[0]
+        self.st["cpu_seconds"] += cpu - self._clock[1]
+        self._clock = (wall, cpu)
+
+    def save(self) -> None:
+        _atomic_json(self.path, self.st)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run's summary says beside its state: its data, shape and devices."""
+
+    data: RunData
+    out_dir: Path
+    settings: object
+    parameters: int
+    steps: int
+    devices: str
+    mixed: bool
+    started: float  # time.time() when the run started [s]
+
+    def summary(self, state: RunState, final: bool) -> dict:
+        """The training summary (``summary.json``, and inside ``kkoma.npz``); ``final``: the run has ended."""
+        st, t, m = state.st, self.settings.train, self.settings.model
+        return {"dataset": str(self.data.dataset), "out_dir": str(self.out_dir), "epochs_run": st["epoch"] + 1,
+                "best_epoch": st["best_epoch"] + 1, "best_score": st["best_score"],
+                "best": st["history"][st["best_epoch"]] if st["best_epoch"] >= 0 else None,
+                "stopped_early": bool(final and st.get("stopped_early")), "parameters": self.parameters,
+                "train_pieces": len(self.data.train), "valid_pieces": {k: len(v) for k, v in self.data.valid.items()},
+                "steps_per_epoch": self.steps, "batch_size": t.batch_size, "window_frames": m.window_frames,
+                "lookahead_frames": m.lookahead_frames, "lookahead_ms": self.settings.model_lookahead_ms,
+                "devices": self.devices, "mixed_precision": self.mixed, "train_settings": asdict(t),
+                "seconds": round(time.time() - self.started, 1), "history": st["history"]}
+
+
+def _losses(settings) -> tuple[dict, dict]:
+    """The loss of each output and its weight in the total: onset (BCE, onsets weighted ``train.onset_pos_weight``),
+    frame (BCE) and velocity (MSE on the onset frames, weighted ``train.velocity_weight``)."""
+    import keras
+
+    t = settings.train
+    losses = {"onset": onset_loss(t.onset_pos_weight), "frame": keras.losses.binary_crossentropy,
+              "velocity": velocity_loss}
+    weights = {"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight}
+    return losses, weights
+
+
+def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState | None, init, log):
+    """The model and its (built) optimizer, made under ``strategy``: a resumed run's from its last checkpoint
+    (weights, optimizer state); a new run's from ``init``'s weights or at random, with the per-bin feature
+    statistics computed on the training pieces (unless ``init`` brings them, for these features). ``state`` None: a
+    worker that is not the chief (made only; it takes the chief's values)."""
+    from kkoma.models import network
+    from kkoma.offline.train_loop import make_optimizer
+
+    t = settings.train
+    with strategy.scope():
+        model = network.build_model(settings)
+        opt = make_optimizer(settings, mixed)
+        opt.build(model.trainable_variables)
+        if state is not None and state.resumed:
+            ckpt = state.path.parent
+            model.load_weights(ckpt / "last.weights.h5")
+            _load_optimizer(opt, model, ckpt / "last.optimizer.npz", log)
+        elif state is not None:
+            refeature = False
+            if init:
+                arrays, refeature = _init_arrays(init, settings, log)
+                if "harmonic_kernel" not in arrays and settings.model.harmonic_units:
+                    arrays = network.grow_arrays(network.model_arrays(model), arrays)
+                if "backward_kernel" not in arrays and settings.model.backward_units:
+                    arrays = network.grow_backward(network.model_arrays(model), arrays)
+                network.set_model_arrays(model, arrays)
+                log(f"starting from the weights in {init}")
+            if refeature or not init:
+                mean, std = feature_stats(data.dataset, data.train, t.norm_pieces, t.seed)
+                network.set_normalization(model, mean, std)
+        # Attached (no loss: the loop computes it) so that the .weights.h5 checkpoints hold the optimizer's variables
+        # too, as when model.fit trained the model. After loading: loading into a compiled model makes variables,
+        # which under several workers only the chief would make (a collective operation the others never join).
+        model.compile(optimizer=opt, jit_compile=False)
+    return model, opt
+
+
+def _log_start(facts: RunFacts, state: RunState, log) -> None:
+    """The run's first lines: data, model, devices, batch; what is done on the fly; where a resumed run goes on."""
+    s, data = facts.settings, facts.data
+    t, m = s.train, s.model
+    log(f"kkoma train: {len(data.train)} training pieces, validation "
+        + (", ".join(f"{k} ({len(v)})" for k, v in data.valid.items()) or "none")
+        + f"; {facts.parameters:,} parameters; {facts.devices}{', mixed precision' if facts.mixed else ''}; batch "
+        f"{t.batch_size} x {m.window_frames} frames, {facts.steps} steps/epoch; look-ahead {m.lookahead_frames} "
+        f"frames ({s.model_lookahead_ms:g} ms)"
+        + (f"; backward LSTM of {m.backward_units} (inference blocks {m.backward_block_frames} + "
+           f"{m.backward_context_frames} frames)" if m.backward_units else ""))
+    envelope = (f"on {t.spectral_eq_probability:.0%} of crops (±{t.spectral_eq_db:g} dB)" if t.spectral_eq_db
+                else "off")
+    log(f"on the fly: spectral envelope {envelope}, rooms on {t.room_probability:.0%}; weight average "
+        + (f"decay {t.average_decay:g}" if t.average_decay else "off")
+        + ("; checkpoints chosen by note-level F1 (notes: onset / onset+offset F1)" if t.selection == "notes" else
+           "; checkpoints chosen by frame-level F1 (frames: onset / frame F1)"))
+    if state.resumed:
+        log(f"resuming after epoch {state.next_epoch} (best score {state.st['best_score']:.4f} at epoch "
+            f"{state.st['best_epoch'] + 1})")
+    if state.next_epoch >= t.epochs:
+        log(f"the run has already done {state.next_epoch} of {t.epochs} epochs")
+
+
+class EpochEnd:
+    """The chief's end of an epoch, in this order: validate -> keep the best -> checkpoint the last -> early stop ->
+    log. Called with the epoch (counted from 0) and its training logs (:class:`offline.train_loop.Trainer`);
+    returns whether the run stops there.
+
+    Validation scores the weights that are kept and exported: the weight average when there is one, and then the
+    step's own weights beside it (``val_raw_score``, so the log shows what the average adds); without validation
+    data a lower training loss is better. Better than the best so far: ``checkpoints/best.weights.h5`` and
+    ``kkoma.npz``. Every epoch: the step's own weights, the optimizer state and the average (what a resumed run
+    continues from, not the average), ``state.json``, a row of ``learning_curve.tsv``, the TensorBoard scalars and
+    the console line.
+    """
+
+    def __init__(self, model, optimizer, average: "_WeightAverage | None", facts: RunFacts, state: RunState,
+                 log: Callable[[str], None]):
+        self.model, self.optimizer, self.average = model, optimizer, average
+        self.facts, self.state, self.log = facts, state, log
+        self.settings, self.data = facts.settings, facts.data
+        self.ckpt = facts.out_dir / "checkpoints"
+        self.board = _Board(facts.out_dir / "logs")
+
+    def __call__(self, epoch: int, logs: dict) -> bool:
+        from kkoma.models import network
+
+        t0 = time.time()
+        logs = dict(logs)
+        st, valid = self.state.st, self.data.valid
+        if self.average is not None and valid:
+            raw = validate(network.model_arrays(self.model), self.settings, self.data.dataset, valid)
+            logs["val_raw_score"] = raw["score"]
+        with self.average.swapped() if self.average is not None else nullcontext():
+            arrays = network.model_arrays(self.model)
+            metrics = validate(arrays, self.settings, self.data.dataset, valid) if valid else {}
+            score = metrics.get("score")
+            if score is None or not np.isfinite(score):  # no validation data: lower training loss is better
+                score = -float(logs.get("loss", np.inf))
+            for k, v in metrics.items():
+                logs[f"val_{k}"] = v
+            logs["val_score"] = score
+            self.state.tick()
+            entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                     "valid_seconds": round(time.time() - t0, 1), "hours": st["wall_seconds"] / 3600.0,
+                     "cpu_hours": st["cpu_seconds"] / 3600.0}
+            st["history"].append(entry)
+            st["epoch"] = epoch
+            improved = self._keep_best(epoch, score, arrays)
+        self._checkpoint()
+        stop = st["wait"] > self.settings.train.patience
+        if stop:
+            st["stopped_early"] = True
+        self.state.save()
+        _learning_curve(self.facts.out_dir / "learning_curve.tsv", entry, list(valid))
+        self.board.write(epoch + 1, logs)
+        self.log(self._line(epoch, logs, metrics, score, improved))
+        if stop:
+            self.log(f"early stop: no improvement for {st['wait']} epochs (train.patience = "
+                     f"{self.settings.train.patience})")
+        return stop
+
+    def _keep_best(self, epoch: int, score: float, arrays: dict) -> bool:
+        """A better score: the model's weights (as validated) become the best checkpoint and ``kkoma.npz``; else
+        one more epoch of waiting."""
+        from kkoma.models import network
+
+        st = self.state.st
+        if st["best_score"] is not None and not score > st["best_score"]:
+            st["wait"] += 1
+            return False
+        st["best_score"], st["best_epoch"], st["wait"] = float(score), epoch, 0
+        _save_weights(self.model, self.ckpt / "best.weights.h5")
+        network.save_weights_npz(self.facts.out_dir / "kkoma.npz", arrays, self.settings,
+                                 self.facts.summary(self.state, False))
+        return True
+
+    def _checkpoint(self) -> None:
+        """What a resumed run continues from: the step's own weights, the optimizer state, the average."""
+        _save_weights(self.model, self.ckpt / "last.weights.h5")
+        _save_optimizer(self.optimizer, self.ckpt / "last.optimizer.npz")
+        if self.average is not None:
+            self.average.save(self.ckpt / "last.average.npz")
+
+    def _line(self, epoch: int, logs: dict, metrics: dict, score: float, improved: bool) -> str:
+        """The console line: loss, per split note / frame F1 and velocity error, the score and the best."""
+        st = self.state.st
+        parts = [f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}"]
+        for split in self.data.valid:
+            parts.append(f"{split} notes {metrics[f'{split}_note_onset_f1']:.3f} / "
+                         f"{metrics[f'{split}_note_onoff_f1']:.3f}, frames {metrics[f'{split}_onset_f1']:.3f} / "
+                         f"{metrics[f'{split}_frame_f1']:.3f}, vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
+        if "val_raw_score" in logs:
+            parts.append(f"score without averaging {logs['val_raw_score']:.4f}")
+        parts.append(f"score {score:.4f}" + (" (best)" if improved else f" (best {st['best_score']:.4f} "
+                                                                          f"at epoch {st['best_epoch'] + 1})"))
+        return "; ".join(parts)
+
+
+def export(model, facts: RunFacts, state: RunState) -> dict:
+    """The end of a run: the summary (``summary.json``), and the best weights exported again to ``kkoma.npz`` with
+    the complete summary inside (when an epoch has been validated). Returns the summary."""
+    from kkoma.models import network
+
+    result = facts.summary(state, True)
+    if state.st["best_epoch"] >= 0:
+        model.load_weights(facts.out_dir / "checkpoints" / "best.weights.h5")
+        network.export_npz(model, facts.out_dir / "kkoma.npz", facts.settings, result)
+    _atomic_json(facts.out_dir / "summary.json", result)
+    return result
 
 
 def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = False,
@@ -512,16 +809,18 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
     Parameters
     ----------
     dataset : a folder made by ``kkoma prepare`` (manifest.json + per-piece npz shards).
-    out_dir : where checkpoints, logs, the summary and the exported weights go.
+    out_dir : where checkpoints, logs, the summary and the exported weights go (written by the chief alone when
+        ``TF_CONFIG`` names several workers: :mod:`offline.train_loop`).
     settings : ``train.*`` (batch size, epochs, steps per epoch, patience, learning rate, ...) and ``model.*``.
     resume : continue from ``OUT_DIR/checkpoints`` (model, optimizer, epoch, best score, patience counter).
     init : a weights file (``kkoma.npz``) of the same architecture to start a new run from (fine-tuning on more or
         other data), its feature statistics included; ignored when resuming.
-    verbose : Keras progress output (0 silent, 1 bar, 2 one line per epoch, "auto").
+    verbose : progress output (0 silent, 1 a bar per epoch, 2 one line per epoch, "auto" = 1).
 
     Returns
     -------
-    The training summary (also written to ``OUT_DIR/summary.json`` and stored inside ``kkoma.npz``).
+    The training summary (also written to ``OUT_DIR/summary.json`` and stored inside ``kkoma.npz``); on a worker
+    that is not the chief, ``{"chief": False, "worker": index, "workers": count, "epochs_run": n}``.
     """
     import keras
 
@@ -533,181 +832,64 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
 
 
 def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
-    import keras
+    """The run: read the splits -> open the run state (the chief) -> strategy -> model (built, restored or
+    started) -> every worker takes the chief's weights and epoch -> epochs of steps, each ended by the chief's
+    :class:`EpochEnd` and a stop decision every worker shares -> export (the chief). With several workers, a lost
+    worker ends it in one sentence (:func:`offline.train_loop.lost_workers`)."""
+    from kkoma.offline.train_loop import Workers, lost_workers
 
+    workers = Workers.from_env()
+    with lost_workers(workers):
+        return _run(dataset, Path(out_dir), settings, workers, resume=resume, init=init, log=log, verbose=verbose)
+
+
+def _run(dataset, out_dir: Path, settings, workers, *, resume, init, log, verbose) -> dict:
+    """:func:`_train`'s steps, for this process's place among the ``workers``."""
     from kkoma.models import network
+    from kkoma.offline.train_loop import ChiefBroadcast, Trainer, distributed_batches, setup_tf
 
-    t_start = time.time()
-    dataset = Path(dataset)
-    out_dir = Path(out_dir)
-    manifest = read_manifest(dataset, settings, require_pieces=True)
-    pieces = manifest["pieces"]
-    train_pieces = [p for p in pieces if p.get("split") == "train"]
-    if not train_pieces:
-        raise KkomaError(f"dataset {dataset} has no pieces in the train split.")
+    started = time.time()
     t = settings.train
-    valid = {}
-    for p in pieces:
-        if str(p.get("split", "")).startswith("valid"):
-            valid.setdefault(p["split"], []).append(p)
-    if t.valid_max_pieces:
-        valid = {k: spread_subset(v, t.valid_max_pieces) for k, v in valid.items()}
-    ckpt = out_dir / "checkpoints"
-    state_path = ckpt / "state.json"
-    state = None
-    if state_path.exists():
-        if not resume:
-            raise KkomaError(f"{out_dir} already holds a training run; continue it with --resume or choose another "
-                             "OUT_DIR.")
-        state = json.loads(state_path.read_text())
-    elif resume:
-        log(f"no checkpoint in {ckpt}; starting a new run")
-    ckpt.mkdir(parents=True, exist_ok=True)
-
-    strategy, mixed, devices = _setup_tf(settings, log)
-    window, R = settings.model.window_frames, settings.model.lookahead_frames
-    batch = t.batch_size
-    steps = t.steps_per_epoch or max(1, crops_per_pass(train_pieces, window, R) // batch)
-    initial_epoch = 0 if state is None else int(state["epoch"]) + 1
-    with strategy.scope():
-        model = network.build_model(settings)
-        opt = keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm or None)
-        losses = {"onset": onset_loss(t.onset_pos_weight), "frame": "binary_crossentropy", "velocity": velocity_loss}
-        weights = {"onset": 1.0, "frame": 1.0, "velocity": t.velocity_weight}
-        model.compile(optimizer=opt, loss=losses, loss_weights=weights)
-        if state is not None:
-            model.load_weights(ckpt / "last.weights.h5")
-            _load_optimizer(model.optimizer, model, ckpt / "last.optimizer.npz", log)
-        else:
-            refeature = False
-            if init:
-                arrays, refeature = _init_arrays(init, settings, log)
-                if "harmonic_kernel" not in arrays and settings.model.harmonic_units:
-                    arrays = network.grow_arrays(network.model_arrays(model), arrays)
-                if "backward_kernel" not in arrays and settings.model.backward_units:
-                    arrays = network.grow_backward(network.model_arrays(model), arrays)
-                network.set_model_arrays(model, arrays)
-                log(f"starting from the weights in {init}")
-            if refeature or not init:
-                mean, std = feature_stats(dataset, train_pieces, t.norm_pieces, t.seed)
-                network.set_normalization(model, mean, std)
-    average = _WeightAverage(model.trainable_variables, t.average_decay) if t.average_decay else None
-    if average is not None and state is not None and (ckpt / "last.average.npz").exists():
-        average.load(ckpt / "last.average.npz", log)
-    arrays0 = network.model_arrays(model)
-    n_params = network.count_params(arrays0)
-    log(f"kkoma train: {len(train_pieces)} training pieces, validation "
-        + (", ".join(f"{k} ({len(v)})" for k, v in valid.items()) or "none")
-        + f"; {n_params:,} parameters; {devices}{', mixed precision' if mixed else ''}; batch {batch} x {window} "
-        f"frames, {steps} steps/epoch; look-ahead {R} frames ({settings.model_lookahead_ms:g} ms)"
-        + (f"; backward LSTM of {m.backward_units} (inference blocks {m.backward_block_frames} + "
-           f"{m.backward_context_frames} frames)" if (m := settings.model).backward_units else ""))
-    envelope = (f"on {t.spectral_eq_probability:.0%} of crops (±{t.spectral_eq_db:g} dB)" if t.spectral_eq_db
-                else "off")
-    log(f"on the fly: spectral envelope {envelope}, rooms on {t.room_probability:.0%}; weight average "
-        + (f"decay {t.average_decay:g}" if t.average_decay else "off")
-        + ("; checkpoints chosen by note-level F1 (notes: onset / onset+offset F1)" if t.selection == "notes" else
-           "; checkpoints chosen by frame-level F1 (frames: onset / frame F1)"))
+    data = read_splits(dataset, settings)
+    if len(data.train) < workers.count:
+        raise KkomaError(f"dataset {data.dataset} has {len(data.train)} training pieces, fewer than the "
+                         f"{workers.count} workers that share them.")
+    state = RunState.open(out_dir, resume, log) if workers.chief else None
+    strategy, mixed, devices = setup_tf(settings, workers)
+    steps = t.steps_per_epoch or max(1, crops_per_pass(data.train, settings.model.window_frames,
+                                                       settings.model.lookahead_frames) // t.batch_size)
+    model, opt = build_model(settings, strategy, mixed, data, state, init, log)
+    chief = ChiefBroadcast(strategy, workers)
+    chief.variables(model.weights + opt.variables)
+    first, stopped = (int(v) for v in chief.arrays([state.next_epoch if state else 0,
+                                                     int(bool(state and state.st.get("stopped_early")))]))
+    average = None
+    if state is not None and t.average_decay:  # only the chief validates and saves the average
+        average = _WeightAverage(model.trainable_variables, t.average_decay)
+        if state.resumed and (state.path.parent / "last.average.npz").exists():
+            average.load(state.path.parent / "last.average.npz", log)
+    facts = RunFacts(data, out_dir, settings, network.count_params(network.model_arrays(model)), steps, devices,
+                     mixed, started)
     if state is not None:
-        log(f"resuming after epoch {initial_epoch} (best score {state['best_score']:.4f} at epoch "
-            f"{state['best_epoch'] + 1})")
-    if initial_epoch >= t.epochs:
-        log(f"the run has already done {initial_epoch} of {t.epochs} epochs")
-
-    # Resumed runs draw different (but reproducible) crops from the epochs they skip.
-    data = make_dataset(dataset, train_pieces, settings, batch, t.seed + 1000 * initial_epoch)
-
-    st = state or {"epoch": -1, "best_score": None, "best_epoch": -1, "wait": 0, "history": []}
-    # Training time behind the checkpoint, across resumes (what a resumed run redoes after its last checkpoint is
-    # not counted twice): wall-clock and this process's CPU time (every thread; the machine may be shared).
-    clock = {"wall": time.time(), "cpu": time.process_time()}
-    st.setdefault("wall_seconds", 0.0)
-    st.setdefault("cpu_seconds", 0.0)
-
-    def summary(final: bool) -> dict:
-        return {"dataset": str(dataset), "out_dir": str(out_dir), "epochs_run": st["epoch"] + 1,
-                "best_epoch": st["best_epoch"] + 1, "best_score": st["best_score"],
-                "best": st["history"][st["best_epoch"]] if st["best_epoch"] >= 0 else None,
-                "stopped_early": bool(final and st.get("stopped_early")), "parameters": n_params,
-                "train_pieces": len(train_pieces), "valid_pieces": {k: len(v) for k, v in valid.items()},
-                "steps_per_epoch": steps, "batch_size": batch, "window_frames": window,
-                "lookahead_frames": R, "lookahead_ms": settings.model_lookahead_ms, "devices": devices,
-                "mixed_precision": mixed, "train_settings": asdict(t), "seconds": round(time.time() - t_start, 1),
-                "history": st["history"]}
-
-    board = _Board(out_dir / "logs")
-
-    class Epochs(keras.callbacks.Callback):
-        """Validate, checkpoint (last + best), early-stop, and keep the resumable state (in that order)."""
-
-        def on_train_batch_end(self, batch, logs=None):
-            if average is not None:
-                average.update()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            t0 = time.time()
-            if average is not None and valid:
-                # The step's own weights are scored too, so the run's log shows what the average adds.
-                raw = validate(network.model_arrays(self.model), settings, dataset, valid)
-                logs["val_raw_score"] = raw["score"]
-            with average.swapped() if average is not None else nullcontext():
-                arrays = network.model_arrays(self.model)
-                metrics = validate(arrays, settings, dataset, valid) if valid else {}
-                score = metrics.get("score")
-                if score is None or not np.isfinite(score):  # no validation data: lower training loss is better
-                    score = -float(logs.get("loss", np.inf))
-                for k, v in metrics.items():
-                    logs[f"val_{k}"] = v
-                logs["val_score"] = score
-                now = {"wall": time.time(), "cpu": time.process_time()}
-                st["wall_seconds"] += now["wall"] - clock["wall"]
-                st["cpu_seconds"] += now["cpu"] - clock["cpu"]
-                clock.update(now)
-                entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
-                         "valid_seconds": round(time.time() - t0, 1), "hours": st["wall_seconds"] / 3600.0,
-                         "cpu_hours": st["cpu_seconds"] / 3600.0}
-                st["history"].append(entry)
-                st["epoch"] = epoch
-                improved = st["best_score"] is None or score > st["best_score"]
-                if improved:
-                    st["best_score"], st["best_epoch"], st["wait"] = float(score), epoch, 0
-                    _save_weights(self.model, ckpt / "best.weights.h5")
-                    network.save_weights_npz(out_dir / "kkoma.npz", arrays, settings, summary(False))
-                else:
-                    st["wait"] += 1
-            # Resume continues from the step's own weights (and the average beside them), not from the average.
-            _save_weights(self.model, ckpt / "last.weights.h5")
-            _save_optimizer(self.model.optimizer, ckpt / "last.optimizer.npz")
-            if average is not None:
-                average.save(ckpt / "last.average.npz")
-            if st["wait"] > t.patience:
-                st["stopped_early"] = True
-                self.model.stop_training = True
-            _atomic_json(state_path, st)
-            _learning_curve(out_dir / "learning_curve.tsv", entry, list(valid))
-            board.write(epoch + 1, logs)
-            parts = [f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}"]
-            for split in valid:
-                parts.append(f"{split} notes {metrics[f'{split}_note_onset_f1']:.3f} / "
-                             f"{metrics[f'{split}_note_onoff_f1']:.3f}, frames {metrics[f'{split}_onset_f1']:.3f} / "
-                             f"{metrics[f'{split}_frame_f1']:.3f}, vel MAE {metrics[f'{split}_velocity_mae']:.1f}")
-            if "val_raw_score" in logs:
-                parts.append(f"score without averaging {logs['val_raw_score']:.4f}")
-            parts.append(f"score {score:.4f}" + (" (best)" if improved else f" (best {st['best_score']:.4f} "
-                                                                              f"at epoch {st['best_epoch'] + 1})"))
-            log("; ".join(parts))
-            if self.model.stop_training and st.get("stopped_early"):
-                log(f"early stop: no improvement for {st['wait']} epochs (train.patience = {t.patience})")
-
-    callbacks = [Epochs()]
-    if initial_epoch < t.epochs and not st.get("stopped_early"):
-        model.fit(data, epochs=t.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
-    result = summary(True)
-    if st["best_epoch"] >= 0:
-        # Final export: the best weights again, now with the complete training summary inside.
-        model.load_weights(ckpt / "best.weights.h5")
-        network.export_npz(model, out_dir / "kkoma.npz", settings, result)
-    _atomic_json(out_dir / "summary.json", result)
-    return result
+        _log_start(facts, state, log)
+    epochs_run = first
+    if first < t.epochs and not stopped:
+        # Resumed runs draw different (but reproducible) crops from the epochs they skip.
+        batches = distributed_batches(strategy, t.batch_size, lambda batch, worker, n: make_dataset(
+            data.dataset, data.train, settings, batch, t.seed + 1000 * first, worker=worker, workers=n))
+        trainer = Trainer(model, opt, strategy, *_losses(settings))
+        end = EpochEnd(model, opt, average, facts, state, log) if state is not None else None
+        progress = 1 if verbose == "auto" else int(verbose)
+        if state is not None:
+            state.start_clock()
+        for epoch in range(first, t.epochs):
+            if progress and t.epochs > 1:
+                print(f"Epoch {epoch + 1}/{t.epochs}", flush=True)
+            logs = trainer.epoch(batches, steps, average.update if average is not None else None, progress)
+            epochs_run = epoch + 1
+            stop = end(epoch, logs) if end is not None else False
+            if chief.arrays([int(stop)])[0]:
+                break
+    if state is None:
+        return {"chief": False, "worker": workers.index, "workers": workers.count, "epochs_run": epochs_run}
+    return export(model, facts, state)

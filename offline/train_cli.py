@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", metavar="DATASET", help="dataset folder written by `kkoma prepare` (manifest.json)")
     p.add_argument("out_dir", metavar="OUT_DIR",
                    help="output folder: kkoma.npz (best weights for transcribe/live), summary.json, checkpoints/, "
-                        "logs/ (TensorBoard)")
+                        "logs/ (TensorBoard); on several TensorFlow workers (the TF_CONFIG environment variable, "
+                        "docs/cluster.md) the chief alone writes it")
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default: train.epochs)")
     p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="batches per epoch; 0 = one pass over the training pieces (default: train.steps_per_epoch)")
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace, settings) -> int:
                         verbose=2 if args.quiet else "auto")
     except KeyboardInterrupt:
         raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None
+    if summary.get("chief") is False:
+        print(f"worker {summary['worker']} of {summary['workers']}: {summary['epochs_run']} epochs done (the chief "
+              "writes OUT_DIR)")
+        return 0
     best = summary.get("best") or {}
     print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"best": best}, indent=2, default=str))
     print(f"best weights: {os.path.join(args.out_dir, 'kkoma.npz')} (use with --set model.weights=...)")
