@@ -375,7 +375,9 @@ def _save_optimizer(opt, path: Path) -> None:
     atomic_write(path, lambda tmp: np.savez(tmp, *[np.asarray(v) for v in opt.variables]))
 
 
-def _load_optimizer(opt, model, path: Path, log) -> None:
+def _load_optimizer(opt, model, path: Path, learning_rate: float, log) -> None:
+    """The checkpoint's optimizer state (step count, moments) into ``opt``, except its learning rate: a resumed run
+    goes on at ``learning_rate`` (``train.learning_rate`` now), so that a campaign can be resumed at a lower rate."""
     with np.load(path) as z:
         values = [z[f"arr_{i}"] for i in range(len(z.files))]
     if not opt.built:
@@ -385,6 +387,10 @@ def _load_optimizer(opt, model, path: Path, log) -> None:
         return
     for v, a in zip(opt.variables, values):
         v.assign(a)
+    was = float(opt.learning_rate.numpy())
+    if not np.isclose(was, learning_rate, rtol=1e-6, atol=0.0):
+        log(f"  learning rate {was:g} -> {learning_rate:g} (train.learning_rate)")
+    opt.learning_rate = learning_rate
 
 
 class _WeightAverage:
@@ -648,7 +654,7 @@ def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState 
         if state is not None and state.resumed:
             ckpt = state.path.parent
             model.load_weights(ckpt / "last.weights.h5")
-            _load_optimizer(opt, model, ckpt / "last.optimizer.npz", log)
+            _load_optimizer(opt, model, ckpt / "last.optimizer.npz", t.learning_rate, log)
         elif state is not None:
             refeature = False
             if init:

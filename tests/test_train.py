@@ -132,6 +132,33 @@ def test_existing_run_needs_resume_and_resume_continues(trained, tmp_path):
     assert out["history"][3]["hours"] == pytest.approx(hours[3], abs=1e-4)
 
 
+def test_resume_goes_on_at_the_configured_learning_rate(trained, tmp_path):
+    """The checkpoint's optimizer state resumes (step count), but its learning rate is the one configured now: a
+    campaign resumed with ``--learning-rate`` runs at that rate, and says so."""
+    import shutil
+
+    from kkoma.offline.train import train
+
+    s, ds, run, _, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ckpt = copy / "checkpoints" / "last.optimizer.npz"
+
+    def saved():  # Adam's variables: step count first, then the learning rate
+        with np.load(ckpt) as z:
+            return int(z["arr_0"]), float(z["arr_1"])
+
+    steps, rate = saved()
+    assert rate == pytest.approx(s.train.learning_rate)
+    lower = s.train.learning_rate / 4
+    lines = []
+    train(ds, copy, s.replace(train__epochs="4", train__learning_rate=str(lower)), resume=True, log=lines.append,
+          verbose=0)
+    assert any(f"learning rate {s.train.learning_rate:g} -> {lower:g}" in line for line in lines)
+    steps2, rate2 = saved()
+    assert rate2 == pytest.approx(lower) and steps2 == steps + s.train.steps_per_epoch
+
+
 def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(trained, tmp_path):
     """The campaign's network in small (harmonic branch with the octave below and the fifth, backward LSTM over
     blocks): trains, resumes from its checkpoint, and its weights file loads under settings that say nothing of
