@@ -34,12 +34,14 @@ _NOT_SETTINGS = {("model", "n_bins")}
 class ShippedModel:
     """One entry of ``models.toml``: ``name`` (what ``--model`` takes), ``file`` (in models/weights), ``run`` (the
     training run, as the model card names it), ``purpose`` (one line), ``onset_f1`` (condition -> note onset F1
-    [%], from the model card)."""
+    [%], from the model card), ``tracker`` (``[tracker]`` settings chosen for it after training, which
+    ``--model NAME`` applies under the user's own; empty for the default models, whose tracker is config.toml's)."""
     name: str
     file: str
     run: str
     purpose: str
     onset_f1: dict
+    tracker: dict
 
     @property
     def path(self) -> Path:
@@ -51,7 +53,8 @@ def shipped_models() -> list[ShippedModel]:
     with open(CATALOG, "rb") as fh:
         table = tomllib.load(fh)
     return [ShippedModel(name=name, file=e["file"], run=e["run"], purpose=e["purpose"],
-                         onset_f1=dict(e.get("onset_f1", {}))) for name, e in table.items()]
+                         onset_f1=dict(e.get("onset_f1", {})), tracker=dict(e.get("tracker", {})))
+            for name, e in table.items()]
 
 
 def resolve_model(name_or_path: str) -> tuple[Path, ShippedModel | None]:
@@ -129,6 +132,7 @@ def describe(settings, model: ShippedModel) -> dict[str, Any]:
                          "total": round(transform + s.model_lookahead_ms, 1)}
     d["settings"] = {f"{sec}.{k}": v for sec, keys in record_table(weights_record(model.path) or {}).items()
                      for k, v in keys.items() if sec != "audio"}
+    d["settings"].update({f"tracker.{k}": v for k, v in model.tracker.items()})
     return d
 
 

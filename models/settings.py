@@ -528,7 +528,8 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         ``kkoma live`` keeps the live ones.
     model : ``--model``: a shipped model's name (``models/weights/models.toml``) or a weights file, put in
         ``model.weights`` under the user's file and overrides. A shipped model also decides ``offline``: the one
-        ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them.
+        ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them and
+        brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides).
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -575,16 +576,26 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     from kkoma.models.catalog import record_table, weights_record
 
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
-    if record:
+    # A shipped model chosen by --model brings its entry's tracker settings too (models.toml: tuned after training,
+    # so not in the file), under the user's file and --set, like the record.
+    brought = {"tracker": dict(shipped.tracker)} if model is not None and shipped is not None and shipped.tracker \
+        else {}
+    if record or brought:
         explicit = _explicit_keys(user, overrides)
-        table = {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()
-                       if (sec, k) not in explicit and k in {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])}}
-                 for sec, keys in record_table(record).items()}
-        try:
-            with_record = _build(_merge(_as_raw(base), table), base.source)
-        except ConfigError as e:
-            raise ConfigError(f"model weights {s.model.weights_path} carry settings this kkoma refuses ({e})") \
-                from None
+        fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
+
+        def unset(tables: dict) -> dict:  # the keys the user did not set
+            return {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()
+                          if (sec, k) not in explicit and k in fields[sec]} for sec, keys in tables.items()}
+
+        with_record = base
+        for tables, what in ((record_table(record) if record else {}, f"model weights {s.model.weights_path} carry"),
+                             (brought, f"model {model}'s entry in models.toml holds")):
+            try:
+                with_record = _build(_merge(_as_raw(with_record), unset(tables)), base.source) if tables \
+                    else with_record
+            except ConfigError as e:
+                raise ConfigError(f"{what} settings this kkoma refuses ({e})") from None
         if with_record != base:
             s = layered(with_record)
     return s

@@ -54,6 +54,29 @@ def test_files_model_brings_its_transform_and_tracker_everywhere():
     assert norm(t) == norm(live)
 
 
+def test_a_shipped_entry_brings_its_tracker_under_the_users_settings(tmp_path, monkeypatch):
+    """A models.toml entry's ``tracker`` table (thresholds chosen for that model after training) applies when the
+    model is chosen by --model; the user's --set wins; a bad value is one sentence naming the model."""
+    from kkoma.models import catalog
+
+    harmonic = next(m for m in MODELS if m.name == "harmonic")
+    entry = f'[tuned]\nfile = "{harmonic.file}"\nrun = "r0"\npurpose = "test"\n'
+    (tmp_path / "models.toml").write_text(entry + "tracker = { onset_threshold = 0.77, offset_hold_ms = 70.0 }\n")
+    monkeypatch.setattr(catalog, "CATALOG", tmp_path / "models.toml")
+    base = load_settings()
+    s = load_settings(model="tuned")
+    assert (s.tracker.onset_threshold, s.tracker.offset_hold_ms) == (0.77, 70.0)
+    assert s.tracker.frame_threshold == base.tracker.frame_threshold  # what the entry does not name stays
+    assert s.model.harmonic_units == 16  # and the file's record still applies
+    assert load_settings(model="tuned", overrides=["tracker.onset_threshold=0.6"]).tracker.onset_threshold == 0.6
+    # the same file by --set model.weights is not the shipped entry's choice: config.toml's tracker
+    by_set = load_settings(overrides=[f"model.weights={harmonic.path}"])
+    assert by_set.tracker.onset_threshold == base.tracker.onset_threshold
+    (tmp_path / "models.toml").write_text(entry + "tracker = { onset_threshold = 1.5 }\n")
+    with pytest.raises(ConfigError, match="model tuned's entry in models.toml holds settings this kkoma refuses.*onset_threshold"):
+        load_settings(model="tuned")
+
+
 def test_a_weights_file_by_path_carries_its_shape(tmp_path):
     small = load_settings(overrides=["model.units=8", "model.input_units=16"])
     path = export_random_weights(tmp_path / "small.npz", small)
