@@ -578,11 +578,16 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
     # A shipped model chosen by --model brings its entry's tracker settings too (models.toml: tuned after training,
     # so not in the file), under the user's file and --set, like the record.
-    brought = {"tracker": dict(shipped.tracker)} if model is not None and shipped is not None and shipped.tracker \
-        else {}
+    # The model transcribe.overrides names (offline) has its tracker there.
+    brought = {"tracker": dict(shipped.tracker)} \
+        if model is not None and shipped is not None and shipped.tracker and not offline else {}
+    fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
+    unknown = sorted(set(brought.get("tracker", {})) - fields["tracker"])
+    if unknown:
+        raise ConfigError(f"model {model}'s entry in models.toml sets tracker.{unknown[0]}, which is not a tracker "
+                          f"setting (they are: {', '.join(sorted(fields['tracker']))}).")
     if record or brought:
         explicit = _explicit_keys(user, overrides)
-        fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
 
         def unset(tables: dict) -> dict:  # the keys the user did not set
             return {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()

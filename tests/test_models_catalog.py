@@ -75,6 +75,14 @@ def test_a_shipped_entry_brings_its_tracker_under_the_users_settings(tmp_path, m
     (tmp_path / "models.toml").write_text(entry + "tracker = { onset_threshold = 1.5 }\n")
     with pytest.raises(ConfigError, match="model tuned's entry in models.toml holds settings this kkoma refuses.*onset_threshold"):
         load_settings(model="tuned")
+    (tmp_path / "models.toml").write_text(entry + "tracker = { onset_treshold = 0.5 }\n")
+    with pytest.raises(ConfigError, match="sets tracker.onset_treshold, which is not a tracker setting"):
+        load_settings(model="tuned")
+    # the model transcribe.overrides names takes its tracker from there, whatever its entry says
+    offline = next(m for m in MODELS if m.name == "offline")
+    (tmp_path / "models.toml").write_text(f'[offline]\nfile = "{offline.file}"\nrun = "r0"\npurpose = "test"\n'
+                                          "tracker = { onset_threshold = 0.55 }\n")
+    assert load_settings(model="offline").tracker == load_settings(offline=True).tracker
 
 
 def test_a_weights_file_by_path_carries_its_shape(tmp_path):

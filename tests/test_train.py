@@ -137,16 +137,28 @@ def test_resume_goes_on_at_the_configured_learning_rate(trained, tmp_path):
     campaign resumed with ``--learning-rate`` runs at that rate, and says so."""
     import shutil
 
+    import tensorflow as tf
+
+    from kkoma.models import network
     from kkoma.offline.train import train
+    from kkoma.offline.train_loop import make_optimizer
 
     s, ds, run, _, _ = trained
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     ckpt = copy / "checkpoints" / "last.optimizer.npz"
+    # Where Adam's step count and learning rate sit in the saved state: the run's optimizer (with mixed precision,
+    # which a GPU switches on, a loss-scale wrapper's own variables come first) built the same way.
+    mp = s.train.mixed_precision
+    opt = make_optimizer(s, mp == "on" or (mp == "auto" and bool(tf.config.list_physical_devices("GPU"))))
+    opt.build(network.build_model(s).trainable_variables)
+    paths = [v.path for v in opt.variables]
+    i_step = max(i for i, p in enumerate(paths) if p.endswith("/iteration"))
+    i_rate = max(i for i, p in enumerate(paths) if p.endswith("/learning_rate"))
 
-    def saved():  # Adam's variables: step count first, then the learning rate
+    def saved():
         with np.load(ckpt) as z:
-            return int(z["arr_0"]), float(z["arr_1"])
+            return int(z[f"arr_{i_step}"]), float(z[f"arr_{i_rate}"])
 
     steps, rate = saved()
     assert rate == pytest.approx(s.train.learning_rate)
