@@ -148,11 +148,16 @@ def run(args, settings) -> int:
         la = r.get("lookahead_ms")
         ahead = (f"look-ahead {la['total']:g} ms (transform {la['transform']:g} + network {la['model']:g})"
                  if la else "weights file missing")
+        st = r.get("settings", {})
+        if st.get("model.backward_units"):  # a backward LSTM reads whole blocks: a model for files, not for live
+            ahead += (f"; its backward LSTM reads blocks of {st['model.backward_block_frames']} frames plus "
+                      f"{st['model.backward_context_frames']} after them (files only)")
         print(f"\n  {r['name']:<9} {Path(r['file']).name} ({r['run']}): {r['purpose']}")
         print(f"  {'':<9} {ahead}")
         f1 = ", ".join(f"{c} {r['onset_f1'][c]:.1f}" for c in conditions if c in r["onset_f1"])
         print(f"  {'':<9} onset F1 [%] {f1}")
     print("\nAccuracy: mir_eval note onset F1 on 114 held-out files per condition (models/weights/MODEL_CARD.md: "
           "valid_pieces = held-out pieces, training soundfonts; valid_soundfont = an unseen soundfont; valid_room = "
-          "it in a room with noise; valid_samples = a recorded grand).")
+          "it in a room with noise; valid_samples = a recorded grand; valid_maps_piano = the MAPS Bösendorfer, a "
+          "piano never trained on, 18 recordings).")
     return 0

@@ -1,5 +1,6 @@
 """The shipped weights (models/weights/kkoma.npz, the live model; kkoma_offline.npz, the offline model files get by
-default; kkoma_harmonic.npz, with its harmonic branch): they load with the shipped settings, stay small, and
+default; kkoma_harmonic.npz, with its harmonic branch; kkoma_pitch.npz, the opt-in pitch-shared files model, with its
+models.toml tracker): they load with the shipped settings, stay small, and
 transcribe the bundled example (our own piece, not in any training set) at least as well as when they were shipped
 (golden figure with a tolerance: a regression in the weights, features, resampler or tracker shows up here)."""
 from __future__ import annotations
@@ -13,13 +14,14 @@ from kkoma.models.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.05
-#: name -> (settings overrides, offline profile, onset F1 (50 ms) on examples/example.flac with config.toml's
-#: thresholds, measured when shipped)
+#: name -> (load_settings arguments, onset F1 (50 ms) on examples/example.flac with those settings' thresholds,
+#: measured when shipped)
 SHIPPED = {
-    "kkoma.npz": ([], False, 0.800),
-    "kkoma_offline.npz": ([], True, 0.847),
-    "kkoma_harmonic.npz": (["model.weights=models/weights/kkoma_harmonic.npz", "model.harmonic_units=16"], False,
-                           0.843),
+    "kkoma.npz": ({}, 0.800),
+    "kkoma_offline.npz": ({"offline": True}, 0.847),
+    "kkoma_harmonic.npz": ({"overrides": ["model.weights=models/weights/kkoma_harmonic.npz",
+                                          "model.harmonic_units=16"]}, 0.843),
+    "kkoma_pitch.npz": ({"model": "pitch", "offline": True}, 0.760),
 }
 
 
@@ -27,8 +29,7 @@ SHIPPED = {
 def test_weights_load_with_the_shipped_settings_and_are_small(name):
     from kkoma.models.inference import load_weights
 
-    overrides, offline, _ = SHIPPED[name]
-    s = load_settings(overrides=overrides, offline=offline)
+    s = load_settings(**SHIPPED[name][0])
     path = s.model.weights_path
     assert path.name == name
     assert path.exists(), "the shipped weights are missing"
@@ -44,9 +45,8 @@ def test_bundled_example_onset_f1_does_not_regress(name):
     from kkoma.models.notes import notes_to_arrays, read_midi
     from kkoma.offline.transcribe import transcribe_file
 
-    overrides, offline, shipped_f1 = SHIPPED[name]
-    est = list(transcribe_file(ROOT / "examples" / "example.flac",
-                               load_settings(overrides=overrides, offline=offline)).notes)
+    kwargs, shipped_f1 = SHIPPED[name]
+    est = list(transcribe_file(ROOT / "examples" / "example.flac", load_settings(**kwargs)).notes)
     ref = read_midi(ROOT / "examples" / "example.mid")
     ri, rhz, _ = notes_to_arrays(ref)
     ei, ehz, _ = notes_to_arrays(est)
