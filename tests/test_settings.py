@@ -130,3 +130,19 @@ def test_relative_weights_path_is_looked_up_here_then_in_the_repository(tmp_path
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "kkoma.npz").write_bytes(b"x")
     assert load_settings(overrides=["model.weights=run/kkoma.npz"]).model.weights_path == tmp_path / "run" / "kkoma.npz"
+
+
+def test_campaign_settings_load_and_say_which_model_they_train():
+    """offline/campaigns/*.toml are --config files on top of config.toml: each loads, and the pitch-shared pair
+    trains the same shared front end, for files (a backward LSTM, with --offline) and for live (forward only)."""
+    from pathlib import Path
+
+    campaigns = sorted((Path(__file__).resolve().parents[1] / "offline" / "campaigns").glob("*.toml"))
+    assert {p.name for p in campaigns} >= {"pitch_files.toml", "pitch_live.toml"}
+    loaded = {p.stem: load_settings(p, weights_settings=False) for p in campaigns}
+    files = load_settings(campaigns[0].parent / "pitch_files.toml", offline=True, weights_settings=False)
+    live = loaded["pitch_live"]
+    assert files.model.backward_units > 0 and live.model.backward_units == 0
+    assert files.model.harmonic_units == live.model.harmonic_units > 0
+    assert files.model.harmonics == live.model.harmonics
+    assert live.cqt == load_settings(weights_settings=False).cqt  # the live transform
