@@ -126,6 +126,11 @@ def run(args: argparse.Namespace, settings) -> int:
         settings = settings.replace(serve__max_clients=str(args.max_clients))
     # The page's files (uploads, recorded takes) get the files model, as `kkoma transcribe` and `kkoma record` do.
     offline_settings = load_settings(getattr(args, "config", None), getattr(args, "overrides", []), offline=True)
+    # Its live stream gets the live model: a files-only one (--model pitch) is refused now, not at a pianist's first
+    # note.
+    from kkoma.models.pipeline import make_transcriber
+
+    make_transcriber(settings, live=True)
 
     sock = _bind(host, port)
     port = sock.getsockname()[1]

@@ -351,6 +351,10 @@ def test_serve_help_and_a_bad_port(capsys):
     assert main(["serve", "--port", "70000"]) == 1
     err = capsys.readouterr().err
     assert "--port" in err and _one_sentence(err.split(": ", 1)[1])
+    # a files-only model (a backward LSTM) cannot serve the page's live stream: said before serving, exit 1
+    assert main(["serve", "--model", "pitch", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "backward LSTM" in err and "--model live" in err and _one_sentence(err.split(": ", 1)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
