@@ -10,9 +10,10 @@ tracker's own onset estimate). Compute time comes on top of it live; both are pr
     .venv/bin/python benchmarks/bench_live.py --device-rate 48000     # as from a 48 kHz sound card
     .venv/bin/python benchmarks/bench_live.py --audio x.flac --midi x.mid --weights w.npz
     .venv/bin/python benchmarks/bench_live.py --record                # + kkoma record's files model beside it
+    .venv/bin/python benchmarks/bench_live.py --record --files-model pitch   # ... with kkoma record --files-model
 
-``--record``: the engine as ``kkoma record`` runs it, the files model (the offline settings) fed the same audio after
-each step's live events are sent. Run once without it and once with it in the same process; the per-hop compute of
+``--record``: the engine as ``kkoma record`` runs it, the files model (the offline settings) fed the same audio on
+its own thread after each step's live events are sent. Run once without it and once with it in the same process; the per-hop compute of
 both and their ratio are printed (the note-on latency is the live model's in both).
 
 Without trained weights (models/weights/kkoma.npz missing) it runs tiny random weights: the compute figures are
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
     ap.add_argument("--record", action="store_true",
                     help="also run the files model beside the live one (as kkoma record does) and compare")
+    ap.add_argument("--files-model", default=None, metavar="NAME|FILE",
+                    help="with --record: the file's model, as kkoma record --files-model (default: offline)")
     args = ap.parse_args(argv)
 
     import soundfile as sf
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
         source = FileInput(s, path, speed=args.speed)
         files = None
         if file_model:
-            files = make_record_transcriber(load_settings(overrides=args.overrides, offline=True))
+            files = make_record_transcriber(load_settings(overrides=args.overrides, offline=True,
+                                                         model=args.files_model))
         engine = Engine(s, source, NullMidiOut(s), transcriber=make_live_transcriber(s), file_transcriber=files,
                         on_event=lambda e, t, v: ons.append((e, t)) if e.kind == "on" else None)
         engine.start()
@@ -99,14 +103,17 @@ def main(argv=None) -> int:
     h = rep["hop_compute_ms"]
     if args.record:
         engine2, ons2 = run(True)
-        h2 = engine2.report()["hop_compute_ms"]
+        rep2 = engine2.report()
+        h2, f2 = rep2["hop_compute_ms"], rep2["file_model"]["step_compute_ms"]
         assert [(e.pitch, e.time) for e, _ in ons2] == [(e.pitch, e.time) for e, _ in ons]  # the port's notes
         fb = engine2.file_transcriber.latency_budget()
         print(f"record (live + files model {engine2.file_transcriber.settings.model.weights_path.name}, its notes "
               f"{fb['total_ms']:.0f} ms behind): per-hop compute [ms] p50 {h2['p50_ms']:.3f} "
               f"({h2['p50_ms'] / h['p50_ms']:.2f}x live alone), p99 {h2['p99_ms']:.3f} "
               f"({h2['p99_ms'] / h['p99_ms']:.2f}x), max {h2['max_ms']:.3f}, mean {h2['mean_ms']:.3f} "
-              f"({h2['mean_ms'] / h['mean_ms']:.2f}x; real-time factor {h2['mean_ms'] / hop_ms:.3f})")
+              f"({h2['mean_ms'] / h['mean_ms']:.2f}x; real-time factor {h2['mean_ms'] / hop_ms:.3f}); the files "
+              f"model on its thread per step p50 {f2['p50_ms']:.3f}, p99 {f2['p99_ms']:.3f}, max {f2['max_ms']:.3f}, "
+              f"mean {f2['mean_ms']:.3f}")
     print(f"input: {args.audio} ({len(x) / sr:.1f} s at {sr} Hz, block {s.live.block_size} samples, "
           f"resampler look-ahead {engine.resampler.lookahead_ms:.2f} ms); weights: {'trained' if trained else 'RANDOM (untrained)'}")
     print("latency budget [ms]: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["latency_budget_ms"].items()))

@@ -86,6 +86,10 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the file gets: files = the files model's notes (the offline model, run beside the live "
                         "one on the same audio: more accurate, written ~270 ms behind the port; default), live = "
                         "exactly the notes sent to the MIDI port")
+    p.add_argument("--files-model", metavar="NAME|FILE", default=None,
+                   help="the model whose notes the file gets (--notes files), as `kkoma transcribe --model` takes "
+                        "it: a shipped one by name (`kkoma models`, e.g. pitch) or a weights file (default: the "
+                        "files model, offline); --model stays the live one, for the port")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT.mid (and the --audio file) if they exist; without it an existing file is an error")
     _add_session_arguments(p)
@@ -170,13 +174,19 @@ def _budget_line(engine) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 def _file_settings(args, settings):
     """The settings of the model whose notes ``kkoma record`` writes (``--notes files``): the files' ones (config.toml's
-    transcribe.overrides under the user's --config and --set, as `kkoma transcribe` gets them), or None when they are
-    the live ones (the file would get the same notes)."""
+    transcribe.overrides under the user's --config and --set, as `kkoma transcribe` gets them; with ``--files-model``
+    that model's, as `kkoma transcribe --model` gets them), or None when they are the live ones (the file would get
+    the same notes)."""
     from kkoma.models.settings import load_settings
 
+    files_model = getattr(args, "files_model", None)
     if getattr(args, "notes", "live") != "files":
+        if files_model is not None:
+            raise KkomaError("--files-model chooses the model of the file's notes, but --notes live writes the notes "
+                             "sent to the port: give one of them.")
         return None
-    files = load_settings(getattr(args, "config", None), getattr(args, "overrides", ()), offline=True)
+    files = load_settings(getattr(args, "config", None), getattr(args, "overrides", ()), offline=True,
+                          model=files_model)
     return None if files == settings else files
 
 
@@ -188,8 +198,6 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
 
     if args.duration is not None and not args.duration > 0:
         raise KkomaError(f"--duration must be a positive number of seconds, not {args.duration}.")
-    # The PortAudio callback needs the GIL: switch threads often so a long numpy/Numba call cannot starve it.
-    sys.setswitchinterval(0.001)
     prev_term: dict = {}
     if threading.current_thread() is threading.main_thread():
         def _on_term(signum, frame):

@@ -3,8 +3,10 @@
 One processing thread (:meth:`Engine.start`) consumes the ring buffer one device block at a time (``live.block_size``
 device samples, at most one model hop ``round(audio.hop_length * device_rate / model_rate)``): a feature frame is
 complete as soon as the block holding its last sample (and the resampler's ~1 ms look-ahead) arrives, not a hop later.
-Each step is counted in ``hops`` and timed in ``stats``. The streaming :class:`models.pipeline.Transcriber` gives the
-same notes for any block sizes, so live and file transcription agree. Everything that says *when* comes
+Each step is counted in ``hops`` and timed in ``stats``. ``kkoma record``'s files model runs on a thread of its own
+(:class:`FileWorker`), fed the same steps: its compute shares the CPU (and the GIL) but does not wait in line before
+the port's notes. The streaming :class:`models.pipeline.Transcriber` gives the same notes for any block sizes, so live
+and file transcription agree. Everything that says *when* comes
 from sample counters:
 
 * ``t_note`` of an event: the tracker's frame time (``frame / frame_rate``), moved onto the device clock by the
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -45,7 +49,7 @@ def make_record_transcriber(settings: "Settings"):
     """The files model's pipeline for ``kkoma record``'s file (``settings``: the offline ones, with their own
     transform and look-ahead); a module-level hook so tests can substitute a double. Any model may write a file, a
     backward LSTM's too: its notes come seconds late, which a file does not mind. On the CPU whatever
-    ``transcribe.device`` says: it runs on the live processing thread, beside the live model."""
+    ``transcribe.device`` says: it runs on a thread beside the live processing thread (:class:`FileWorker`)."""
     return make_transcriber(settings.replace(transcribe__device="cpu"))
 
 
@@ -93,8 +97,71 @@ class HopStats:
                 "max_ms": 1000.0 * self.max, "mean_ms": 1000.0 * self.total / self.hops}
 
 
+class FileWorker:
+    """``kkoma record``'s files model on a thread of its own: the processing thread hands it each step's resampled
+    audio (:meth:`put`) right after the live events went out, and it feeds its transcriber in the same order, so the
+    file gets exactly the notes ``kkoma transcribe`` writes. A model with a backward LSTM computes a whole block
+    (1 s) at once; on the processing thread that delayed the port's notes by that block's compute, here it costs the
+    live model only the CPU it shares.
+
+    ``transcriber``: a streaming pipeline (:func:`make_record_transcriber`); ``record(events, t_emit)``: where its
+    notes go (the recorder). The queue holds at most ``max_seconds`` of audio [s]: a files model that cannot keep up
+    then slows the processing thread (and the ring buffer drops audio, as for a slow live model) instead of growing
+    memory. ``stats``: its compute per step; ``error``: what it raised (the processing thread raises it next step).
+    """
+
+    def __init__(self, transcriber, record: Callable, steps_per_second: float, max_seconds: float = 30.0):
+        self.transcriber = transcriber
+        self._record = record
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(steps_per_second * max_seconds)))
+        self.stats = HopStats()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kkoma-file-model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, y: np.ndarray, t_emit: float) -> None:
+        """One step's audio at the model rate (copied) and the device-clock time [s] of its last sample."""
+        self._put((y.copy(), t_emit))
+
+    def finish(self, t_emit: float) -> None:
+        """End of the stream: the worker flushes its transcriber (its events stamped ``t_emit`` [s]) and ends; this
+        waits for it. Raises what the worker raised."""
+        if self._thread.is_alive():
+            self._put((None, t_emit))
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _put(self, item) -> None:
+        while True:  # a full queue waits for the worker, unless the worker has died
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        ft = self.transcriber
+        try:
+            while True:
+                y, t_emit = self._queue.get()
+                t0 = time.perf_counter()
+                events = (ft.process(y) if len(y) else []) if y is not None else ft.flush()
+                if events:
+                    self._record(events, t_emit)
+                if y is None:
+                    return
+                self.stats.add(time.perf_counter() - t0)
+        except BaseException as e:  # handed to the processing thread, which raises it
+            self.error = e
+
+
 class Engine:
-    """Source -> Transcriber -> sinks, on one processing thread.
+    """Source -> Transcriber -> sinks, on one processing thread (and ``kkoma record``'s files model on a second).
 
     Parameters
     ----------
@@ -107,9 +174,9 @@ class Engine:
     duration : stop (as at the end of a file) after this much input [s], or None.
     on_event : called as ``on_event(event, t_emit, velocity_sent)`` on the processing thread.
     file_transcriber : a second streaming pipeline (the files model, :func:`make_record_transcriber`) fed the same
-        resampled audio right after the live one, each step once the live events are sent; the recorder then gets
-        its notes instead of the live ones (they come its look-ahead later, which a file does not mind). None: the
-        recorder gets the notes sent.
+        resampled audio as the live one, on its own thread (:class:`FileWorker`), each step once the live events are
+        sent; the recorder then gets its notes instead of the live ones (they come its look-ahead and compute
+        later, which a file does not mind). None: the recorder gets the notes sent.
 
     Attributes (read by the display): ``t_emit`` [s], ``level_db`` [dBFS], ``hops``, ``events_sent``,
     ``budget`` (ms figures), ``stats`` (:class:`HopStats`), ``error``.
@@ -129,6 +196,8 @@ class Engine:
         sr_model = settings.audio.sample_rate
         self.hop_dev = max(1, int(round(settings.audio.hop_length * source.sample_rate / sr_model)))
         self.step_dev = max(1, min(self.hop_dev, int(source.block_size)))  # device samples per processing step
+        self.file_worker = None if file_transcriber is None else \
+            FileWorker(file_transcriber, self._record, steps_per_second=source.sample_rate / self.step_dev)
         # The file pipeline's resampler: live and offline features are the same at every device rate.
         self.resampler = Resampler(source.sample_rate, sr_model, settings)
         self.budget = self._latency_budget()
@@ -192,7 +261,12 @@ class Engine:
             reset()
 
     def start(self) -> None:
+        # The audio callback needs the GIL, and the processing thread too while the files model's thread computes:
+        # switch threads every 1 ms (Python's default is 5) so a long step elsewhere cannot starve them.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         self.warm_up()
+        if self.file_worker is not None:
+            self.file_worker.start()
         self.source.start()
         self._thread.start()
 
@@ -247,13 +321,15 @@ class Engine:
                                                              for e in events], now=t_emit)
 
     def _file_step(self, y: np.ndarray | None, t_emit: float) -> None:
-        """The files model's share of a step, after the live events went out (``y`` None: end of stream)."""
-        ft = self.file_transcriber
-        if ft is None:
+        """The files model's share of a step, after the live events went out: handed to its thread (``y`` None: end
+        of stream, which waits for that thread to write its last notes)."""
+        w = self.file_worker
+        if w is None:
             return
-        events = (ft.process(y) if len(y) else []) if y is not None else ft.flush()
-        if events:
-            self._record(events, t_emit)
+        if y is None:
+            w.finish(t_emit)
+        else:
+            w.put(y, t_emit)
 
     def _note_drops(self) -> None:
         ring = self.source.ring
@@ -322,6 +398,11 @@ class Engine:
             self._file_step(None, self._clock())
         except BaseException as e:  # handed to the main thread, which reports it
             self.error = e
+            if self.file_worker is not None:  # the file keeps every note its model has heard so far
+                try:
+                    self.file_worker.finish(self._clock())
+                except BaseException:
+                    pass
         finally:
             if self.events_jsonl is not None:
                 try:
@@ -337,10 +418,10 @@ class Engine:
         self.t_emit = self._clock()
         if events:
             self._dispatch(events, self.t_emit)
-        if self.file_transcriber is not None:
+        self.stats.add(time.perf_counter() - t0)  # the live step; waiting for the files model is not compute
+        if self.file_worker is not None:
             self._file_step(tail, self.t_emit)
             self._file_step(None, self.t_emit)
-        self.stats.add(time.perf_counter() - t0)
         self.ended = True
 
     # ---- reporting --------------------------------------------------------------------------------------------
@@ -358,9 +439,10 @@ class Engine:
             "input_seconds": round(self._clock(), 6),
             "events_sent": self.events_sent,
             "source": self.source.name,
-            # the files model writing kkoma record's file (its compute is inside hop_compute_ms)
-            "file_model": None if self.file_transcriber is None else {
+            # the files model writing kkoma record's file, on its own thread (FileWorker): its compute per step
+            "file_model": None if self.file_worker is None else {
                 "weights": str(getattr(getattr(self.file_transcriber, "settings", None), "model", None)
                                and self.file_transcriber.settings.model.weights_path),
-                "latency_budget_ms": _budget_of(self.file_transcriber)},
+                "latency_budget_ms": _budget_of(self.file_transcriber),
+                "step_compute_ms": self.file_worker.stats.summary()},
         }

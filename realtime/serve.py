@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "certificate, compare its SHA-256 fingerprint with the one printed")
     p.add_argument("--max-clients", type=int, default=None, metavar="N",
                    help="browsers streaming live at once, each with its own engine (default: serve.max_clients)")
+    p.add_argument("--files-model", metavar="NAME|FILE", default=None,
+                   help="the model for the page's files (uploads and recorded takes), as `kkoma transcribe --model` "
+                        "takes it: a shipped one by name (`kkoma models`, e.g. pitch) or a weights file (default: "
+                        "the files model, offline); --model stays the live stream's")
 
 
 def _lan_addresses() -> list[str]:
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace, settings) -> int:
             raise KkomaError(f"--max-clients must be 1 or more, not {args.max_clients}.")
         settings = settings.replace(serve__max_clients=str(args.max_clients))
     # The page's files (uploads, recorded takes) get the files model, as `kkoma transcribe` and `kkoma record` do.
-    offline_settings = load_settings(getattr(args, "config", None), getattr(args, "overrides", []), offline=True)
+    offline_settings = load_settings(getattr(args, "config", None), getattr(args, "overrides", []), offline=True,
+                                     model=getattr(args, "files_model", None))
     # Its live stream gets the live model: a files-only one (--model pitch) is refused now, not at a pianist's first
     # note.
     from kkoma.models.pipeline import make_transcriber

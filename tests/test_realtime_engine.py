@@ -300,6 +300,65 @@ def test_disk_full_while_recording(double, tone_file, tmp_path, monkeypatch, cap
     read_midi(out)  # still a valid file
 
 
+def test_files_model_runs_beside_the_port(tone_file, tmp_path):
+    """`kkoma record`'s files model has a thread of its own: here it holds its first sound until the live engine
+    has sent every note of the file (on the processing thread that would never happen: the test would fail after
+    30 s), and the file still gets all its notes, in order."""
+    from kkoma.realtime.recorder import Recorder
+
+    sent_all, threads, offs = threading.Event(), set(), []
+
+    class Held(EnergyTranscriber):
+        def process(self, block):
+            if np.any(block):  # (the engine's warm-up feeds silence)
+                threads.add(threading.current_thread().name)
+                if not sent_all.wait(30):
+                    raise AssertionError("the port's notes waited for the files model")
+            return super().process(block)
+
+    def on_event(e, t, v):
+        offs.append(e) if e.kind == "off" else None
+        if len(offs) == len(BURSTS):
+            sent_all.set()
+
+    with Recorder(tmp_path / "take.mid", S) as rec:
+        eng = E.Engine(S, FileInput(S, tone_file, speed="max"), NullMidiOut(S), transcriber=EnergyTranscriber(S),
+                       recorder=rec, file_transcriber=Held(S), on_event=on_event)
+        eng.start()
+        eng.join(60)
+        assert not eng.running and eng.error is None
+        notes = rec.notes()
+    assert threads == {"kkoma-file-model"} and [n.pitch for n in notes] == [C4, C4]
+    assert eng.report()["file_model"]["step_compute_ms"]["hops"] > 0
+
+
+def test_files_model_failure_is_one_sentence_and_keeps_the_take(double, tone_file, tmp_path, monkeypatch, capsys):
+    """A files model that fails mid-take (on its own thread): exit 1, its one sentence, a valid file."""
+    class Failing(EnergyTranscriber):
+        def process(self, block):
+            if np.any(block):
+                raise KkomaError("the files model ran out of memory.")
+            return super().process(block)
+
+    monkeypatch.setattr(E, "make_record_transcriber", Failing)
+    out = tmp_path / "take.mid"
+    assert main(["record", str(out), "--input", str(tone_file), "--speed", "max", "--no-midi", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ran out of memory" in err[0]
+    read_midi(out)  # still a valid file
+
+
+def test_files_model_option(double, tone_file, tmp_path, capsys):
+    """`--files-model` names the file's model; with `--notes live` (the file gets the port's notes) it is an error."""
+    out = tmp_path / "take.mid"
+    argv = ["record", str(out), "--input", str(tone_file), "--speed", "max", "--no-midi", "-q"]
+    assert main(argv + ["--notes", "live", "--files-model", "pitch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--files-model" in err[0] and "--notes live" in err[0]
+    assert main(argv + ["--files-model", "nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+
+
 def test_devices_command_lists_without_failing(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
@@ -429,3 +488,23 @@ def test_record_file_gets_the_files_models_notes(tmp_path, rate):
     assert json.loads(st.read_text())["file_model"]["latency_budget_ms"]["transform_lookahead_ms"] > 200
     assert main(argv + ["--notes", "live", "--overwrite"]) == 0
     assert [(n.pitch, n.onset, n.offset) for n in read_midi(out)] == key(live)
+
+
+def test_record_file_with_files_model_pitch(tmp_path):
+    """`kkoma record --files-model pitch`: the file gets what `kkoma transcribe --model pitch` writes (a backward
+    LSTM, seconds behind the port), the port still the live model's notes. Real weights."""
+    from kkoma.models.notes import write_midi
+    from kkoma.offline.transcribe import transcribe_file
+
+    pitch = load_settings(model="pitch")
+    if not (S.model.weights_path.exists() and pitch.model.weights_path.exists()):
+        pytest.skip("no shipped weights")
+    path = _example_at(16000, tmp_path)
+    out, ev = tmp_path / "take.mid", tmp_path / "ev.jsonl"
+    assert main(["record", str(out), "--input", str(path), "--speed", "max", "--no-midi", "-q", "--events-jsonl",
+                 str(ev), "--files-model", "pitch"]) == 0
+    write_midi(transcribe_file(path, pitch).notes, tmp_path / "want.mid", S)
+    want = [(n.pitch, n.onset, n.offset) for n in read_midi(tmp_path / "want.mid")]
+    assert len(want) > 20 and [(n.pitch, n.onset, n.offset) for n in read_midi(out)] == want
+    sent = [(d["pitch"], d["t_note"]) for d in read_jsonl(ev) if d["type"] == "note_on"]
+    assert sent == [(n.pitch, pytest.approx(n.onset, abs=1e-5)) for n in transcribe_file(path, S).notes]

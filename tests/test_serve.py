@@ -493,3 +493,25 @@ def _lag(captured: np.ndarray, original: np.ndarray, sr: int) -> float:
 
     c = correlate(captured, original, mode="full", method="fft")
     return (int(np.argmax(c)) - (len(original) - 1)) / sr
+
+
+def test_serve_files_model_chooses_the_pages_files_model(monkeypatch, capsys):
+    """`kkoma serve --files-model pitch`: the page's files (uploads, takes) get that model and its tracker, as
+    `kkoma transcribe --model pitch` does; the live stream keeps the live model."""
+    import uvicorn
+
+    import kkoma.realtime.webapp as W
+
+    seen = {}
+    real = W.make_app
+
+    def make_app(settings, offline_settings, token):
+        seen.update(live=settings, files=offline_settings)
+        return real(settings, offline_settings, token)
+
+    monkeypatch.setattr(W, "make_app", make_app)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: [s.close() for s in sockets or ()])
+    assert main(["serve", "--port", "0", "--files-model", "pitch"]) == 0
+    assert seen["files"] == load_settings(model="pitch") and seen["live"] == S
+    assert seen["files"].model.weights_path.name == "kkoma_pitch.npz"
+    assert main(["serve", "--port", "0"]) == 0 and seen["files"] == S_OFF
