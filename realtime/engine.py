@@ -265,9 +265,9 @@ class Engine:
         # switch threads every 1 ms (Python's default is 5) so a long step elsewhere cannot starve them.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         self.warm_up()
+        self.source.start()  # (first: a source that cannot start leaves no thread behind)
         if self.file_worker is not None:
             self.file_worker.start()
-        self.source.start()
         self._thread.start()
 
     def stop(self) -> None:
