@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--files-model", default=None, metavar="NAME|FILE",
                     help="with --record: the file's model, as kkoma record --files-model (default: offline)")
     args = ap.parse_args(argv)
+    if args.files_model and not args.record:
+        ap.error("--files-model goes with --record")
 
     import soundfile as sf
     import soxr

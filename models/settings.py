@@ -223,6 +223,8 @@ class RecordSettings:
     autosave_s: float = _f(lo=0.05, hi=3600.0, unit="s")
     ticks_per_beat: int = _f(lo=24, hi=32767)
     tempo_bpm: float = _f(lo=1.0, hi=1000.0)
+    files_queue_s: float = _f(lo=0.1, hi=3600.0, unit="s")
+    files_drain_s: float = _f(lo=0.0, hi=86400.0, unit="s")
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", metavar="OUT.wav", default=None,
                    help="also write the input audio (mono, at the device rate) to this file")
     p.add_argument("--notes", choices=("files", "live"), default="files",
-                   help="what the file gets: files = the files model's notes (the offline model, run beside the live "
-                        "one on the same audio: more accurate, written ~270 ms behind the port; default), live = "
-                        "exactly the notes sent to the MIDI port")
+                   help="what the file gets: files = the files model's notes (offline, or --files-model; run beside "
+                        "the live one on the same audio: more accurate, written behind the port, 0.28 s for offline; "
+                        "default), live = exactly the notes sent to the MIDI port")
     p.add_argument("--files-model", metavar="NAME|FILE", default=None,
                    help="the model whose notes the file gets (--notes files), as `kkoma transcribe --model` takes "
                         "it: a shipped one by name (`kkoma models`, e.g. pitch) or a weights file (default: the "
@@ -246,7 +246,7 @@ def _session(args, settings, record_path=None, audio_path=None) -> int:
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the normal way to end a live session
             pass
         engine.stop()
-        engine.join()
+        engine.join(file=False)  # every note has gone to the port; the file's last notes: _cleanup
         if engine.error is not None:
             raise engine.error
     except BaseException as e:
@@ -290,12 +290,24 @@ def _cleanup(engine, source, midi, recorder, jsonl, display, args, error):
 
     if engine is not None:
         engine.stop()
-        engine.join(10.0)
+        engine.join(10.0, file=False)
     display.close()
     if source is not None:
         source.stop(abandon=isinstance(error, InputLost))
     if midi is not None:
         midi.close()  # all notes off
+    worker = getattr(engine, "file_worker", None)
+    if worker is not None:  # the files model's last notes, after the port's (they come its look-ahead later)
+        wait = engine.settings.record.files_drain_s
+        if worker.backlog_s >= 1.0 and not args.quiet:
+            _say(f"kkoma {args.command}: the files model is writing the last {worker.backlog_s:.0f} s of the take...",
+                 file=sys.stderr)
+        engine.join(wait)
+        if not worker.join(0):
+            keep(KkomaError(f"the files model had not finished the take {wait:g} s after it ended "
+                            f"(record.files_drain_s); {args.out} has its notes up to {worker.done_s:.1f} s."))
+        elif engine.error is not None:
+            keep(engine.error)
     if recorder is not None:
         try:
             recorder.close()

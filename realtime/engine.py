@@ -101,21 +101,25 @@ class FileWorker:
     """``kkoma record``'s files model on a thread of its own: the processing thread hands it each step's resampled
     audio (:meth:`put`) right after the live events went out, and it feeds its transcriber in the same order, so the
     file gets exactly the notes ``kkoma transcribe`` writes. A model with a backward LSTM computes a whole block
-    (1 s) at once; on the processing thread that delayed the port's notes by that block's compute, here it costs the
-    live model only the CPU it shares.
+    (1 s) at once; on the processing thread that burst would delay the port's next notes, here the two threads share
+    the CPU (and the GIL).
 
     ``transcriber``: a streaming pipeline (:func:`make_record_transcriber`); ``record(events, t_emit)``: where its
-    notes go (the recorder). The queue holds at most ``max_seconds`` of audio [s]: a files model that cannot keep up
-    then slows the processing thread (and the ring buffer drops audio, as for a slow live model) instead of growing
-    memory. ``stats``: its compute per step; ``error``: what it raised (the processing thread raises it next step).
+    notes go (the recorder); ``step_s`` [s]: audio per step. The queue holds at most ``max_s`` [s] of audio
+    (``record.files_queue_s``): a files model that cannot keep up then slows the processing thread (and the ring
+    buffer drops audio, as for a slow live model) instead of growing memory. ``stats``: its compute per step;
+    ``error``: what it raised (the processing thread raises it at its next step, :meth:`Engine.join` after the end);
+    ``done_s``: how far it got.
     """
 
-    def __init__(self, transcriber, record: Callable, steps_per_second: float, max_seconds: float = 30.0):
+    def __init__(self, transcriber, record: Callable, step_s: float, max_s: float):
         self.transcriber = transcriber
         self._record = record
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(steps_per_second * max_seconds)))
+        self.step_s = step_s
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_s / step_s)))
         self.stats = HopStats()
         self.error: BaseException | None = None
+        self.done_s = 0.0  # device-clock time [s] of the last audio the files model has transcribed
         self._thread = threading.Thread(target=self._run, name="kkoma-file-model", daemon=True)
 
     def start(self) -> None:
@@ -125,14 +129,22 @@ class FileWorker:
         """One step's audio at the model rate (copied) and the device-clock time [s] of its last sample."""
         self._put((y.copy(), t_emit))
 
-    def finish(self, t_emit: float) -> None:
-        """End of the stream: the worker flushes its transcriber (its events stamped ``t_emit`` [s]) and ends; this
-        waits for it. Raises what the worker raised."""
+    def end(self, t_emit: float) -> None:
+        """End of the stream: the worker flushes its transcriber (its events stamped ``t_emit`` [s]) and stops. Does
+        not wait for it (:meth:`join` does)."""
         if self._thread.is_alive():
             self._put((None, t_emit))
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the last notes to be written; True when the worker has ended."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio waiting for the files model [s]."""
+        return self._queue.qsize() * self.step_s
 
     def _put(self, item) -> None:
         while True:  # a full queue waits for the worker, unless the worker has died
@@ -153,6 +165,7 @@ class FileWorker:
                 events = (ft.process(y) if len(y) else []) if y is not None else ft.flush()
                 if events:
                     self._record(events, t_emit)
+                self.done_s = t_emit
                 if y is None:
                     return
                 self.stats.add(time.perf_counter() - t0)
@@ -197,7 +210,8 @@ class Engine:
         self.hop_dev = max(1, int(round(settings.audio.hop_length * source.sample_rate / sr_model)))
         self.step_dev = max(1, min(self.hop_dev, int(source.block_size)))  # device samples per processing step
         self.file_worker = None if file_transcriber is None else \
-            FileWorker(file_transcriber, self._record, steps_per_second=source.sample_rate / self.step_dev)
+            FileWorker(file_transcriber, self._record, self.step_dev / source.sample_rate,
+                       settings.record.files_queue_s)
         # The file pipeline's resampler: live and offline features are the same at every device rate.
         self.resampler = Resampler(source.sample_rate, sr_model, settings)
         self.budget = self._latency_budget()
@@ -274,12 +288,23 @@ class Engine:
         """Ask the processing thread to end (it flushes the transcriber and sends the last note-offs)."""
         self._stop.set()
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self, timeout: float | None = None, file: bool = True) -> None:
+        """Wait for the processing thread (then every note has gone to the port) and, with ``file``, for the files
+        model's thread too (then the file has all its notes; what that thread raised becomes ``error``, unless
+        there is one already). ``timeout`` [s] covers both."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread.ident is not None:  # never started (the source failed to start): nothing to wait for
             self._thread.join(timeout)
+        w = self.file_worker
+        if not file or w is None or self._thread.is_alive():
+            return
+        w.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if w.error is not None and self.error is None:
+            self.error = w.error
 
     @property
     def running(self) -> bool:
+        """The processing thread runs (the files model's thread may still be writing the file: :meth:`join`)."""
         return self._thread.is_alive()
 
     # ---- processing thread ------------------------------------------------------------------------------------
@@ -322,12 +347,12 @@ class Engine:
 
     def _file_step(self, y: np.ndarray | None, t_emit: float) -> None:
         """The files model's share of a step, after the live events went out: handed to its thread (``y`` None: end
-        of stream, which waits for that thread to write its last notes)."""
+        of stream, not waited for: :meth:`join`)."""
         w = self.file_worker
         if w is None:
             return
         if y is None:
-            w.finish(t_emit)
+            w.end(t_emit)
         else:
             w.put(y, t_emit)
 
@@ -400,8 +425,8 @@ class Engine:
             self.error = e
             if self.file_worker is not None:  # the file keeps every note its model has heard so far
                 try:
-                    self.file_worker.finish(self._clock())
-                except BaseException:
+                    self.file_worker.end(self._clock())
+                except BaseException:  # the worker's own error: it has ended already
                     pass
         finally:
             if self.events_jsonl is not None:
@@ -418,7 +443,7 @@ class Engine:
         self.t_emit = self._clock()
         if events:
             self._dispatch(events, self.t_emit)
-        self.stats.add(time.perf_counter() - t0)  # the live step; waiting for the files model is not compute
+        self.stats.add(time.perf_counter() - t0)
         if self.file_worker is not None:
             self._file_step(tail, self.t_emit)
             self._file_step(None, self.t_emit)

@@ -6,8 +6,9 @@ has passed; notes still sounding are written as ending "now", so a crash (SIGKIL
 last autosave interval. :meth:`Recorder.close` writes the final file. Optionally the input audio (mono, at the
 device rate, exactly what the engine consumed) goes to a WAV/FLAC file next to it, flushed at every autosave.
 
-Thread use: :meth:`add` and :meth:`add_audio` from the processing thread, :meth:`autosave` from the main thread;
-a lock keeps them apart (never taken in the audio callback).
+Thread use: :meth:`add_audio` from the processing thread, :meth:`add` from it or (``kkoma record``'s files model)
+from the files model's thread, :meth:`autosave` from the main thread; a lock keeps them apart (never taken in the
+audio callback).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class Recorder:
         self._save()  # an empty but valid file from the first moment
         self._last_save = self._clock()
 
-    # ---- processing thread ------------------------------------------------------------------------------------
+    # ---- processing thread (and the files model's) ------------------------------------------------------------
     def add(self, events: Iterable["NoteEvent"], now: float | None = None) -> None:
         """Append events (times [s] on the sample clock); ``now`` [s] = time of the last audio consumed."""
         with self._lock:

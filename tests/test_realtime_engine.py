@@ -16,7 +16,7 @@ from test_realtime_doubles import C4, EnergyTranscriber, tone
 import kkoma.realtime.engine as E
 from kkoma.cli import main
 from kkoma.models.errors import KkomaError
-from kkoma.models.notes import read_midi
+from kkoma.models.notes import events_to_notes, read_midi
 from kkoma.models.settings import load_settings
 from kkoma.realtime.audio_in import FileInput
 from kkoma.realtime.midi_out import NullMidiOut
@@ -321,15 +321,73 @@ def test_files_model_runs_beside_the_port(tone_file, tmp_path):
         if len(offs) == len(BURSTS):
             sent_all.set()
 
+    sent = []
     with Recorder(tmp_path / "take.mid", S) as rec:
         eng = E.Engine(S, FileInput(S, tone_file, speed="max"), NullMidiOut(S), transcriber=EnergyTranscriber(S),
-                       recorder=rec, file_transcriber=Held(S), on_event=on_event)
+                       recorder=rec, file_transcriber=Held(S),
+                       on_event=lambda e, t, v: (sent.append(e), on_event(e, t, v)))
         eng.start()
         eng.join(60)
         assert not eng.running and eng.error is None
         notes = rec.notes()
-    assert threads == {"kkoma-file-model"} and [n.pitch for n in notes] == [C4, C4]
+    # the same model both sides here: the file's notes are the port's, to the frame
+    assert threads == {"kkoma-file-model"} and notes == events_to_notes(sent) and [n.pitch for n in notes] == [C4, C4]
     assert eng.report()["file_model"]["step_compute_ms"]["hops"] > 0
+
+
+def test_a_dead_files_model_never_blocks_the_live_thread():
+    """The files model's queue is full and its thread has died: the next step raises its error instead of waiting
+    for room forever."""
+    class Failing(EnergyTranscriber):
+        def process(self, block):
+            raise KkomaError("the files model failed.")
+
+    w = E.FileWorker(Failing(S), lambda events, t: None, step_s=0.01, max_s=0.01)  # a queue of one step
+    w.start()
+    raised = []
+
+    def feed():
+        try:
+            for i in range(10):
+                w.put(np.ones(160, np.float32), 0.01 * i)
+        except KkomaError as e:
+            raised.append(e)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and len(raised) == 1 and "failed" in str(raised[0])
+    assert w.join(5) and w.error is raised[0]
+
+
+def test_files_model_slower_than_the_drain_time_says_so(double, tone_file, tmp_path, monkeypatch, capsys):
+    """A files model still busy `record.files_drain_s` after the take ended: exit 1, one sentence that says how far
+    the file goes; the file is valid."""
+    release = threading.Event()
+
+    class Slow(EnergyTranscriber):
+        heard = False
+
+        def process(self, block):
+            self.heard |= bool(np.any(block))  # (the engine's warm-up feeds silence, and flushes)
+            return super().process(block)
+
+        def flush(self):
+            if self.heard:
+                release.wait(30)
+            return super().flush()
+
+    monkeypatch.setattr(E, "make_record_transcriber", Slow)
+    out = tmp_path / "take.mid"
+    try:
+        code = main(["--set", "record.files_drain_s=0", "record", str(out), "--input", str(tone_file), "--speed",
+                     "max", "--no-midi", "-q"])
+    finally:
+        release.set()
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record.files_drain_s" in err[0] and "up to 2.0 s" in err[0]
+    read_midi(out)
 
 
 def test_files_model_failure_is_one_sentence_and_keeps_the_take(double, tone_file, tmp_path, monkeypatch, capsys):
