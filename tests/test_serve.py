@@ -495,7 +495,7 @@ def _lag(captured: np.ndarray, original: np.ndarray, sr: int) -> float:
     return (int(np.argmax(c)) - (len(original) - 1)) / sr
 
 
-def test_serve_files_model_chooses_the_pages_files_model(monkeypatch, capsys):
+def test_serve_files_model_chooses_the_pages_files_model(monkeypatch):
     """`kkoma serve --files-model pitch`: the page's files (uploads, takes) get that model and its tracker, as
     `kkoma transcribe --model pitch` does; the live stream keeps the live model."""
     import uvicorn
@@ -509,8 +509,16 @@ def test_serve_files_model_chooses_the_pages_files_model(monkeypatch, capsys):
         seen.update(live=settings, files=offline_settings)
         return real(settings, offline_settings, token)
 
+    class Server:  # no uvicorn: its Config sets up logging on pytest's captured streams
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets=()):
+            pass
+
     monkeypatch.setattr(W, "make_app", make_app)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: [s.close() for s in sockets or ()])
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kw: None)
+    monkeypatch.setattr(uvicorn, "Server", Server)
     assert main(["serve", "--port", "0", "--files-model", "pitch"]) == 0
     assert seen["files"] == load_settings(model="pitch") and seen["live"] == S
     assert seen["files"].model.weights_path.name == "kkoma_pitch.npz"
