@@ -48,9 +48,9 @@ def client():
     app.state.server.close()
 
 
-def _transcribe_cli(audio: Path, out_dir: Path) -> list:
-    """The notes ``kkoma transcribe`` writes for ``audio`` (read back from its MIDI file)."""
-    assert main(["transcribe", str(audio), "-o", str(out_dir), "-q", "--overwrite"]) == 0
+def _transcribe_cli(audio: Path, out_dir: Path, *options: str) -> list:
+    """The notes ``kkoma [options] transcribe`` writes for ``audio`` (read back from its MIDI file)."""
+    assert main([*options, "transcribe", str(audio), "-o", str(out_dir), "-q", "--overwrite"]) == 0
     return read_midi(out_dir / (audio.stem + ".mid"))
 
 
@@ -495,9 +495,9 @@ def _lag(captured: np.ndarray, original: np.ndarray, sr: int) -> float:
     return (int(np.argmax(c)) - (len(original) - 1)) / sr
 
 
-def test_serve_files_model_chooses_the_pages_files_model(monkeypatch):
+def test_serve_files_model_chooses_the_pages_files_model(monkeypatch, tmp_path):
     """`kkoma serve --files-model pitch`: the page's files (uploads, takes) get that model and its tracker, as
-    `kkoma transcribe --model pitch` does; the live stream keeps the live model."""
+    `kkoma transcribe --model pitch` does (the same notes for an upload); the live stream keeps the live model."""
     import uvicorn
 
     import kkoma.realtime.webapp as W
@@ -522,4 +522,12 @@ def test_serve_files_model_chooses_the_pages_files_model(monkeypatch):
     assert main(["serve", "--port", "0", "--files-model", "pitch"]) == 0
     assert seen["files"] == load_settings(model="pitch") and seen["live"] == S
     assert seen["files"].model.weights_path.name == "kkoma_pitch.npz"
+    app = make_app(S, seen["files"], TOKEN)
+    with TestClient(app) as c:
+        r = c.post(f"/api/transcribe?token={TOKEN}", files={"file": ("example.flac", EXAMPLE.read_bytes())})
+    app.state.server.close()
+    assert r.status_code == 200
+    (tmp_path / "served.mid").write_bytes(r.content)
+    expected = _transcribe_cli(EXAMPLE, tmp_path / "cli", "--model", "pitch")
+    assert len(expected) > 20 and read_midi(tmp_path / "served.mid") == expected
     assert main(["serve", "--port", "0"]) == 0 and seen["files"] == S_OFF
