@@ -1,6 +1,7 @@
 """CQT benchmark: incremental cost per hop and batch throughput, beside librosa.cqt on the same audio, same run.
 
     python benchmarks/bench_cqt.py [--seconds 60] [--audio FILE]
+    python benchmarks/bench_cqt.py --gemm-sketch       # the files' transform against a matrix-product sketch of it
 
 Prints (all on this machine, this run):
 - incremental CQT: µs per 10 ms hop, p50 / p99 / max (block = one hop, default causal settings);
@@ -50,12 +51,66 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def gemm_sketch(args) -> None:
+    """What the files' transform (offline settings) would cost with each octave level's bins as one matrix product
+    (kernels zero-padded to the level's longest, frames as the columns of a strided copy of the level's signal)
+    instead of one dot product per bin and frame. A cost estimate, not the transform: no window alignment, and
+    NumPy's convolution standing in for the decimation filter. CPU time per second of audio, alternating runs."""
+    from numpy.lib.stride_tricks import as_strided
+    from threadpoolctl import threadpool_limits
+
+    s = load_settings(offline=True)
+    sr = s.audio.sample_rate
+    x = load_audio(args.audio, s)[: int(args.seconds * sr)] if args.audio else piano_like(args.seconds, sr)
+    cqt = CQT(s)
+    b = cqt.bank
+    cqt.features(x[:sr])
+    banks = []
+    for g in range(b.n_levels):
+        lo, hi = int(b.level_lo[g]), int(b.level_hi[g])
+        length = int(b.bin_len[lo:hi].max()) if hi > lo else 0
+        rows = b.bin_kernel[lo:hi]
+        banks.append((hi - lo, length, b.hop >> g, np.concatenate([b.kre[rows, :length], b.kim[rows, :length]])))
+
+    def sketch():
+        sig = x
+        for n_bins, length, hop, k in banks:
+            if n_bins:
+                n = (len(sig) - length) // hop
+                y = k @ np.ascontiguousarray(as_strided(sig, (length, n), (4, 4 * hop)))
+                np.sqrt(y[:n_bins] ** 2 + y[n_bins:] ** 2)
+            sig = np.convolve(sig, b.fir)[::2].astype(np.float32)
+
+    def cpu_ms(fn) -> float:
+        t0 = time.process_time()
+        fn()
+        return 1000 * (time.process_time() - t0) / (len(x) / sr)
+
+    with threadpool_limits(1):
+        numba_ms, gemm_ms = [], []
+        for _ in range(args.repeats):
+            numba_ms.append(cpu_ms(lambda: cqt.features(x)))
+            gemm_ms.append(cpu_ms(sketch))
+    taps = int(b.bin_len.sum())
+    print(f"files' transform: {taps} kernel taps per frame, {4 * taps * sr / b.hop / 1e6:.1f} MFLOP per second of "
+          f"audio; CPU ms per second of audio, {args.repeats} alternating runs:")
+    print(f"  kkoma (Numba, one dot product per bin and frame): median {np.median(numba_ms):.2f} "
+          f"(range {min(numba_ms):.2f}-{max(numba_ms):.2f})")
+    print(f"  sketch (one matrix product per level):          median {np.median(gemm_ms):.2f} "
+          f"(range {min(gemm_ms):.2f}-{max(gemm_ms):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--audio", help="an audio file to use instead of synthetic piano-like tones")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gemm-sketch", action="store_true",
+                    help="only: CPU time of the files' transform against a sketch of it as one matrix product per "
+                         "octave level (docs/files-speed.md), one BLAS thread")
     args = ap.parse_args()
+    if args.gemm_sketch:
+        return gemm_sketch(args)
 
     s = load_settings()
     sr, hop = s.audio.sample_rate, s.audio.hop_length
