@@ -143,7 +143,8 @@ def run(args, settings) -> int:
         return 0
     conditions = sorted({c for r in rows for c in r["onset_f1"]},
                         key=lambda c: next(i for r in rows for i, k in enumerate(r["onset_f1"]) if k == c))
-    print("Shipped models (--model NAME, any command; default: live for live/record, offline for files):")
+    print("Shipped models (--model NAME, any command; default: live for live/record, offline for files;\n"
+          "kkoma record's file and kkoma serve's files take --files-model NAME, default offline):")
     for r in rows:
         la = r.get("lookahead_ms")
         ahead = (f"look-ahead {la['total']:g} ms (transform {la['transform']:g} + network {la['model']:g})"
