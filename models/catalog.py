@@ -35,17 +35,24 @@ class ShippedModel:
     """One entry of ``models.toml``: ``name`` (what ``--model`` takes), ``file`` (in models/weights), ``run`` (the
     training run, as the model card names it), ``purpose`` (one line), ``onset_f1`` (condition -> note onset F1
     [%], from the model card), ``tracker`` (``[tracker]`` settings chosen for it after training, which
-    ``--model NAME`` applies under the user's own; empty for the default models, whose tracker is config.toml's)."""
+    ``--model NAME`` applies under the user's own; empty for the default models, whose tracker is config.toml's),
+    ``ensemble`` (files in models/weights run beside ``file`` and averaged with it: ``model.ensemble``)."""
     name: str
     file: str
     run: str
     purpose: str
     onset_f1: dict
     tracker: dict
+    ensemble: tuple = ()
 
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
+
+    @property
+    def ensemble_paths(self) -> list[Path]:
+        """The files averaged with :attr:`path` (``models.toml``'s ``ensemble``; none for one network)."""
+        return [WEIGHTS_DIR / f for f in self.ensemble]
 
 
 def shipped_models() -> list[ShippedModel]:
@@ -53,7 +60,8 @@ def shipped_models() -> list[ShippedModel]:
     with open(CATALOG, "rb") as fh:
         table = tomllib.load(fh)
     return [ShippedModel(name=name, file=e["file"], run=e["run"], purpose=e["purpose"],
-                         onset_f1=dict(e.get("onset_f1", {})), tracker=dict(e.get("tracker", {})))
+                         onset_f1=dict(e.get("onset_f1", {})), tracker=dict(e.get("tracker", {})),
+                         ensemble=tuple(e.get("ensemble", ())))
             for name, e in table.items()]
 
 
@@ -126,11 +134,18 @@ def describe(settings, model: ShippedModel) -> dict[str, Any]:
                          "onset_f1": model.onset_f1, "available": model.path.is_file()}
     if not d["available"]:
         return d
+    from kkoma.models.inference import member_settings
+
     s = load_settings(model=model.name)
     transform = CQT(s).lookahead_ms
-    d["lookahead_ms"] = {"transform": round(transform, 1), "model": s.model_lookahead_ms,
-                         "total": round(transform + s.model_lookahead_ms, 1)}
-    d["settings"] = {f"{sec}.{k}": v for sec, keys in record_table(weights_record(model.path) or {}).items()
+    # An ensemble answers when its slowest network does: that one's look-ahead and shape are shown.
+    nets = [s] + [member_settings(s, p) for p in s.model.ensemble_paths]
+    slowest = max(nets, key=lambda n: (n.model_lookahead_ms, n.model.backward_units))
+    d["ensemble"] = [p.name for p in s.model.ensemble_paths]
+    d["lookahead_ms"] = {"transform": round(transform, 1), "model": slowest.model_lookahead_ms,
+                         "total": round(transform + slowest.model_lookahead_ms, 1)}
+    d["settings"] = {f"{sec}.{k}": v for sec, keys in record_table(weights_record(slowest.model.weights_path) or
+                                                                   {}).items()
                      for k, v in keys.items() if sec != "audio"}
     d["settings"].update({f"tracker.{k}": v for k, v in model.tracker.items()})
     return d
@@ -153,7 +168,8 @@ def run(args, settings) -> int:
         if st.get("model.backward_units"):  # a backward LSTM reads whole blocks: a model for files, not for live
             ahead += (f"; its backward LSTM reads blocks of {st['model.backward_block_frames']} frames plus "
                       f"{st['model.backward_context_frames']} after them (files only)")
-        print(f"\n  {r['name']:<9} {Path(r['file']).name} ({r['run']}): {r['purpose']}")
+        files = " + ".join([Path(r["file"]).name] + r.get("ensemble", []))
+        print(f"\n  {r['name']:<9} {files} ({r['run']}): {r['purpose']}")
         print(f"  {'':<9} {ahead}")
         f1 = ", ".join(f"{c} {r['onset_f1'][c]:.1f}" for c in conditions if c in r["onset_f1"])
         print(f"  {'':<9} onset F1 [%] {f1}")

@@ -545,3 +545,93 @@ class StreamingModel:
         parts.append(self.flush())
         self.reset()
         return {n: np.concatenate([p[n] for p in parts]) for n in self.outputs}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ensembles (model.ensemble)
+# ----------------------------------------------------------------------------------------------------------------
+def member_settings(settings: "Settings", path: str | Path) -> "Settings":
+    """The settings a member of ``model.ensemble`` runs with: ``settings`` with ``model.weights`` = ``path`` and the
+    network shape its file records. A member reads the same features as the ensemble's first network, so its audio
+    and transform settings must be ``settings``' (else :class:`~models.errors.KkomaError`, naming the key)."""
+    from kkoma.models.catalog import record_table, weights_record
+
+    path = Path(path)
+    record = weights_record(path)
+    if record is None:
+        load_weights(path, settings)  # says what is wrong with the file
+    table = record_table(record)
+    want = _settings_record(settings)
+    bad = first_mismatch({k: table[k] for k in ("audio", "cqt")}, {k: want[k] for k in ("audio", "cqt")})
+    if bad:
+        section, key, have, value = bad
+        raise KkomaError(f"model.ensemble's {path.name} was trained with {section}.{key} = {_shown(have)} but "
+                         f"{settings.model.weights_path.name} with {_shown(value)}: an ensemble's networks must read "
+                         f"the same features.")
+    shape = {f"model__{k}": json.dumps(v) for k, v in table["model"].items()}
+    return settings.replace(model__weights=json.dumps(str(path)), model__ensemble="[]", **shape)
+
+
+class EnsembleModel:
+    """Several streaming models fed the same features, their onset, frame and velocity outputs averaged.
+
+    ``members``: :class:`StreamingModel` (or TF twins) for the same features, e.g. a forward-only model and one with a
+    backward LSTM. Each emits its frames when it can; frame ``t`` comes out of the ensemble once every member has
+    emitted it, so its look-ahead is the longest member's. Same interface as :class:`StreamingModel` (``process``,
+    ``flush``, ``reset``, ``predict``, ``lookahead_ms``, ``outputs``); state: each member's, and ``pending``, the
+    outputs of members that are ahead of the slowest.
+    """
+
+    def __init__(self, members: list):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs two or more models")
+        self.members = members
+        self.settings = members[0].settings
+        self.outputs = members[0].outputs
+        self.n_bins = members[0].n_bins
+        #: the largest member's backward LSTM (live refuses a model with one)
+        self.backward_units = max(getattr(m, "backward_units", 0) for m in members)
+        self.reset()
+
+    @property
+    def lookahead_ms(self) -> float:
+        return max(m.lookahead_ms for m in self.members)
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.n_params for m in self.members)
+
+    def reset(self) -> None:
+        for m in self.members:
+            m.reset()
+        self.pending = [{n: np.zeros((0, N_KEYS), np.float32) for n in self.outputs} for _ in self.members]
+        self.frames_out = 0
+
+    def _merge(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        self.pending = [{n: np.concatenate([p[n], o[n]]) for n in self.outputs} for p, o in zip(self.pending, outs)]
+        k = min(p["onset"].shape[0] for p in self.pending)
+        out = {n: np.mean([p[n][:k] for p in self.pending], axis=0, dtype=np.float32) for n in self.outputs}
+        self.pending = [{n: p[n][k:] for n in self.outputs} for p in self.pending]
+        self.frames_out += k
+        return out
+
+    def process(self, features) -> dict[str, np.ndarray]:
+        """``(k, n_bins)`` raw features -> the averaged outputs of the frames every member has emitted."""
+        return self._merge([m.process(features) for m in self.members])
+
+    def flush(self) -> dict[str, np.ndarray]:
+        """End of stream: every member's last outputs, averaged (all members have then emitted every frame)."""
+        return self._merge([m.flush() for m in self.members])
+
+    predict = StreamingModel.predict
+
+
+def make_streaming_model(settings: "Settings", weights_path: str | Path | None = None, build=None):
+    """The network for ``settings``: ``build(settings, weights_path)`` (default :class:`StreamingModel`), or with
+    ``model.ensemble`` an :class:`EnsembleModel` of it and each listed file (:func:`member_settings`)."""
+    build = build or StreamingModel
+    first = build(settings, weights_path)
+    paths = settings.model.ensemble_paths
+    if not paths:
+        return first
+    return EnsembleModel([first] + [build(member_settings(settings, p), p) for p in paths])

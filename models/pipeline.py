@@ -44,9 +44,9 @@ class Transcriber:
 
         self.settings = settings
         if model is None:
-            from kkoma.models.inference import StreamingModel
+            from kkoma.models.inference import make_streaming_model
 
-            model = StreamingModel(settings, weights_path)
+            model = make_streaming_model(settings, weights_path)
         self.model = model
         self.cqt = CQT(settings).incremental()
         self.tracker = NoteTracker(settings)

@@ -159,16 +159,26 @@ class ModelSettings:
     backward_units: int = _f(lo=0, hi=2048)
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
+    ensemble: tuple = _f(doc="weights files run beside model.weights, outputs averaged")
 
     @property
     def weights_path(self) -> Path:
         """Weights file. A relative path is looked up in the current folder, then in the package root (where
         config.toml's own paths point)."""
-        p = Path(self.weights).expanduser()
-        if p.is_absolute():
-            return p
-        here = Path.cwd() / p
-        return here if here.is_file() else PACKAGE_ROOT / p
+        return _weights_file(self.weights)
+
+    @property
+    def ensemble_paths(self) -> list[Path]:
+        """``ensemble``'s weights files, found as :attr:`weights_path` is."""
+        return [_weights_file(str(p)) for p in self.ensemble]
+
+
+def _weights_file(name: str) -> Path:
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return p
+    here = Path.cwd() / p
+    return here if here.is_file() else PACKAGE_ROOT / p
 
 
 @dataclass(frozen=True)
@@ -531,7 +541,8 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     model : ``--model``: a shipped model's name (``models/weights/models.toml``) or a weights file, put in
         ``model.weights`` under the user's file and overrides. A shipped model also decides ``offline``: the one
         ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them and
-        brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides).
+        brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides); an entry
+        with ``ensemble`` files (put in ``model.ensemble``) brings its tracker over the overrides' too.
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -555,7 +566,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         from kkoma.models.catalog import resolve_model
 
         model_path, shipped = resolve_model(model)
-        overrides = [f"model.weights={_toml_string(str(model_path))}"] + overrides
+        members = [] if shipped is None else [str(p) for p in shipped.ensemble_paths]
+        overrides = [f"model.weights={_toml_string(str(model_path))}",
+                     f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]"] + overrides
 
     def layered(base: Settings) -> Settings:
         s = base if user is None else _build(_merge(_as_raw(base), user), str(path))
@@ -579,10 +592,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
 
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
     # A shipped model chosen by --model brings its entry's tracker settings too (models.toml: tuned after training,
-    # so not in the file), under the user's file and --set, like the record.
-    # The model transcribe.overrides names (offline) has its tracker there.
+    # so not in the file), under the user's file and --set, like the record. The model transcribe.overrides names
+    # has its tracker there; an ensemble built on it is another model, and its entry's tracker wins over them.
     brought = {"tracker": dict(shipped.tracker)} \
-        if model is not None and shipped is not None and shipped.tracker and not offline else {}
+        if model is not None and shipped is not None and shipped.tracker and (not offline or shipped.ensemble) else {}
     fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
     unknown = sorted(set(brought.get("tracker", {})) - fields["tracker"])
     if unknown:

@@ -1,8 +1,8 @@
 """The streaming contract every stage of the pipeline keeps (docs/design.md §7 and §8.1).
 
 Live input and files run the same objects: the :class:`~kkoma.models.resample.Resampler`, the
-:class:`~kkoma.models.cqt.IncrementalCQT`, the :class:`~kkoma.models.inference.StreamingModel` (and its TensorFlow
-twin), the :class:`~kkoma.models.tracker.NoteTracker` and the :class:`~kkoma.models.pipeline.Transcriber` that chains
+:class:`~kkoma.models.cqt.IncrementalCQT`, the :class:`~kkoma.models.inference.StreamingModel` (its TensorFlow
+twin, and an :class:`~kkoma.models.inference.EnsembleModel` of several), the :class:`~kkoma.models.tracker.NoteTracker` and the :class:`~kkoma.models.pipeline.Transcriber` that chains
 them. Each one is a :class:`Stream`:
 
 - ``process(*inputs)`` consumes the next stretch of the stream (any length, zero included; several aligned inputs

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kkoma.models.errors import KkomaError
-from kkoma.models.inference import StreamingModel
+from kkoma.models.inference import StreamingModel, make_streaming_model
 from kkoma.models.notes import N_KEYS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +205,6 @@ def tf_probabilities(features, settings: "Settings", weights_path: str | Path | 
 
 def make_model(settings: "Settings", device: str, weights_path: str | Path | None = None):
     """The streaming model for ``device`` (``auto`` is resolved here): NumPy on ``cpu``, TensorFlow on ``gpu``."""
-    if resolve_device(device) == "gpu":
-        return TFStreamingModel(settings, weights_path)
-    return StreamingModel(settings, weights_path)
+    gpu = resolve_device(device) == "gpu"
+    return make_streaming_model(settings, weights_path, TFStreamingModel if gpu else StreamingModel)
 

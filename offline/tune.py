@@ -23,7 +23,7 @@ def tune(settings, dataset: Path, *, split: str, onsets, frames, holds, restrike
     frame, hold, margin, onset F1, onset+offset F1)``, best by onset F1 + onset+offset F1.
     """
     from kkoma.models.errors import KkomaError, require
-    from kkoma.models.inference import StreamingModel
+    from kkoma.models.inference import make_streaming_model
     from kkoma.models.notes import events_to_notes, notes_to_arrays, read_midi
     from kkoma.models.tracker import NoteTracker
     from kkoma.offline.dataset import read_manifest, split_pieces
@@ -36,7 +36,7 @@ def tune(settings, dataset: Path, *, split: str, onsets, frames, holds, restrike
     pieces = spread_subset(split_pieces(read_manifest(dataset, settings), split), max_pieces)
     if not pieces:
         raise KkomaError(f"{dataset} has no {split} pieces to tune on.")
-    model = StreamingModel(settings)
+    model = make_streaming_model(settings)
     probs, refs = [], []
     for p in pieces:
         with np.load(dataset / p["file"]) as z:

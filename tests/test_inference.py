@@ -350,3 +350,37 @@ def test_live_refuses_a_model_with_a_backward_lstm(tmp_path):
     path = export_random_weights(tmp_path / "offline.npz", s)
     with pytest.raises(KkomaError, match="backward LSTM.*for files"):
         make_live_transcriber(s.replace(model__weights=str(path)))
+
+
+def test_ensemble_averages_its_members_in_any_chunking(tmp_path):
+    """An ensemble of a forward-only model and one with a backward LSTM (model.ensemble): the mean of their outputs,
+    frame by frame, in any chunking; its look-ahead and backward LSTM are the slower member's."""
+    from kkoma.models.inference import EnsembleModel, make_streaming_model
+
+    fwd = load_settings(overrides=TINY)
+    back = load_settings(overrides=TINY + BACK)
+    wf, wb = export_random_weights(tmp_path / "f.npz", fwd, seed=1), export_random_weights(tmp_path / "b.npz", back,
+                                                                                           seed=2)
+    s = load_settings(overrides=TINY + [f"model.weights={str(wf)!r}", f"model.ensemble=[{str(wb)!r}]"])
+    m = make_streaming_model(s)
+    assert isinstance(m, EnsembleModel) and m.backward_units == 6
+    assert m.lookahead_ms == StreamingModel(back, wb).lookahead_ms
+    f = _features(101, seed=3)
+    want = {k: (StreamingModel(fwd, wf).predict(f)[k] + StreamingModel(back, wb).predict(f)[k]) / 2 for k in KEYS}
+    whole = m.predict(f)
+    for trial in range(3):
+        got = _stream(m, f, np.random.default_rng(trial), max_chunk=23)
+        for k in KEYS:
+            assert whole[k].shape == (101, 88) and np.abs(whole[k] - want[k]).max() <= 1e-6, k
+            assert np.abs(got[k] - whole[k]).max() <= 1e-6, k
+
+
+def test_an_ensemble_member_on_other_features_is_one_sentence(tmp_path):
+    from kkoma.models.inference import make_streaming_model
+
+    fwd = load_settings(overrides=TINY)
+    other = load_settings(overrides=TINY + ["cqt.lookahead_ms=100.0"])
+    wf, wo = export_random_weights(tmp_path / "f.npz", fwd), export_random_weights(tmp_path / "o.npz", other)
+    s = load_settings(overrides=TINY + [f"model.weights={str(wf)!r}", f"model.ensemble=[{str(wo)!r}]"])
+    with pytest.raises(KkomaError, match=r"o\.npz was trained with cqt\.lookahead_ms = 100.0 but f\.npz with 0.0"):
+        make_streaming_model(s)

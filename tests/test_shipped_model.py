@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kkoma.models.errors import KkomaError
 from kkoma.models.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,8 @@ SHIPPED = {
                                           "model.harmonic_units=16"]}, 0.843),
     "kkoma_pitch.npz": ({"model": "pitch", "offline": True}, 0.760),
 }
+#: The example's onset F1 per shipped model: the files above, and the ensemble of two of them.
+GOLDEN = {**SHIPPED, "ensemble (offline + pitch)": ({"model": "ensemble"}, 0.862)}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -39,13 +42,13 @@ def test_weights_load_with_the_shipped_settings_and_are_small(name):
     assert meta["summary"]["best_epoch"] >= 1  # trained, not exported from random initial weights
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
+@pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_bundled_example_onset_f1_does_not_regress(name):
     mir_eval = pytest.importorskip("mir_eval")
     from kkoma.models.notes import notes_to_arrays, read_midi
     from kkoma.offline.transcribe import transcribe_file
 
-    kwargs, shipped_f1 = SHIPPED[name]
+    kwargs, shipped_f1 = GOLDEN[name]
     est = list(transcribe_file(ROOT / "examples" / "example.flac", load_settings(**kwargs)).notes)
     ref = read_midi(ROOT / "examples" / "example.mid")
     ri, rhz, _ = notes_to_arrays(ref)
@@ -72,3 +75,27 @@ def test_live_weights_with_offline_settings_name_the_switch(tmp_path, capsys):
     assert main(["--set", f"model.weights={live.model.weights_path}", "transcribe",
                  str(ROOT / "examples" / "example.flac"), "-o", str(tmp_path), "-q"]) == 0
     assert list(tmp_path.glob("*.mid"))
+
+
+def test_ensemble_is_offline_and_pitch_averaged():
+    """`--model ensemble`: the offline model's transform (transcribe.overrides) with its entry's tracker, its
+    probabilities the mean of offline's and pitch's on the same features, its look-ahead pitch's; live refuses it in
+    one sentence."""
+    from kkoma.models.audio import load_audio
+    from kkoma.models.cqt import CQT
+    from kkoma.models.inference import EnsembleModel, StreamingModel, make_streaming_model
+    from kkoma.models.pipeline import make_transcriber
+
+    s, off, pitch = load_settings(model="ensemble"), load_settings(offline=True), load_settings(model="pitch")
+    assert s.cqt == off.cqt and s.model.weights_path == off.model.weights_path
+    assert (s.tracker.onset_threshold, s.tracker.frame_threshold) == (0.75, 0.4)  # models.toml, over the overrides'
+    assert load_settings(model="ensemble", overrides=["tracker.onset_threshold=0.9"]).tracker.onset_threshold == 0.9
+    assert [p.name for p in s.model.ensemble_paths] == ["kkoma_pitch.npz"]
+    f = CQT(s).features(load_audio(ROOT / "examples" / "example.flac", s))
+    m = make_streaming_model(s)
+    assert isinstance(m, EnsembleModel) and m.lookahead_ms == StreamingModel(pitch).lookahead_ms
+    got, a, b = m.predict(f), StreamingModel(off).predict(f), StreamingModel(pitch).predict(f)
+    for k in ("onset", "frame", "velocity"):
+        assert np.abs(got[k] - (a[k] + b[k]) / 2).max() <= 1e-6
+    with pytest.raises(KkomaError, match="backward LSTM"):
+        make_transcriber(s, live=True)

@@ -56,6 +56,12 @@ def _model():
     return StreamingModel(S)
 
 
+def _ensemble():  # the live model and the harmonic one: both read the live transform
+    from kkoma.models.inference import make_streaming_model
+
+    return make_streaming_model(S.replace(model__ensemble='["models/weights/kkoma_harmonic.npz"]'))
+
+
 def _tracker():
     from kkoma.models.tracker import NoteTracker
 
@@ -73,6 +79,7 @@ STAGES = {
     "kkoma.models.resample.Resampler": (_resampler, lambda s: (np.repeat(s["audio"], 2)[:44100 * 3],)),
     "kkoma.models.cqt.IncrementalCQT": (_cqt, lambda s: (s["audio"],)),
     "kkoma.models.inference.StreamingModel": (_model, lambda s: (s["features"],)),
+    "kkoma.models.inference.EnsembleModel": (_ensemble, lambda s: (s["features"],)),
     "kkoma.models.tracker.NoteTracker": (_tracker, lambda s: (s["probs"]["onset"], s["probs"]["frame"],
                                                               s["probs"]["velocity"])),
     "kkoma.models.pipeline.Transcriber": (_transcriber, lambda s: (s["audio"],)),
