@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
     args = ap.parse_args(argv)
 
-    from kkoma.models.inference import StreamingModel, export_random_weights
+    from kkoma.models.inference import export_random_weights, make_streaming_model
     from kkoma.models.pipeline import Transcriber
     from kkoma.models.settings import load_settings
 
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     settings = load_settings(overrides=args.overrides, offline=True,
                              model=str(args.weights) if args.weights else None)
     tmp = Path(tempfile.mkdtemp(prefix="kkoma-profile-"))
-    random_w = args.random_weights or any(o.startswith("model.") and not o.startswith("model.weights")
+    random_w = args.random_weights or any(o.startswith("model.") and not o.startswith(("model.weights",
+                                                                                        "model.ensemble"))
                                           for o in args.overrides)
     if args.weights:
         weights = args.weights
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         weights = export_random_weights(tmp / "random.npz", settings)
     else:
         weights = settings.model.weights_path
-    tr = Transcriber(settings, model=StreamingModel(settings, weights))
+    tr = Transcriber(settings, model=make_streaming_model(settings, weights))
 
     src = args.audio
     if args.repeat:

@@ -131,7 +131,8 @@ def describe(settings, model: ShippedModel) -> dict[str, Any]:
     from kkoma.models.settings import load_settings
 
     d: dict[str, Any] = {"name": model.name, "file": str(model.path), "run": model.run, "purpose": model.purpose,
-                         "onset_f1": model.onset_f1, "available": model.path.is_file()}
+                         "onset_f1": model.onset_f1,
+                         "available": all(p.is_file() for p in [model.path, *model.ensemble_paths])}
     if not d["available"]:
         return d
     from kkoma.models.inference import member_settings

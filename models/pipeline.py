@@ -155,8 +155,7 @@ def make_transcriber(settings: "Settings", *, live: bool = False) -> Transcriber
     if live and getattr(t.model, "backward_units", 0):
         from kkoma.models.errors import KkomaError
 
-        name = " + ".join([settings.model.weights_path.name] + [p.name for p in settings.model.ensemble_paths])
-        raise KkomaError(f"the model {name} has a backward LSTM (model.backward_units = "
+        raise KkomaError(f"the model {settings.model.name} has a backward LSTM (model.backward_units = "
                          f"{t.model.backward_units}): it is for files, its notes would come "
                          f"{t.model.lookahead_ms / 1000:.1f} s late; live needs a forward-only model (--model live).")
     return t

@@ -172,6 +172,11 @@ class ModelSettings:
         """``ensemble``'s weights files, found as :attr:`weights_path` is."""
         return [_weights_file(str(p)) for p in self.ensemble]
 
+    @property
+    def name(self) -> str:
+        """The model's files as a person reads them: ``kkoma_offline.npz``, ``kkoma_offline.npz + kkoma_pitch.npz``."""
+        return " + ".join(p.name for p in [self.weights_path, *self.ensemble_paths])
+
 
 def _weights_file(name: str) -> Path:
     p = Path(name).expanduser()

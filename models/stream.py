@@ -2,8 +2,8 @@
 
 Live input and files run the same objects: the :class:`~kkoma.models.resample.Resampler`, the
 :class:`~kkoma.models.cqt.IncrementalCQT`, the :class:`~kkoma.models.inference.StreamingModel` (its TensorFlow
-twin, and an :class:`~kkoma.models.inference.EnsembleModel` of several), the :class:`~kkoma.models.tracker.NoteTracker` and the :class:`~kkoma.models.pipeline.Transcriber` that chains
-them. Each one is a :class:`Stream`:
+twin, and an :class:`~kkoma.models.inference.EnsembleModel` of several), the
+:class:`~kkoma.models.tracker.NoteTracker` and the :class:`~kkoma.models.pipeline.Transcriber` that chains them. Each one is a :class:`Stream`:
 
 - ``process(*inputs)`` consumes the next stretch of the stream (any length, zero included; several aligned inputs
   for a stage that takes several, e.g. the tracker's onset / frame / velocity probabilities) and returns every

@@ -34,7 +34,11 @@ def run(args: argparse.Namespace, settings) -> int:
     from kkoma.models.settings import ConfigError, load_settings
     from kkoma.offline.tune import tune
 
-    if args.model is not None and resolve_model(args.model)[0].resolve() != resolve_model(args.weights)[0].resolve():
+    def model(name):  # a model is its weights file and the files averaged with it (an ensemble's entry)
+        path, shipped = resolve_model(name)
+        return path.resolve(), tuple(p.resolve() for p in (shipped.ensemble_paths if shipped else ()))
+
+    if args.model is not None and model(args.model) != model(args.weights):
         raise ConfigError(f"--model {args.model} is not WEIGHTS ({args.weights}): kkoma tune tunes WEIGHTS; drop "
                           "--model.")
     # The settings for WEIGHTS, resolved as `--model WEIGHTS` would have them (its own record under the user's keys).

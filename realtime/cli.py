@@ -164,7 +164,7 @@ def _budget_line(engine) -> str:
             fb = getattr(ft, "latency_budget", None)
             behind = f", {fb()['total_ms']:.0f} ms behind" if callable(fb) else ""
             name = getattr(getattr(ft, "settings", None), "model", None)
-            name = f" ({name.weights_path.name})" if name is not None else ""
+            name = f" ({name.name})" if name is not None else ""
             line += f"; the file gets the files model's notes{name}{behind} (--notes live: the notes sent)"
     return line
 

@@ -468,6 +468,9 @@ class Engine:
             "file_model": None if self.file_worker is None else {
                 "weights": str(getattr(getattr(self.file_transcriber, "settings", None), "model", None)
                                and self.file_transcriber.settings.model.weights_path),
+                "ensemble": [str(p) for p in getattr(getattr(self.file_transcriber, "settings", None), "model",
+                                                     None).ensemble_paths]
+                if getattr(self.file_transcriber, "settings", None) is not None else [],
                 "latency_budget_ms": _budget_of(self.file_transcriber),
                 "step_compute_ms": self.file_worker.stats.summary()},
         }
