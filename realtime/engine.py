@@ -452,6 +452,7 @@ class Engine:
     # ---- reporting --------------------------------------------------------------------------------------------
     def report(self) -> dict:
         """Figures for ``--stats-json``: latency budget [ms], per-hop compute [ms], hops, overflows."""
+        fm = getattr(getattr(self.file_transcriber, "settings", None), "model", None)  # (a test double has none)
         ring = self.source.ring
         return {
             "latency_budget_ms": self.budget,
@@ -466,11 +467,8 @@ class Engine:
             "source": self.source.name,
             # the files model writing kkoma record's file, on its own thread (FileWorker): its compute per step
             "file_model": None if self.file_worker is None else {
-                "weights": str(getattr(getattr(self.file_transcriber, "settings", None), "model", None)
-                               and self.file_transcriber.settings.model.weights_path),
-                "ensemble": [str(p) for p in getattr(getattr(self.file_transcriber, "settings", None), "model",
-                                                     None).ensemble_paths]
-                if getattr(self.file_transcriber, "settings", None) is not None else [],
+                "weights": str(fm and fm.weights_path),
+                "ensemble": [str(p) for p in fm.ensemble_paths] if fm else [],
                 "latency_budget_ms": _budget_of(self.file_transcriber),
                 "step_compute_ms": self.file_worker.stats.summary()},
         }
