@@ -39,9 +39,11 @@ class ConfigError(KkomaError, ValueError):
 
 
 def _f(*, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
-       lo_open: bool = False, unit: str = "", doc: str = ""):
-    """A dataclass field carrying its validation rule (checked by :func:`_validate`)."""
-    return field(metadata={"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open, "unit": unit, "doc": doc})
+       lo_open: bool = False, unit: str = "", doc: str = "", item: str | None = None):
+    """A dataclass field carrying its validation rule (checked by :func:`_check`). ``item``: the type every entry of
+    a list must have (``"str"``); None reads each entry as a string or a number."""
+    return field(metadata={"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open, "unit": unit, "doc": doc,
+                           "item": item})
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class ModelSettings:
     backward_units: int = _f(lo=0, hi=2048)
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
-    ensemble: tuple = _f(doc="weights files run beside model.weights, outputs averaged")
+    ensemble: tuple = _f(item="str", doc="weights files run beside model.weights, outputs averaged")
 
     @property
     def weights_path(self) -> Path:
@@ -400,6 +402,9 @@ def _check(section: str, name: str, value: Any, f: dataclasses.Field) -> Any:
     if typ == "tuple":
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, not {value!r}.")
+        # A number in a list of names would pass as "1.0" and fail far from here (a missing weights file).
+        if meta.get("item") == "str" and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, not {value!r}.")
         items = []
         for v in value:
             item_typ = "str" if isinstance(v, str) else "float"

@@ -47,6 +47,8 @@ def test_overrides_parse_toml_values():
     ("cqt.n_bins=400", "below the Nyquist frequency"),
     ("cqt.decimation_taps=30", "cqt.decimation_taps must be odd"),
     ("nodot=1", "must look like section.key=value"),
+    ("model.ensemble=[1]", "model.ensemble must be a list of strings, not \\[1\\]"),
+    ('model.ensemble=["models/weights/kkoma_pitch.npz", 2]', "model.ensemble must be a list of strings"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message) as e:
