@@ -164,3 +164,13 @@ def diagnose(settings, audio_dir: Path, max_files: int = 0, pred: Path | None = 
     for f in files:
         d.add(read_midi(f.with_suffix(".mid"), sustain=True), list(transcribe_file(f, settings, transcriber).notes))
     return d, len(files)
+
+
+if __name__ == "__main__":  # pragma: no cover - tested through a subprocess
+    # `python -m kkoma.offline.diagnose ...` (as the training log's older commands ran it) is `kkoma diagnose ...`:
+    # the one parser and settings handling of kkoma's CLI, not a second entry point that could drift from it.
+    import sys
+
+    from kkoma.cli import main
+
+    sys.exit(main(["diagnose", *sys.argv[1:]]))

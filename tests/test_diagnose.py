@@ -51,6 +51,16 @@ def test_cli_folder_without_references(tmp_path, capsys):
     assert "no .flac file with a reference .mid" in capsys.readouterr().err
 
 
+def test_python_m_runs_the_diagnose_command(tmp_path):
+    """`python -m kkoma.offline.diagnose DIR` is `kkoma diagnose DIR` (it used to print nothing and exit 0)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "kkoma.offline.diagnose", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "no .flac file with a reference .mid" in r.stderr
+
+
 def test_cli_reads_transcriptions_made_already(tmp_path, capsys):
     """--pred DIR scores DIR/X.mid (what `kkoma evaluate --out` keeps) instead of transcribing: a perfect
     transcription (the reference itself) gives 100 % recall and precision; a missing one is an error."""
