@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         h2, f2 = rep2["hop_compute_ms"], rep2["file_model"]["step_compute_ms"]
         assert [(e.pitch, e.time) for e, _ in ons2] == [(e.pitch, e.time) for e, _ in ons]  # the port's notes
         fb = engine2.file_transcriber.latency_budget()
-        print(f"record (live + files model {engine2.file_transcriber.settings.model.weights_path.name}, its notes "
+        print(f"record (live + files model {engine2.file_transcriber.settings.model.name}, its notes "
               f"{fb['total_ms']:.0f} ms behind): per-hop compute [ms] p50 {h2['p50_ms']:.3f} "
               f"({h2['p50_ms'] / h['p50_ms']:.2f}x live alone), p99 {h2['p99_ms']:.3f} "
               f"({h2['p99_ms'] / h['p99_ms']:.2f}x), max {h2['max_ms']:.3f}, mean {h2['mean_ms']:.3f} "

@@ -263,7 +263,7 @@ def main(argv=None) -> int:
                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")))
         results["cold_start_s"] = {k: spread(v) for k, v in cold.items()}
 
-    lines = [f"kkoma ({settings.model.weights_path.name}) vs basic-pitch {peer_version} ONNX; F1 in % (mir_eval, first "
+    lines = [f"kkoma ({settings.model.name}) vs basic-pitch {peer_version} ONNX; F1 in % (mir_eval, first "
              "round; both are deterministic); x real time excludes start-up; cold start = fresh process, one 10 s "
              f"file. {args.rounds} alternating rounds (kkoma, basic-pitch, kkoma, ...): median (range).", "",
              "| split | system | files | onset F1 | onset+offset F1 | +velocity F1 | frame F1 | x real time "

@@ -23,6 +23,6 @@ def run(args: argparse.Namespace, settings) -> int:
     from kkoma.offline.diagnose import diagnose, format_report
 
     report, n_files = diagnose(settings, args.audio_dir, max_files=args.max_files, pred=args.pred)
-    source = f"transcriptions in {args.pred}" if args.pred is not None else settings.model.weights
+    source = f"transcriptions in {args.pred}" if args.pred is not None else settings.model.name
     print(format_report(report, f"{args.audio_dir} ({n_files} files, {source})"))
     return 0

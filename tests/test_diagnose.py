@@ -51,6 +51,15 @@ def test_cli_folder_without_references(tmp_path, capsys):
     assert "no .flac file with a reference .mid" in capsys.readouterr().err
 
 
+def test_header_names_every_file_of_an_ensemble(monkeypatch, capsys):
+    """The report's title names the model's files: both of `--model ensemble`'s, not model.weights alone."""
+    from kkoma.offline import diagnose
+
+    monkeypatch.setattr(diagnose, "diagnose", lambda settings, audio_dir, **kw: (Diagnosis(), 1))  # no transcribing
+    assert main(["diagnose", str(ROOT / "examples"), "--model", "ensemble"]) == 0
+    assert "(1 files, kkoma_offline.npz + kkoma_pitch.npz)" in capsys.readouterr().out
+
+
 def test_python_m_runs_the_diagnose_command(tmp_path):
     """`python -m kkoma.offline.diagnose DIR` is `kkoma diagnose DIR` (it used to print nothing and exit 0)."""
     import subprocess
