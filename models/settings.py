@@ -552,7 +552,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         ``model.weights`` under the user's file and overrides. A shipped model also decides ``offline``: the one
         ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them and
         brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides); an entry
-        with ``ensemble`` files (put in ``model.ensemble``) brings its tracker over the overrides' too.
+        with ``ensemble`` files (put in ``model.ensemble``) is built on the model the overrides name, takes them, and
+        brings its tracker over config.toml's overrides (not over a ``transcribe.overrides`` list the user's file or
+        ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are).
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -603,7 +605,7 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
     # A shipped model chosen by --model brings its entry's tracker settings too (models.toml: tuned after training,
     # so not in the file), under the user's file and --set, like the record. The model transcribe.overrides names
-    # has its tracker there; an ensemble built on it is another model, and its entry's tracker wins over them.
+    # has its tracker there; an ensemble built on it is another model, and its entry's tracker wins over config.toml's.
     brought = {"tracker": dict(shipped.tracker)} \
         if model is not None and shipped is not None and shipped.tracker and (not offline or shipped.ensemble) else {}
     fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
@@ -613,16 +615,22 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
                           f"setting (they are: {', '.join(sorted(fields['tracker']))}).")
     if record or brought:
         explicit = _explicit_keys(user, overrides)
+        # A transcribe.overrides list the user wrote (their file or --set), when in force, is their own setting too:
+        # its keys beat an entry's tracker as their [tracker] does (config.toml's list does not). The weights record
+        # still beats it, as it beats config.toml's: the file was trained with its transform.
+        mine = explicit | ({parse_override(str(o))[:2] for o in s.transcribe.overrides}
+                           if offline and ("transcribe", "overrides") in explicit else set())
 
-        def unset(tables: dict) -> dict:  # the keys the user did not set
+        def unset(tables: dict, given: set) -> dict:  # the keys the user did not set
             return {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in keys.items()
-                          if (sec, k) not in explicit and k in fields[sec]} for sec, keys in tables.items()}
+                          if (sec, k) not in given and k in fields[sec]} for sec, keys in tables.items()}
 
         with_record = base
-        for tables, what in ((record_table(record) if record else {}, f"model weights {s.model.weights_path} carry"),
-                             (brought, f"model {model}'s entry in models.toml holds")):
+        for tables, given, what in ((record_table(record) if record else {}, explicit,
+                                     f"model weights {s.model.weights_path} carry"),
+                                    (brought, mine, f"model {model}'s entry in models.toml holds")):
             try:
-                with_record = _build(_merge(_as_raw(with_record), unset(tables)), base.source) if tables \
+                with_record = _build(_merge(_as_raw(with_record), unset(tables, given)), base.source) if tables \
                     else with_record
             except ConfigError as e:
                 raise ConfigError(f"{what} settings this kkoma refuses ({e})") from None

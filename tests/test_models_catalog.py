@@ -85,6 +85,37 @@ def test_a_shipped_entry_brings_its_tracker_under_the_users_settings(tmp_path, m
     assert load_settings(model="offline").tracker == load_settings(offline=True).tracker
 
 
+def _ensemble_entry(tmp_path, monkeypatch):
+    """A models.toml holding one entry, ``duo``: the offline model's file with pitch's beside it and a tracker of its
+    own (as the shipped ``ensemble``, with thresholds no other setting uses)."""
+    from kkoma.models import catalog
+
+    offline, pitch = (next(m for m in MODELS if m.name == n) for n in ("offline", "pitch"))
+    (tmp_path / "models.toml").write_text(f'[duo]\nfile = "{offline.file}"\nensemble = ["{pitch.file}"]\n'
+                                          'run = "r0"\npurpose = "test"\n'
+                                          "tracker = { onset_threshold = 0.7, frame_threshold = 0.3 }\n")
+    monkeypatch.setattr(catalog, "CATALOG", tmp_path / "models.toml")
+
+
+def test_an_ensembles_tracker_yields_to_the_users_own_transcribe_overrides(tmp_path, monkeypatch):
+    """An ensemble built on the offline model takes transcribe.overrides, and its entry's tracker beats config.toml's
+    list; a list the user wrote (their file or --set) is their own setting: its tracker keys beat the entry's, as
+    their [tracker] table and --set tracker.X do."""
+    _ensemble_entry(tmp_path, monkeypatch)
+    s = load_settings(model="duo")
+    assert (s.tracker.onset_threshold, s.tracker.frame_threshold) == (0.7, 0.3)
+    assert s.tracker.restrike_margin == load_settings(offline=True).tracker.restrike_margin  # not in the entry
+    mine = ["model.weights=models/weights/kkoma_offline.npz", "tracker.onset_threshold=0.65"]
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text(f"[transcribe]\noverrides = {json.dumps(mine)}\n")
+    for s in (load_settings(cfg, model="duo"), load_settings(model="duo", overrides=[
+            f"transcribe.overrides={json.dumps(mine)}"])):
+        assert (s.tracker.onset_threshold, s.tracker.frame_threshold) == (0.65, 0.3)  # theirs, and the entry's
+        assert [p.name for p in s.model.ensemble_paths] == ["kkoma_pitch.npz"]
+    cfg.write_text("[tracker]\nonset_threshold = 0.6\n")
+    assert load_settings(cfg, model="duo").tracker.onset_threshold == 0.6
+
+
 def test_a_weights_file_by_path_carries_its_shape(tmp_path):
     small = load_settings(overrides=["model.units=8", "model.input_units=16"])
     path = export_random_weights(tmp_path / "small.npz", small)
