@@ -554,7 +554,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides); an entry
         with ``ensemble`` files (put in ``model.ensemble``) is built on the model the overrides name, takes them, and
         brings its tracker over config.toml's overrides (not over a ``transcribe.overrides`` list the user's file or
-        ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are).
+        ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are). An entry's tracker was tuned
+        for its files and applies only while ``model.weights`` and ``model.ensemble`` are still those files:
+        ``--model ensemble --set 'model.ensemble=[]'`` is the offline model, with the tracker ``--model offline``
+        gets.
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -606,8 +609,13 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     # A shipped model chosen by --model brings its entry's tracker settings too (models.toml: tuned after training,
     # so not in the file), under the user's file and --set, like the record. The model transcribe.overrides names
     # has its tracker there; an ensemble built on it is another model, and its entry's tracker wins over config.toml's.
+    # The thresholds were tuned for the entry's files: a --set model.ensemble (or model.weights) that makes another
+    # model leaves them out, so `--model ensemble --set 'model.ensemble=[]'` is the offline model as files get it.
+    entry_in_force = model is not None and shipped is not None and \
+        [p.resolve() for p in [s.model.weights_path, *s.model.ensemble_paths]] == \
+        [p.resolve() for p in [shipped.path, *shipped.ensemble_paths]]
     brought = {"tracker": dict(shipped.tracker)} \
-        if model is not None and shipped is not None and shipped.tracker and (not offline or shipped.ensemble) else {}
+        if entry_in_force and shipped.tracker and (not offline or shipped.ensemble) else {}
     fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
     unknown = sorted(set(brought.get("tracker", {})) - fields["tracker"])
     if unknown:

@@ -116,6 +116,16 @@ def test_an_ensembles_tracker_yields_to_the_users_own_transcribe_overrides(tmp_p
     assert load_settings(cfg, model="duo").tracker.onset_threshold == 0.6
 
 
+def test_an_ensembles_tracker_goes_with_its_files(tmp_path, monkeypatch):
+    """The entry's tracker was tuned for its files: with model.ensemble emptied the model is the offline one, with
+    the tracker `--model offline` gets; the same files named another way are still the entry's."""
+    _ensemble_entry(tmp_path, monkeypatch)
+    alone = load_settings(model="duo", overrides=["model.ensemble=[]"])
+    assert alone.model.ensemble == () and alone.tracker == load_settings(offline=True).tracker
+    assert load_settings(model="duo", overrides=['model.ensemble=["models/weights/kkoma_pitch.npz"]']
+                         ).tracker.onset_threshold == 0.7
+
+
 def test_a_weights_file_by_path_carries_its_shape(tmp_path):
     small = load_settings(overrides=["model.units=8", "model.input_units=16"])
     path = export_random_weights(tmp_path / "small.npz", small)
