@@ -36,7 +36,8 @@ class ShippedModel:
     training run, as the model card names it), ``purpose`` (one line), ``onset_f1`` (condition -> note onset F1
     [%], from the model card), ``tracker`` (``[tracker]`` settings chosen for it after training, which
     ``--model NAME`` applies under the user's own; empty for the default models, whose tracker is config.toml's),
-    ``ensemble`` (files in models/weights run beside ``file`` and averaged with it: ``model.ensemble``)."""
+    ``ensemble`` (files in models/weights run beside ``file`` and averaged with it: ``model.ensemble``) and
+    ``ensemble_weights`` (their shares of the average, ``file``'s first: ``model.ensemble_weights``; () = equal)."""
     name: str
     file: str
     run: str
@@ -44,6 +45,7 @@ class ShippedModel:
     onset_f1: dict
     tracker: dict
     ensemble: tuple = ()
+    ensemble_weights: tuple = ()
 
     @property
     def path(self) -> Path:
@@ -61,7 +63,8 @@ def shipped_models() -> list[ShippedModel]:
         table = tomllib.load(fh)
     return [ShippedModel(name=name, file=e["file"], run=e["run"], purpose=e["purpose"],
                          onset_f1=dict(e.get("onset_f1", {})), tracker=dict(e.get("tracker", {})),
-                         ensemble=tuple(e.get("ensemble", ())))
+                         ensemble=tuple(e.get("ensemble", ())),
+                         ensemble_weights=tuple(e.get("ensemble_weights", ())))
             for name, e in table.items()]
 
 
@@ -143,6 +146,7 @@ def describe(settings, model: ShippedModel) -> dict[str, Any]:
     nets = [s] + [member_settings(s, p) for p in s.model.ensemble_paths]
     slowest = max(nets, key=lambda n: (n.model_lookahead_ms, n.model.backward_units))
     d["ensemble"] = [p.name for p in s.model.ensemble_paths]
+    d["ensemble_weights"] = list(s.model.ensemble_weights)
     d["lookahead_ms"] = {"transform": round(transform, 1), "model": slowest.model_lookahead_ms,
                          "total": round(transform + slowest.model_lookahead_ms, 1)}
     d["settings"] = {f"{sec}.{k}": v for sec, keys in record_table(weights_record(slowest.model.weights_path) or
@@ -161,6 +165,7 @@ def run(args, settings) -> int:
                         key=lambda c: next(i for r in rows for i, k in enumerate(r["onset_f1"]) if k == c))
     print("Shipped models (--model NAME, any command; default: live for live/record, offline for files;\n"
           "kkoma record's file and kkoma serve's files take --files-model NAME, default offline):")
+    w = max(len(r["name"]) for r in rows)
     for r in rows:
         la = r.get("lookahead_ms")
         ahead = (f"look-ahead {la['total']:g} ms (transform {la['transform']:g} + network {la['model']:g})"
@@ -170,10 +175,12 @@ def run(args, settings) -> int:
             ahead += (f"; its backward LSTM reads blocks of {st['model.backward_block_frames']} frames plus "
                       f"{st['model.backward_context_frames']} after them (files only)")
         files = " + ".join([Path(r["file"]).name] + r.get("ensemble", []))
-        print(f"\n  {r['name']:<9} {files} ({r['run']}): {r['purpose']}")
-        print(f"  {'':<9} {ahead}")
+        if r.get("ensemble_weights"):
+            files += " at " + " / ".join(f"{x:g}" for x in r["ensemble_weights"])
+        print(f"\n  {r['name']:<{w}} {files} ({r['run']}): {r['purpose']}")
+        print(f"  {'':<{w}} {ahead}")
         f1 = ", ".join(f"{c} {r['onset_f1'][c]:.1f}" for c in conditions if c in r["onset_f1"])
-        print(f"  {'':<9} onset F1 [%] {f1}")
+        print(f"  {'':<{w}} onset F1 [%] {f1}")
     print("\nAccuracy: mir_eval note onset F1 on 114 held-out files per condition (models/weights/MODEL_CARD.md: "
           "valid_pieces = held-out pieces, training soundfonts; valid_soundfont = an unseen soundfont; valid_room = "
           "it in a room with noise; valid_samples = a recorded grand; valid_maps_piano = the MAPS Bösendorfer, a "

@@ -569,11 +569,13 @@ def member_settings(settings: "Settings", path: str | Path) -> "Settings":
                          f"{settings.model.weights_path.name} with {_shown(value)}: an ensemble's networks must read "
                          f"the same features.")
     shape = {f"model__{k}": json.dumps(v) for k, v in table["model"].items()}
-    return settings.replace(model__weights=json.dumps(str(path)), model__ensemble="[]", **shape)
+    return settings.replace(model__weights=json.dumps(str(path)), model__ensemble="[]", model__ensemble_weights="[]",
+                            **shape)
 
 
 class EnsembleModel:
-    """Several streaming models fed the same features, their onset, frame and velocity outputs averaged.
+    """Several streaming models fed the same features, their onset, frame and velocity outputs averaged (weighted by
+    ``weights``, one share per member, normalised to sum 1; None = equal shares).
 
     ``members``: :class:`StreamingModel` (or TF twins) for the same features, e.g. a forward-only model and one with a
     backward LSTM. Each emits its frames when it can; frame ``t`` comes out of the ensemble once every member has
@@ -582,10 +584,15 @@ class EnsembleModel:
     outputs of members that are ahead of the slowest.
     """
 
-    def __init__(self, members: list):
+    def __init__(self, members: list, weights=None):
         if len(members) < 2:
             raise ValueError("an ensemble needs two or more models")
+        shares = np.ones(len(members)) if weights is None or len(weights) == 0 else np.asarray(weights, np.float64)
+        if shares.shape != (len(members),) or not np.all(shares > 0):
+            raise ValueError(f"an ensemble of {len(members)} models needs as many positive weights, not {weights!r}")
         self.members = members
+        #: ``(n_members,)`` each member's share of the average, summing to 1
+        self.weights = (shares / shares.sum()).astype(np.float32)
         self.settings = members[0].settings
         self.outputs = members[0].outputs
         self.n_bins = members[0].n_bins
@@ -610,7 +617,8 @@ class EnsembleModel:
     def _merge(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         self.pending = [{n: np.concatenate([p[n], o[n]]) for n in self.outputs} for p, o in zip(self.pending, outs)]
         k = min(p["onset"].shape[0] for p in self.pending)
-        out = {n: np.mean([p[n][:k] for p in self.pending], axis=0, dtype=np.float32) for n in self.outputs}
+        out = {n: np.tensordot(self.weights, np.stack([p[n][:k] for p in self.pending]), axes=1).astype(np.float32)
+               for n in self.outputs}
         self.pending = [{n: p[n][k:] for n in self.outputs} for p in self.pending]
         self.frames_out += k
         return out
@@ -634,4 +642,5 @@ def make_streaming_model(settings: "Settings", weights_path: str | Path | None =
     paths = settings.model.ensemble_paths
     if not paths:
         return first
-    return EnsembleModel([first] + [build(member_settings(settings, p), p) for p in paths])
+    return EnsembleModel([first] + [build(member_settings(settings, p), p) for p in paths],
+                         settings.model.ensemble_weights or None)

@@ -162,6 +162,7 @@ class ModelSettings:
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
     ensemble: tuple = _f(item="str", doc="weights files run beside model.weights, outputs averaged")
+    ensemble_weights: tuple = _f(lo=0.0, lo_open=True, doc="each network's share of the average, weights first")
 
     @property
     def weights_path(self) -> Path:
@@ -461,6 +462,9 @@ def _cross_check(s: Settings) -> None:
         cls = _SECTION_TYPES.get(section)
         if cls is None or key not in {f.name for f in dataclasses.fields(cls)} or section == "transcribe":
             raise ConfigError(f"transcribe.overrides: {text!r} does not name a setting outside [transcribe].")
+    if s.model.ensemble_weights and len(s.model.ensemble_weights) != 1 + len(s.model.ensemble):
+        raise ConfigError(f"model.ensemble_weights must give one share for model.weights and one per model.ensemble "
+                          f"file ({1 + len(s.model.ensemble)}), not {list(s.model.ensemble_weights)!r}; [] = equal.")
     for name in ("reverb_rt60_s", "reverb_wet", "snr_db", "gain_db"):
         v = getattr(s.augment, name)
         if len(v) != 2 or v[0] > v[1]:
@@ -582,8 +586,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
 
         model_path, shipped = resolve_model(model)
         members = [] if shipped is None else [str(p) for p in shipped.ensemble_paths]
+        shares = [] if shipped is None else [float(w) for w in shipped.ensemble_weights]
         overrides = [f"model.weights={_toml_string(str(model_path))}",
-                     f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]"] + overrides
+                     f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]",
+                     f"model.ensemble_weights={shares!r}"] + overrides
 
     def layered(base: Settings) -> Settings:
         s = base if user is None else _build(_merge(_as_raw(base), user), str(path))

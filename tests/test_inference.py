@@ -6,7 +6,7 @@ import pytest
 
 from kkoma.models.errors import KkomaError
 from kkoma.models.inference import StreamingModel, export_random_weights, load_weights, random_arrays
-from kkoma.models.settings import load_settings
+from kkoma.models.settings import ConfigError, load_settings
 
 TINY = ["model.units=12", "model.input_units=20", "model.context_frames=3", "model.lookahead_frames=2",
         "model.harmonic_units=5", "model.harmonic_features=2"]
@@ -373,6 +373,32 @@ def test_ensemble_averages_its_members_in_any_chunking(tmp_path):
         for k in KEYS:
             assert whole[k].shape == (101, 88) and np.abs(whole[k] - want[k]).max() <= 1e-6, k
             assert np.abs(got[k] - whole[k]).max() <= 1e-6, k
+
+
+def test_a_weighted_ensemble_gives_each_member_its_share_in_any_chunking(tmp_path):
+    """model.ensemble_weights: the average weighted by the shares (normalised: 3 and 1 are 0.75 and 0.25), the same
+    in any chunking; a share per network or the settings refuse it in one sentence."""
+    from kkoma.models.inference import EnsembleModel, make_streaming_model
+
+    fwd = load_settings(overrides=TINY)
+    wa, wb = export_random_weights(tmp_path / "a.npz", fwd, seed=1), export_random_weights(tmp_path / "b.npz", fwd,
+                                                                                           seed=2)
+    s = load_settings(overrides=TINY + [f"model.weights={str(wa)!r}", f"model.ensemble=[{str(wb)!r}]",
+                                        "model.ensemble_weights=[3, 1]"])
+    m = make_streaming_model(s)
+    assert isinstance(m, EnsembleModel) and np.allclose(m.weights, [0.75, 0.25])
+    f = _features(77, seed=4)
+    pa, pb = StreamingModel(fwd, wa).predict(f), StreamingModel(fwd, wb).predict(f)
+    whole = m.predict(f)
+    got = _stream(m, f, np.random.default_rng(0), max_chunk=19)
+    for k in KEYS:
+        want = 0.75 * pa[k] + 0.25 * pb[k]
+        assert np.abs(whole[k] - want).max() <= 1e-6 and np.abs(got[k] - whole[k]).max() <= 1e-6, k
+        assert np.abs(whole[k] - (pa[k] + pb[k]) / 2).max() > 1e-3, k  # the shares changed something
+    with pytest.raises(ConfigError, match=r"model.ensemble_weights must give one share .* \(2\), not \[1.0\]"):
+        load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=[1]"])
+    with pytest.raises(ConfigError, match="model.ensemble_weights"):
+        load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=[1, 0]"])
 
 
 def test_an_ensemble_member_on_other_features_is_one_sentence(tmp_path):
