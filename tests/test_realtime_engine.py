@@ -450,20 +450,22 @@ def test_real_pipeline_runs_live(tmp_path, tone_file):
     assert not sounding
 
 
-@pytest.mark.parametrize("rate", [16000, 48000, 44100])
-def test_live_and_offline_give_identical_notes(tmp_path, rate):
+@pytest.mark.parametrize("rate, model", [(16000, None), (48000, None), (44100, None), (44100, "live-ensemble")])
+def test_live_and_offline_give_identical_notes(tmp_path, rate, model):
     """The live engine (hop-sized blocks from a device at ``rate``) and `kkoma transcribe` (big blocks) run the same
-    resampler, CQT, model and tracker: on the bundled piece they give the same notes, to the frame. Real weights."""
+    resampler, CQT, model and tracker: on the bundled piece they give the same notes, to the frame. Real weights;
+    also for the opt-in live ensemble (two networks, weighted)."""
     from kkoma.models.notes import events_to_notes
     from kkoma.offline.transcribe import transcribe_file
 
-    if not S.model.weights_path.exists():
+    s = S if model is None else load_settings(model=model)
+    if not s.model.weights_path.exists():
         pytest.skip("no shipped weights")
     path = _example_at(rate, tmp_path)
-    offline = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in transcribe_file(path, S).notes]
-    midi = NullMidiOut(S)
+    offline = [(n.pitch, round(n.onset, 6), round(n.offset, 6)) for n in transcribe_file(path, s).notes]
+    midi = NullMidiOut(s)
     events = []
-    eng = E.Engine(S, FileInput(S, path, speed="max"), midi, on_event=lambda e, t, v: events.append(e))
+    eng = E.Engine(s, FileInput(s, path, speed="max"), midi, on_event=lambda e, t, v: events.append(e))
     eng.start()
     eng.join(120)
     assert eng.ended and eng.error is None

@@ -99,3 +99,26 @@ def test_ensemble_is_offline_and_pitch_averaged():
         assert np.abs(got[k] - (a[k] + b[k]) / 2).max() <= 1e-6
     with pytest.raises(KkomaError, match="backward LSTM"):
         make_transcriber(s, live=True)
+
+
+def test_live_ensemble_is_live_and_pitch_live_weighted():
+    """`--model live-ensemble`: the live transform and tracker with its entry's onset threshold, its probabilities
+    0.85 x live's + 0.15 x the pitch-shared live network's, its look-ahead live's; live accepts it."""
+    from kkoma.models.audio import load_audio
+    from kkoma.models.cqt import CQT
+    from kkoma.models.inference import EnsembleModel, StreamingModel, make_streaming_model, member_settings
+    from kkoma.models.pipeline import make_transcriber
+
+    s, live = load_settings(model="live-ensemble"), load_settings()
+    assert s.cqt == live.cqt and s.model.weights_path == live.model.weights_path
+    assert (s.tracker.onset_threshold, s.tracker.frame_threshold) == (0.875, live.tracker.frame_threshold)
+    assert [p.name for p in s.model.ensemble_paths] == ["kkoma_pitch_live.npz"]
+    member = member_settings(s, s.model.ensemble_paths[0])
+    assert member.model.backward_units == 0 and member.model.harmonic_units > 0
+    f = CQT(s).features(load_audio(ROOT / "examples" / "example.flac", s))
+    m = make_streaming_model(s)
+    assert isinstance(m, EnsembleModel) and m.lookahead_ms == StreamingModel(live).lookahead_ms
+    got, a, b = m.predict(f), StreamingModel(live).predict(f), StreamingModel(member).predict(f)
+    for k in ("onset", "frame", "velocity"):
+        assert np.abs(got[k] - (0.85 * a[k] + 0.15 * b[k])).max() <= 1e-5
+    assert make_transcriber(s, live=True) is not None
