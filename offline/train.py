@@ -375,9 +375,10 @@ def _save_optimizer(opt, path: Path) -> None:
     atomic_write(path, lambda tmp: np.savez(tmp, *[np.asarray(v) for v in opt.variables]))
 
 
-def _load_optimizer(opt, model, path: Path, learning_rate: float, log) -> None:
-    """The checkpoint's optimizer state (step count, moments) into ``opt``, except its learning rate: a resumed run
-    goes on at ``learning_rate`` (``train.learning_rate`` now), so that a campaign can be resumed at a lower rate."""
+def _load_optimizer(opt, model, path: Path, learning_rate: float | None, log) -> None:
+    """The checkpoint's optimizer state (step count, moments, learning rate) into ``opt``; ``learning_rate`` (not
+    None) replaces the rate, so that a campaign can be resumed at a lower one. None keeps the checkpoint's: a run
+    resumed after a lowered rate must not climb back to config.toml's."""
     with np.load(path) as z:
         values = [z[f"arr_{i}"] for i in range(len(z.files))]
     if not opt.built:
@@ -388,8 +389,11 @@ def _load_optimizer(opt, model, path: Path, learning_rate: float, log) -> None:
     for v, a in zip(opt.variables, values):
         v.assign(a)
     was = float(opt.learning_rate.numpy())
+    if learning_rate is None:
+        log(f"  learning rate {was:g} (the checkpoint's)")
+        return
     if not np.isclose(was, learning_rate, rtol=1e-6, atol=0.0):
-        log(f"  learning rate {was:g} -> {learning_rate:g} (train.learning_rate)")
+        log(f"  learning rate {was:g} -> {learning_rate:g}")
     opt.learning_rate = learning_rate
 
 
@@ -638,9 +642,10 @@ def _losses(settings) -> tuple[dict, dict]:
     return losses, weights
 
 
-def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState | None, init, log):
+def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState | None, init, log,
+                resume_rate: float | None = None):
     """The model and its (built) optimizer, made under ``strategy``: a resumed run's from its last checkpoint
-    (weights, optimizer state); a new run's from ``init``'s weights or at random, with the per-bin feature
+    (weights, optimizer state; its learning rate unless ``resume_rate``); a new run's from ``init``'s weights or at random, with the per-bin feature
     statistics computed on the training pieces (unless ``init`` brings them, for these features). ``state`` None: a
     worker that is not the chief (made only; it takes the chief's values)."""
     from kkoma.models import network
@@ -654,7 +659,7 @@ def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState 
         if state is not None and state.resumed:
             ckpt = state.path.parent
             model.load_weights(ckpt / "last.weights.h5")
-            _load_optimizer(opt, model, ckpt / "last.optimizer.npz", t.learning_rate, log)
+            _load_optimizer(opt, model, ckpt / "last.optimizer.npz", resume_rate, log)
         elif state is not None:
             refeature = False
             if init:
@@ -809,7 +814,8 @@ def export(model, facts: RunFacts, state: RunState) -> dict:
 
 
 def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = False,
-          init: str | Path | None = None, log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict:
+          init: str | Path | None = None, log: Callable[[str], None] = print, verbose: int | str = "auto",
+          resume_rate: float | None = None) -> dict:
     """Train, validate, checkpoint, and export the best weights to ``OUT_DIR/kkoma.npz``.
 
     Parameters
@@ -818,7 +824,10 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
     out_dir : where checkpoints, logs, the summary and the exported weights go (written by the chief alone when
         ``TF_CONFIG`` names several workers: :mod:`offline.train_loop`).
     settings : ``train.*`` (batch size, epochs, steps per epoch, patience, learning rate, ...) and ``model.*``.
-    resume : continue from ``OUT_DIR/checkpoints`` (model, optimizer, epoch, best score, patience counter).
+    resume : continue from ``OUT_DIR/checkpoints`` (model, optimizer with its learning rate, epoch, best score,
+        patience counter).
+    resume_rate : with ``resume``, the learning rate to go on at (``kkoma train --resume --learning-rate``); None
+        keeps the checkpoint's (``train.learning_rate`` sets only a new run's).
     init : a weights file (``kkoma.npz``) of the same architecture to start a new run from (fine-tuning on more or
         other data), its feature statistics included; ignored when resuming.
     verbose : progress output (0 silent, 1 a bar per epoch, 2 one line per epoch, "auto" = 1).
@@ -832,12 +841,13 @@ def train(dataset: str | Path, out_dir: str | Path, settings, *, resume: bool = 
 
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(dataset, out_dir, settings, resume=resume, init=init, log=log, verbose=verbose)
+        return _train(dataset, out_dir, settings, resume=resume, init=init, log=log, verbose=verbose,
+                      resume_rate=resume_rate)
     finally:  # the precision policy is process-global: leave it as found
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
+def _train(dataset, out_dir, settings, *, resume, init, log, verbose, resume_rate=None) -> dict:
     """The run: read the splits -> open the run state (the chief) -> strategy -> model (built, restored or
     started) -> every worker takes the chief's weights and epoch -> epochs of steps, each ended by the chief's
     :class:`EpochEnd` and a stop decision every worker shares -> export (the chief). With several workers, a lost
@@ -846,10 +856,11 @@ def _train(dataset, out_dir, settings, *, resume, init, log, verbose) -> dict:
 
     workers = Workers.from_env()
     with lost_workers(workers):
-        return _run(dataset, Path(out_dir), settings, workers, resume=resume, init=init, log=log, verbose=verbose)
+        return _run(dataset, Path(out_dir), settings, workers, resume=resume, init=init, log=log, verbose=verbose,
+                    resume_rate=resume_rate)
 
 
-def _run(dataset, out_dir: Path, settings, workers, *, resume, init, log, verbose) -> dict:
+def _run(dataset, out_dir: Path, settings, workers, *, resume, init, log, verbose, resume_rate=None) -> dict:
     """:func:`_train`'s steps, for this process's place among the ``workers``."""
     from kkoma.models import network
     from kkoma.offline.train_loop import ChiefBroadcast, Trainer, distributed_batches, setup_tf
@@ -864,7 +875,7 @@ def _run(dataset, out_dir: Path, settings, workers, *, resume, init, log, verbos
     strategy, mixed, devices = setup_tf(settings, workers)
     steps = t.steps_per_epoch or max(1, crops_per_pass(data.train, settings.model.window_frames,
                                                        settings.model.lookahead_frames) // t.batch_size)
-    model, opt = build_model(settings, strategy, mixed, data, state, init, log)
+    model, opt = build_model(settings, strategy, mixed, data, state, init, log, resume_rate)
     chief = ChiefBroadcast(strategy, workers)
     chief.variables(model.weights + opt.variables)
     first, stopped = (int(v) for v in chief.arrays([state.next_epoch if state else 0,

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
                    help="batches per epoch; 0 = one pass over the training pieces (default: train.steps_per_epoch)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: train.batch_size")
-    p.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="default: train.learning_rate")
+    p.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                   help="default: train.learning_rate; with --resume, the rate to go on at (default: the checkpoint's)")
     p.add_argument("--patience", type=int, default=None, metavar="N",
                    help="epochs without validation improvement before stopping (default: train.patience)")
     p.add_argument("--valid-max-pieces", type=int, default=None, metavar="N",
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace, settings) -> int:
 
     try:
         summary = train(args.dataset, args.out_dir, settings, resume=args.resume, init=args.init,
-                        verbose=2 if args.quiet else "auto")
+                        verbose=2 if args.quiet else "auto",
+                        resume_rate=args.learning_rate if args.resume else None)
     except KeyboardInterrupt:
         raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None
     if summary.get("chief") is False:

@@ -132,9 +132,10 @@ def test_existing_run_needs_resume_and_resume_continues(trained, tmp_path):
     assert out["history"][3]["hours"] == pytest.approx(hours[3], abs=1e-4)
 
 
-def test_resume_goes_on_at_the_configured_learning_rate(trained, tmp_path):
-    """The checkpoint's optimizer state resumes (step count), but its learning rate is the one configured now: a
-    campaign resumed with ``--learning-rate`` runs at that rate, and says so."""
+def test_resume_keeps_the_checkpoints_learning_rate_unless_given_one(trained, tmp_path):
+    """The checkpoint's optimizer state resumes (step count, learning rate): a campaign resumed with
+    ``--learning-rate`` runs at that rate and says so, and a later plain ``--resume`` stays at it instead of
+    climbing back to ``train.learning_rate``."""
     import shutil
 
     import tensorflow as tf
@@ -164,11 +165,15 @@ def test_resume_goes_on_at_the_configured_learning_rate(trained, tmp_path):
     assert rate == pytest.approx(s.train.learning_rate)
     lower = s.train.learning_rate / 4
     lines = []
-    train(ds, copy, s.replace(train__epochs="4", train__learning_rate=str(lower)), resume=True, log=lines.append,
-          verbose=0)
+    train(ds, copy, s.replace(train__epochs="4"), resume=True, log=lines.append, verbose=0, resume_rate=lower)
     assert any(f"learning rate {s.train.learning_rate:g} -> {lower:g}" in line for line in lines)
     steps2, rate2 = saved()
     assert rate2 == pytest.approx(lower) and steps2 == steps + s.train.steps_per_epoch
+    lines = []
+    train(ds, copy, s.replace(train__epochs="5"), resume=True, log=lines.append, verbose=0)
+    assert any(f"learning rate {lower:g} (the checkpoint's)" in line for line in lines)
+    steps3, rate3 = saved()
+    assert rate3 == pytest.approx(lower) and steps3 == steps2 + s.train.steps_per_epoch
 
 
 def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(trained, tmp_path):
