@@ -561,7 +561,8 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are). An entry's tracker was tuned
         for its files and applies only while ``model.weights`` and ``model.ensemble`` are still those files:
         ``--model ensemble --set 'model.ensemble=[]'`` is the offline model, with the tracker ``--model offline``
-        gets.
+        gets. Its ``ensemble_weights`` go with its files too: a ``model.ensemble`` the user sets gets equal shares
+        unless they also set ``model.ensemble_weights``.
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -587,6 +588,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         model_path, shipped = resolve_model(model)
         members = [] if shipped is None else [str(p) for p in shipped.ensemble_paths]
         shares = [] if shipped is None else [float(w) for w in shipped.ensemble_weights]
+        given = _explicit_keys(user, overrides)
+        if ("model", "ensemble") in given and ("model", "ensemble_weights") not in given:
+            shares = []  # the entry's shares were for its own files: other files get equal shares unless given
         overrides = [f"model.weights={_toml_string(str(model_path))}",
                      f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]",
                      f"model.ensemble_weights={shares!r}"] + overrides

@@ -122,3 +122,8 @@ def test_live_ensemble_is_live_and_pitch_live_weighted():
     for k in ("onset", "frame", "velocity"):
         assert np.abs(got[k] - (0.85 * a[k] + 0.15 * b[k])).max() <= 1e-5
     assert make_transcriber(s, live=True) is not None
+    # Other files than the entry's get equal shares (the entry's were chosen for its own), unless given.
+    assert load_settings(model="live-ensemble", overrides=["model.ensemble=[]"]).model.ensemble_weights == ()
+    assert load_settings(model="live-ensemble", overrides=['model.ensemble=["models/weights/kkoma_harmonic.npz"]',
+                                                           "model.ensemble_weights=[2, 1]"]).model.ensemble_weights \
+        == (2.0, 1.0)
