@@ -41,7 +41,7 @@ class ConfigError(KkomaError, ValueError):
 def _f(*, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
        lo_open: bool = False, unit: str = "", doc: str = "", item: str | None = None):
     """A dataclass field carrying its validation rule (checked by :func:`_check`). ``item``: the type every entry of
-    a list must have (``"str"``); None reads each entry as a string or a number."""
+    a list must have (``"str"`` or ``"float"``, a number); None reads each entry as a string or a number."""
     return field(metadata={"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open, "unit": unit, "doc": doc,
                            "item": item})
 
@@ -157,12 +157,13 @@ class ModelSettings:
     input_units: int = _f(lo=1, hi=4096)
     harmonic_units: int = _f(lo=0, hi=1024)
     harmonic_features: int = _f(lo=1, hi=64)
-    harmonics: tuple = _f(lo=0.0, lo_open=True)
+    harmonics: tuple = _f(lo=0.0, lo_open=True, item="float")
     backward_units: int = _f(lo=0, hi=2048)
     backward_block_frames: int = _f(lo=1, hi=100000, unit="frames")
     backward_context_frames: int = _f(lo=0, hi=100000, unit="frames")
     ensemble: tuple = _f(item="str", doc="weights files run beside model.weights, outputs averaged")
-    ensemble_weights: tuple = _f(lo=0.0, lo_open=True, doc="each network's share of the average, weights first")
+    ensemble_weights: tuple = _f(lo=0.0, lo_open=True, item="float",
+                                 doc="each network's share of the average, weights first")
 
     @property
     def weights_path(self) -> Path:
@@ -177,8 +178,10 @@ class ModelSettings:
 
     @property
     def name(self) -> str:
-        """The model's files as a person reads them: ``kkoma_offline.npz``, ``kkoma_offline.npz + kkoma_pitch.npz``."""
-        return " + ".join(p.name for p in [self.weights_path, *self.ensemble_paths])
+        """The model's files as a person reads them: ``kkoma_offline.npz``, ``kkoma_offline.npz + kkoma_pitch.npz``,
+        ``kkoma.npz + kkoma_pitch_live.npz at 0.85 / 0.15`` (the shares, where they are not equal)."""
+        files = " + ".join(p.name for p in [self.weights_path, *self.ensemble_paths])
+        return files + (" at " + " / ".join(f"{w:g}" for w in self.ensemble_weights) if self.ensemble_weights else "")
 
 
 def _weights_file(name: str) -> Path:
@@ -225,7 +228,7 @@ class MidiSettings:
 
 @dataclass(frozen=True)
 class SynthSettings:
-    soundfonts: tuple = _f()
+    soundfonts: tuple = _f(item="str")
     program: int = _f(lo=0, hi=127)
     driver: str = _f()
     device: str = _f()
@@ -250,7 +253,8 @@ class TranscribeSettings:
     chunk_frames: int = _f(lo=1, hi=10_000_000, unit="frames")
     jobs: int = _f(lo=0, hi=1024)
     device: str = _f(choices=("auto", "cpu", "gpu"))
-    overrides: tuple = _f(doc="section.key=value settings for offline work (load_settings(offline=True))")
+    overrides: tuple = _f(item="str",
+                          doc="section.key=value settings for offline work (load_settings(offline=True))")
 
 
 @dataclass(frozen=True)
@@ -264,15 +268,15 @@ class ServeSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    soundfonts: tuple = _f()
+    soundfonts: tuple = _f(item="str")
     programs: tuple = _f(lo=0, hi=127)
     holdout_soundfont: str = _f()
-    sample_sets: tuple = _f()
+    sample_sets: tuple = _f(item="str")
     sample_set_fraction: float = _f(lo=0.0, hi=1.0)
     holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
-    maps_holdout_pianos: tuple = _f()
+    maps_holdout_pianos: tuple = _f(item="str")
     maps_holdout_piece_fraction: float = _f(lo=0.0, hi=0.9)
-    maps_ambient_pianos: tuple = _f()
+    maps_ambient_pianos: tuple = _f(item="str")
     max_piece_seconds: float = _f(lo=0.0, lo_open=True, unit="s")
     seed: int = _f()
     render_gain: float = _f(lo=0.0, hi=10.0, lo_open=True)
@@ -284,11 +288,11 @@ class DataSettings:
 @dataclass(frozen=True)
 class AugmentSettings:
     probability: float = _f(lo=0.0, hi=1.0)
-    reverb_rt60_s: tuple = _f(lo=0.0, unit="s")
-    reverb_wet: tuple = _f(lo=0.0, hi=1.0)
-    snr_db: tuple = _f(unit="dB")
+    reverb_rt60_s: tuple = _f(lo=0.0, unit="s", item="float")
+    reverb_wet: tuple = _f(lo=0.0, hi=1.0, item="float")
+    snr_db: tuple = _f(unit="dB", item="float")
     eq_gain_db: float = _f(lo=0.0, hi=40.0, unit="dB")
-    gain_db: tuple = _f(hi=40.0, unit="dB")
+    gain_db: tuple = _f(hi=40.0, unit="dB", item="float")
     detune_cents: float = _f(lo=0.0, hi=100.0, unit="cents")
 
 
@@ -403,14 +407,14 @@ def _check(section: str, name: str, value: Any, f: dataclasses.Field) -> Any:
     if typ == "tuple":
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, not {value!r}.")
-        # A number in a list of names would pass as "1.0" and fail far from here (a missing weights file).
-        if meta.get("item") == "str" and not all(isinstance(v, str) for v in value):
+        # A number in a list of names would pass as "1.0" and fail far from here (a missing weights file); a name in a
+        # list of numbers would fail in arithmetic.
+        item = meta.get("item")
+        if item == "str" and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings, not {value!r}.")
-        items = []
-        for v in value:
-            item_typ = "str" if isinstance(v, str) else "float"
-            items.append(_check_scalar(key, v, meta, item_typ))
-        return tuple(items)
+        if item == "float" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of numbers, not {value!r}.")
+        return tuple(_check_scalar(key, v, meta, item or ("str" if isinstance(v, str) else "float")) for v in value)
     return _check_scalar(key, value, meta, typ)
 
 
@@ -462,9 +466,12 @@ def _cross_check(s: Settings) -> None:
         cls = _SECTION_TYPES.get(section)
         if cls is None or key not in {f.name for f in dataclasses.fields(cls)} or section == "transcribe":
             raise ConfigError(f"transcribe.overrides: {text!r} does not name a setting outside [transcribe].")
-    if s.model.ensemble_weights and len(s.model.ensemble_weights) != 1 + len(s.model.ensemble):
-        raise ConfigError(f"model.ensemble_weights must give one share for model.weights and one per model.ensemble "
-                          f"file ({1 + len(s.model.ensemble)}), not {list(s.model.ensemble_weights)!r}; [] = equal.")
+    shares, nets = len(s.model.ensemble_weights), 1 + len(s.model.ensemble)
+    if shares and shares != nets:
+        files = " + ".join(Path(str(p)).name for p in [s.model.weights, *s.model.ensemble])
+        raise ConfigError(f"model.ensemble_weights gives {shares} share{'s' * (shares != 1)} but the model has {nets} "
+                          f"network{'s' * (nets != 1)} ({files}): one share for model.weights and one per "
+                          "model.ensemble file, or [] for equal shares.")
     for name in ("reverb_rt60_s", "reverb_wet", "snr_db", "gain_db"):
         v = getattr(s.augment, name)
         if len(v) != 2 or v[0] > v[1]:
@@ -540,6 +547,17 @@ def _explicit_keys(user: Mapping[str, Any] | None, overrides: Iterable[str]) -> 
     return keys | {parse_override(o)[:2] for o in overrides}
 
 
+#: The keys that say which networks a model is.
+NETWORK_KEYS = frozenset({("model", "weights"), ("model", "ensemble"), ("model", "ensemble_weights")})
+
+
+def without_network_keys(overrides: Iterable[str]) -> list[str]:
+    """``overrides`` less those that set :data:`NETWORK_KEYS`. A live session that also writes files (``kkoma
+    record --notes files``, ``kkoma serve``) runs two models: its ``--set`` of those keys tunes the live one (the
+    one ``--model`` names), and the files model is the one ``--files-model`` (or config.toml) names."""
+    return [o for o in overrides if parse_override(str(o))[:2] not in NETWORK_KEYS]
+
+
 def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False,
                   model: str | None = None, weights_settings: bool = True) -> Settings:
     """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
@@ -561,8 +579,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are). An entry's tracker was tuned
         for its files and applies only while ``model.weights`` and ``model.ensemble`` are still those files:
         ``--model ensemble --set 'model.ensemble=[]'`` is the offline model, with the tracker ``--model offline``
-        gets. Its ``ensemble_weights`` go with its files too: a ``model.ensemble`` the user sets gets equal shares
-        unless they also set ``model.ensemble_weights``.
+        gets. Its ``ensemble_weights`` go with its files too, on the same test: other files get equal shares unless
+        the user sets ``model.ensemble_weights``. Keys checked together (the shares and the files) are checked on the
+        settings as they end up, so a user's file may give the shares for the files ``--model`` names.
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -582,22 +601,25 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         _DEFAULTS = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG.name)
     overrides = list(overrides)
     user = _read_toml(Path(path)) if path is not None else None
+    user_keys = _explicit_keys(user, overrides)
+    shipped, chosen = None, []  # chosen: --model's keys, under the user's file and overrides
     if model is not None:
         from kkoma.models.catalog import resolve_model
 
         model_path, shipped = resolve_model(model)
         members = [] if shipped is None else [str(p) for p in shipped.ensemble_paths]
-        shares = [] if shipped is None else [float(w) for w in shipped.ensemble_weights]
-        given = _explicit_keys(user, overrides)
-        if ("model", "ensemble") in given and ("model", "ensemble_weights") not in given:
-            shares = []  # the entry's shares were for its own files: other files get equal shares unless given
-        overrides = [f"model.weights={_toml_string(str(model_path))}",
-                     f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]",
-                     f"model.ensemble_weights={shares!r}"] + overrides
+        # Equal shares here; the entry's own go on at the end, with its tracker, while its files are in force.
+        chosen = [f"model.weights={_toml_string(str(model_path))}",
+                  f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]", "model.ensemble_weights=[]"]
+    layers = [t for t in (_overrides_to_table(chosen), user, _overrides_to_table(overrides)) if t]
 
     def layered(base: Settings) -> Settings:
-        s = base if user is None else _build(_merge(_as_raw(base), user), str(path))
-        return _apply(s, overrides) if overrides else s
+        # One build of every layer, so that keys checked together (model.ensemble and its shares) are checked as
+        # they end up: a user's file may give the shares for the files --model names.
+        raw = _as_raw(base)
+        for table in layers:
+            raw = _merge(raw, table)
+        return _build(raw, base.source if user is None else str(path)) if layers else base
 
     def offline_base(s: Settings) -> Settings:
         try:
@@ -621,18 +643,19 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     # has its tracker there; an ensemble built on it is another model, and its entry's tracker wins over config.toml's.
     # The thresholds were tuned for the entry's files: a --set model.ensemble (or model.weights) that makes another
     # model leaves them out, so `--model ensemble --set 'model.ensemble=[]'` is the offline model as files get it.
-    entry_in_force = model is not None and shipped is not None and \
-        [p.resolve() for p in [s.model.weights_path, *s.model.ensemble_paths]] == \
-        [p.resolve() for p in [shipped.path, *shipped.ensemble_paths]]
+    def entry_in_force(s: Settings) -> bool:  # model.weights and model.ensemble are still the entry's files
+        return model is not None and shipped is not None and \
+            [p.resolve() for p in [s.model.weights_path, *s.model.ensemble_paths]] == \
+            [p.resolve() for p in [shipped.path, *shipped.ensemble_paths]]
     brought = {"tracker": dict(shipped.tracker)} \
-        if entry_in_force and shipped.tracker and (not offline or shipped.ensemble) else {}
+        if entry_in_force(s) and shipped.tracker and (not offline or shipped.ensemble) else {}
     fields = {sec: {f.name for f in dataclasses.fields(_SECTION_TYPES[sec])} for sec in _SECTION_TYPES}
     unknown = sorted(set(brought.get("tracker", {})) - fields["tracker"])
     if unknown:
         raise ConfigError(f"model {model}'s entry in models.toml sets tracker.{unknown[0]}, which is not a tracker "
                           f"setting (they are: {', '.join(sorted(fields['tracker']))}).")
     if record or brought:
-        explicit = _explicit_keys(user, overrides)
+        explicit = _explicit_keys(user, chosen + overrides)
         # A transcribe.overrides list the user wrote (their file or --set), when in force, is their own setting too:
         # its keys beat an entry's tracker as their [tracker] does (config.toml's list does not). The weights record
         # still beats it, as it beats config.toml's: the file was trained with its transform.
@@ -654,6 +677,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
                 raise ConfigError(f"{what} settings this kkoma refuses ({e})") from None
         if with_record != base:
             s = layered(with_record)
+    # The entry's shares, like its tracker, were chosen for its files: other files get equal shares unless given.
+    if entry_in_force(s) and shipped.ensemble_weights and ("model", "ensemble_weights") not in user_keys:
+        s = _apply(s, [f"model.ensemble_weights={[float(w) for w in shipped.ensemble_weights]!r}"])
     return s
 
 

@@ -455,6 +455,7 @@ class Engine:
         fm = getattr(getattr(self.file_transcriber, "settings", None), "model", None)  # (a test double has none)
         ring = self.source.ring
         return {
+            "model": self.settings.model.name,
             "latency_budget_ms": self.budget,
             "hop_compute_ms": self.stats.summary(),
             "hops_processed": self.hops,
@@ -469,6 +470,7 @@ class Engine:
             "file_model": None if self.file_worker is None else {
                 "weights": str(fm and fm.weights_path),
                 "ensemble": [str(p) for p in fm.ensemble_paths] if fm else [],
+                "ensemble_weights": list(fm.ensemble_weights) if fm else [],
                 "latency_budget_ms": _budget_of(self.file_transcriber),
                 "step_compute_ms": self.file_worker.stats.summary()},
         }

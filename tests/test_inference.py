@@ -395,10 +395,13 @@ def test_a_weighted_ensemble_gives_each_member_its_share_in_any_chunking(tmp_pat
         want = 0.75 * pa[k] + 0.25 * pb[k]
         assert np.abs(whole[k] - want).max() <= 1e-6 and np.abs(got[k] - whole[k]).max() <= 1e-6, k
         assert np.abs(whole[k] - (pa[k] + pb[k]) / 2).max() > 1e-3, k  # the shares changed something
-    with pytest.raises(ConfigError, match=r"model.ensemble_weights must give one share .* \(2\), not \[1.0\]"):
+    with pytest.raises(ConfigError, match=r"model.ensemble_weights gives 1 share but the model has 2 networks "
+                                          r"\(kkoma.npz \+ b.npz\): one share for model.weights"):
         load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=[1]"])
     with pytest.raises(ConfigError, match="model.ensemble_weights"):
         load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=[1, 0]"])
+    with pytest.raises(ConfigError, match=r"model.ensemble_weights must be a list of numbers, not \['3', 1\]"):
+        load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=['3', 1]"])
 
 
 def test_an_ensemble_member_on_other_features_is_one_sentence(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kkoma.models.errors import KkomaError
-from kkoma.models.settings import load_settings
+from kkoma.models.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.05
@@ -122,8 +122,28 @@ def test_live_ensemble_is_live_and_pitch_live_weighted():
     for k in ("onset", "frame", "velocity"):
         assert np.abs(got[k] - (0.85 * a[k] + 0.15 * b[k])).max() <= 1e-5
     assert make_transcriber(s, live=True) is not None
-    # Other files than the entry's get equal shares (the entry's were chosen for its own), unless given.
-    assert load_settings(model="live-ensemble", overrides=["model.ensemble=[]"]).model.ensemble_weights == ()
+    assert s.model.name == "kkoma.npz + kkoma_pitch_live.npz at 0.85 / 0.15"
+    # Other files than the entry's get equal shares (the entry's were chosen for its own), unless given; shares
+    # and tracker go together, on the one test (the entry's files are in force).
+    plain = load_settings(model="live-ensemble", overrides=["model.ensemble=[]"])
+    assert plain.model.ensemble_weights == () and plain.tracker == live.tracker
+    other = load_settings(model="live-ensemble", overrides=['model.ensemble=["models/weights/kkoma_harmonic.npz"]'])
+    assert other.model.ensemble_weights == () and other.tracker == live.tracker
+    same = load_settings(model="live-ensemble",
+                         overrides=[f"model.ensemble=[{str(s.model.ensemble_paths[0])!r}]"])
+    assert same.model.ensemble_weights == (0.85, 0.15) and same.tracker == s.tracker
     assert load_settings(model="live-ensemble", overrides=['model.ensemble=["models/weights/kkoma_harmonic.npz"]',
                                                            "model.ensemble_weights=[2, 1]"]).model.ensemble_weights \
         == (2.0, 1.0)
+
+
+def test_a_users_file_may_give_the_shares_for_the_files_model_names(tmp_path):
+    """Keys checked together are checked as they end up: a --config file holding only model.ensemble_weights gives
+    --model live-ensemble's shares (not a share-count error against config.toml's one network), and beats the
+    entry's; its tracker stays, the files being the entry's."""
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text("[model]\nensemble_weights = [0.7, 0.3]\n")
+    s = load_settings(cfg, model="live-ensemble")
+    assert s.model.ensemble_weights == (0.7, 0.3) and s.tracker.onset_threshold == 0.875
+    with pytest.raises(ConfigError, match="gives 2 shares but the model has 1 network"):
+        load_settings(cfg)

@@ -59,7 +59,8 @@ def _model():
 def _ensemble():  # the live model and the harmonic one: both read the live transform
     from kkoma.models.inference import make_streaming_model
 
-    return make_streaming_model(S.replace(model__ensemble='["models/weights/kkoma_harmonic.npz"]'))
+    return make_streaming_model(S.replace(model__ensemble='["models/weights/kkoma_harmonic.npz"]',
+                                          model__ensemble_weights="[3, 1]"))
 
 
 def _tracker():
