@@ -417,6 +417,21 @@ def test_files_model_option(double, tone_file, tmp_path, capsys):
     assert "nosuch" in capsys.readouterr().err
 
 
+def test_network_keys_of_set_tune_the_live_model_not_the_files_one():
+    """In a session with two models, --set model.weights / model.ensemble / model.ensemble_weights go with --model
+    to the live one; the file's model is --files-model's (or config.toml's), with every other --set."""
+    from types import SimpleNamespace
+
+    from kkoma.realtime.cli import _file_settings
+
+    over = ["model.ensemble_weights=[0.9, 0.1]", "tracker.min_ioi_ms=40.0"]
+    live = load_settings(overrides=over, model="live-ensemble")
+    args = SimpleNamespace(config=None, overrides=over, model="live-ensemble", files_model=None, notes="files")
+    files = _file_settings(args, live)
+    assert live.model.ensemble_weights == (0.9, 0.1)
+    assert files == load_settings(overrides=["tracker.min_ioi_ms=40.0"], offline=True)
+
+
 def test_devices_command_lists_without_failing(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out

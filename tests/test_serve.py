@@ -531,3 +531,7 @@ def test_serve_files_model_chooses_the_pages_files_model(monkeypatch, tmp_path):
     expected = _transcribe_cli(EXAMPLE, tmp_path / "cli", "--model", "pitch")
     assert len(expected) > 20 and read_midi(tmp_path / "served.mid") == expected
     assert main(["serve", "--port", "0"]) == 0 and seen["files"] == S_OFF
+    # --set's keys that name networks tune the live model (--model's); the files model stays its own.
+    assert main(["--model", "live-ensemble", "--set", "model.ensemble_weights=[0.9, 0.1]", "serve", "--port",
+                 "0"]) == 0
+    assert seen["live"].model.ensemble_weights == (0.9, 0.1) and seen["files"] == S_OFF
