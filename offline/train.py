@@ -645,9 +645,9 @@ def _losses(settings) -> tuple[dict, dict]:
 def build_model(settings, strategy, mixed: bool, data: RunData, state: RunState | None, init, log,
                 resume_rate: float | None = None):
     """The model and its (built) optimizer, made under ``strategy``: a resumed run's from its last checkpoint
-    (weights, optimizer state; its learning rate unless ``resume_rate``); a new run's from ``init``'s weights or at random, with the per-bin feature
-    statistics computed on the training pieces (unless ``init`` brings them, for these features). ``state`` None: a
-    worker that is not the chief (made only; it takes the chief's values)."""
+    (weights, optimizer state; its learning rate unless ``resume_rate``); a new run's from ``init``'s weights or at
+    random, with the per-bin feature statistics computed on the training pieces (unless ``init`` brings them, for
+    these features). ``state`` None: a worker that is not the chief (made only; it takes the chief's values)."""
     from kkoma.models import network
     from kkoma.offline.train_loop import make_optimizer
 

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batches per epoch; 0 = one pass over the training pieces (default: train.steps_per_epoch)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: train.batch_size")
     p.add_argument("--learning-rate", type=float, default=None, metavar="LR",
-                   help="default: train.learning_rate; with --resume, the rate to go on at (default: the checkpoint's)")
+                   help="default: train.learning_rate; with --resume, the rate to go on at (default: the checkpoint's; "
+                        "--set train.learning_rate=LR says the same)")
     p.add_argument("--patience", type=int, default=None, metavar="N",
                    help="epochs without validation improvement before stopping (default: train.patience)")
     p.add_argument("--valid-max-pieces", type=int, default=None, metavar="N",
@@ -35,12 +36,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "transcribe` will; the dataset must have been prepared with --offline")
 
 
+def resume_learning_rate(args: argparse.Namespace, settings) -> float | None:
+    """The rate a resumed run goes on at: the one the command names (``--learning-rate``, else ``--set
+    train.learning_rate``), or None for the checkpoint's. A rate in config.toml or a ``--config`` file is the one a
+    new run starts at, so it does not reset a campaign's lowered rate."""
+    from kkoma.models.settings import parse_override
+
+    if args.learning_rate is not None:
+        return args.learning_rate
+    if any(parse_override(str(o))[:2] == ("train", "learning_rate") for o in getattr(args, "overrides", None) or ()):
+        return settings.train.learning_rate
+    return None
+
+
 def run(args: argparse.Namespace, settings) -> int:
     import json
     import os
 
     from kkoma.models.errors import KkomaError
 
+    resume_rate = resume_learning_rate(args, settings)
     overrides = {}
     for name, key in (("epochs", "epochs"), ("steps_per_epoch", "steps_per_epoch"), ("batch_size", "batch_size"),
                       ("learning_rate", "learning_rate"), ("patience", "patience"),
@@ -56,7 +71,7 @@ def run(args: argparse.Namespace, settings) -> int:
     try:
         summary = train(args.dataset, args.out_dir, settings, resume=args.resume, init=args.init,
                         verbose=2 if args.quiet else "auto",
-                        resume_rate=args.learning_rate if args.resume else None)
+                        resume_rate=resume_rate if args.resume else None)
     except KeyboardInterrupt:
         raise KkomaError(f"interrupted; continue with `kkoma train {args.dataset} {args.out_dir} --resume`.") from None
     if summary.get("chief") is False:

@@ -176,6 +176,20 @@ def test_resume_keeps_the_checkpoints_learning_rate_unless_given_one(trained, tm
     assert rate3 == pytest.approx(lower) and steps3 == steps2 + s.train.steps_per_epoch
 
 
+def test_a_resumed_run_takes_the_rate_the_command_line_names():
+    """`kkoma train --resume`: --learning-rate, else --set train.learning_rate, else the checkpoint's (None); a rate
+    in a --config file or config.toml is a new run's, so it cannot reset a campaign's lowered rate."""
+    from types import SimpleNamespace
+
+    from kkoma.offline.train_cli import resume_learning_rate
+
+    s = load_settings(overrides=["train.learning_rate=2e-4"])
+    assert resume_learning_rate(SimpleNamespace(learning_rate=5e-5, overrides=[]), s) == 5e-5
+    assert resume_learning_rate(SimpleNamespace(learning_rate=None, overrides=["train.learning_rate=2e-4"]), s) \
+        == pytest.approx(2e-4)
+    assert resume_learning_rate(SimpleNamespace(learning_rate=None, overrides=["train.epochs=9"]), s) is None
+
+
 def test_pitch_shared_files_model_trains_resumes_and_loads_without_its_settings(trained, tmp_path):
     """The campaign's network in small (harmonic branch with the octave below and the fifth, backward LSTM over
     blocks): trains, resumes from its checkpoint, and its weights file loads under settings that say nothing of
