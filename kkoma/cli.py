@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_module_as(command: str) -> None:
+    """``python -m kkoma.offline.X ARGS`` (as older commands in docs/training-log.md ran the tools) is ``kkoma
+    COMMAND ARGS``: the one parser and settings handling of the CLI, not a second entry point that could drift
+    from it. Exits with its code."""
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Returns the process exit code (0 ok, 1 a user-facing error, 2 bad usage/settings)."""
     from kkoma.models.errors import KkomaError

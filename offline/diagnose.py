@@ -167,10 +167,6 @@ def diagnose(settings, audio_dir: Path, max_files: int = 0, pred: Path | None = 
 
 
 if __name__ == "__main__":  # pragma: no cover - tested through a subprocess
-    # `python -m kkoma.offline.diagnose ...` (as the training log's older commands ran it) is `kkoma diagnose ...`:
-    # the one parser and settings handling of kkoma's CLI, not a second entry point that could drift from it.
-    import sys
+    from kkoma.cli import run_module_as
 
-    from kkoma.cli import main
-
-    sys.exit(main(["diagnose", *sys.argv[1:]]))
+    run_module_as("diagnose")

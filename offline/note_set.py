@@ -124,3 +124,8 @@ def make_note_set(source: str, out_dir: str, *, program: int = 0, velocities=VEL
         written.append(path)
     return written
 
+
+if __name__ == "__main__":  # pragma: no cover - tested through a subprocess
+    from kkoma.cli import run_module_as
+
+    run_module_as("note-set")

@@ -70,3 +70,9 @@ def tune(settings, dataset: Path, *, split: str, onsets, frames, holds, restrike
           f"offset_hold_ms = {best[2]}, restrike_margin = {best[3]} (onset F1 {best[4]:.3f}, onset+offset F1 "
           f"{best[5]:.3f})")
     return best
+
+
+if __name__ == "__main__":  # pragma: no cover - tested through a subprocess
+    from kkoma.cli import run_module_as
+
+    run_module_as("tune")

@@ -37,6 +37,18 @@ def test_help_imports_nothing_heavy():
     assert "HEAVY []" in out
 
 
+@pytest.mark.parametrize("module, args, rc, says", [
+    ("kkoma.offline.tune", ["{tmp}/nosuch", "live"], 1, "nosuch"),
+    ("kkoma.offline.note_set", ["{tmp}/nosuch.sf2", "{tmp}/out"], 1, "does not exist"),
+])
+def test_python_m_of_a_tool_runs_its_command(tmp_path, module, args, rc, says):
+    """`python -m kkoma.offline.tune ...` is `kkoma tune ...` (and so on): the docs' older commands say something
+    instead of printing nothing and exiting 0."""
+    r = subprocess.run([sys.executable, "-m", module, *[a.format(tmp=tmp_path) for a in args]], capture_output=True,
+                       text=True)
+    assert r.returncode == rc and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_bad_setting_is_one_sentence_and_exit_2(capsys, tmp_path):
     code = main(["--set", "cqt.nbins=3", "cqt", str(tmp_path / "x.wav")])
     assert code == 2
