@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         files = None
         if file_model:
             files = make_record_transcriber(load_settings(overrides=args.overrides, offline=True,
-                                                         model=args.files_model))
+                                                         model=args.files_model, network_keys=False))
         engine = Engine(s, source, NullMidiOut(s), transcriber=make_live_transcriber(s), file_transcriber=files,
                         on_event=lambda e, t, v: ons.append((e, t)) if e.kind == "on" else None)
         engine.start()

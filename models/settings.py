@@ -179,7 +179,7 @@ class ModelSettings:
     @property
     def name(self) -> str:
         """The model's files as a person reads them: ``kkoma_offline.npz``, ``kkoma_offline.npz + kkoma_pitch.npz``,
-        ``kkoma.npz + kkoma_pitch_live.npz at 0.85 / 0.15`` (the shares, where they are not equal)."""
+        ``kkoma.npz + kkoma_pitch_live.npz at 0.85 / 0.15`` (the shares, where given: none = equal)."""
         files = " + ".join(p.name for p in [self.weights_path, *self.ensemble_paths])
         return files + (" at " + " / ".join(f"{w:g}" for w in self.ensemble_weights) if self.ensemble_weights else "")
 
@@ -418,7 +418,7 @@ def _check(section: str, name: str, value: Any, f: dataclasses.Field) -> Any:
     return _check_scalar(key, value, meta, typ)
 
 
-def _build(raw: Mapping[str, Any], source: str) -> Settings:
+def _build(raw: Mapping[str, Any], source: str, cross_check: bool = True) -> Settings:
     unknown = sorted(set(raw) - set(_SECTION_TYPES))
     if unknown:
         raise ConfigError(f"{source}: unknown section [{unknown[0]}]; the sections are "
@@ -438,8 +438,22 @@ def _build(raw: Mapping[str, Any], source: str) -> Settings:
             raise ConfigError(f"{source}: key {sname}.{missing[0]} is missing.")
         sections[sname] = cls(**{k: _check(sname, k, table[k], fields[k]) for k in fields})
     s = Settings(**sections, source=source)
-    _cross_check(s)
+    _check_profile(s)
+    if cross_check:
+        _cross_check(s)
     return s
+
+
+def _check_profile(s: Settings) -> None:
+    """``transcribe.overrides`` name settings outside [transcribe] (checked on every build: files are made from it)."""
+    for text in s.transcribe.overrides:
+        try:
+            section, key, _ = parse_override(str(text))
+        except ConfigError as e:
+            raise ConfigError(f"transcribe.overrides: {e}") from None
+        cls = _SECTION_TYPES.get(section)
+        if cls is None or key not in {f.name for f in dataclasses.fields(cls)} or section == "transcribe":
+            raise ConfigError(f"transcribe.overrides: {text!r} does not name a setting outside [transcribe].")
 
 
 def _cross_check(s: Settings) -> None:
@@ -458,14 +472,6 @@ def _cross_check(s: Settings) -> None:
         raise ConfigError(f"cqt: the top bin ({s.cqt.fmax:.0f} Hz) must lie below the Nyquist frequency "
                           f"({s.audio.sample_rate / 2:.0f} Hz of audio.sample_rate); lower cqt.n_bins or raise "
                           "audio.sample_rate.")
-    for text in s.transcribe.overrides:
-        try:
-            section, key, _ = parse_override(str(text))
-        except ConfigError as e:
-            raise ConfigError(f"transcribe.overrides: {e}") from None
-        cls = _SECTION_TYPES.get(section)
-        if cls is None or key not in {f.name for f in dataclasses.fields(cls)} or section == "transcribe":
-            raise ConfigError(f"transcribe.overrides: {text!r} does not name a setting outside [transcribe].")
     shares, nets = len(s.model.ensemble_weights), 1 + len(s.model.ensemble)
     if shares and shares != nets:
         files = " + ".join(Path(str(p)).name for p in [s.model.weights, *s.model.ensemble])
@@ -551,15 +557,8 @@ def _explicit_keys(user: Mapping[str, Any] | None, overrides: Iterable[str]) -> 
 NETWORK_KEYS = frozenset({("model", "weights"), ("model", "ensemble"), ("model", "ensemble_weights")})
 
 
-def without_network_keys(overrides: Iterable[str]) -> list[str]:
-    """``overrides`` less those that set :data:`NETWORK_KEYS`. A live session that also writes files (``kkoma
-    record --notes files``, ``kkoma serve``) runs two models: its ``--set`` of those keys tunes the live one (the
-    one ``--model`` names), and the files model is the one ``--files-model`` (or config.toml) names."""
-    return [o for o in overrides if parse_override(str(o))[:2] not in NETWORK_KEYS]
-
-
 def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (), offline: bool = False,
-                  model: str | None = None, weights_settings: bool = True) -> Settings:
+                  model: str | None = None, weights_settings: bool = True, network_keys: bool = True) -> Settings:
     """Load settings: the repository's ``config.toml``, then the user's file on top, then ``overrides``.
 
     Parameters
@@ -571,7 +570,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         and ``overrides`` still win over them. This is how files get the offline model and its features while
         ``kkoma live`` keeps the live ones.
     model : ``--model``: a shipped model's name (``models/weights/models.toml``) or a weights file, put in
-        ``model.weights`` under the user's file and overrides. A shipped model also decides ``offline``: the one
+        ``model.weights`` (and its entry's files in ``model.ensemble``) over the user's file and under
+        ``overrides``: a ``--config`` file holds settings, ``--model`` names the model. A shipped model also
+        decides ``offline``: the one
         ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them and
         brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides); an entry
         with ``ensemble`` files (put in ``model.ensemble``) is built on the model the overrides name, takes them, and
@@ -582,6 +583,10 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         gets. Its ``ensemble_weights`` go with its files too, on the same test: other files get equal shares unless
         the user sets ``model.ensemble_weights``. Keys checked together (the shares and the files) are checked on the
         settings as they end up, so a user's file may give the shares for the files ``--model`` names.
+    network_keys : False leaves out the user's file's and ``overrides``' :data:`NETWORK_KEYS` (which networks the
+        model is): the files model of a live session (``kkoma record --notes files``, ``kkoma serve``), whose
+        ``--config`` and ``--set`` of those keys tune the live model; the files model is ``model``'s (--files-model)
+        or config.toml's.
 
     The weights file that ends up in ``model.weights`` carries the audio, transform and network settings it was
     trained with; they replace ``config.toml``'s (and ``transcribe.overrides``') values for every key the user's
@@ -601,25 +606,34 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         _DEFAULTS = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG.name)
     overrides = list(overrides)
     user = _read_toml(Path(path)) if path is not None else None
+    for section, table in (user or {}).items():
+        if not isinstance(table, dict):  # said here: merged with --set's tables it would read as missing keys
+            raise ConfigError(f"{path}: [{section}] must be a table of keys.")
+    if not network_keys:
+        overrides = [o for o in overrides if parse_override(str(o))[:2] not in NETWORK_KEYS]
+        user = None if user is None else \
+            {sec: {k: v for k, v in table.items() if (sec, k) not in NETWORK_KEYS} for sec, table in user.items()}
     user_keys = _explicit_keys(user, overrides)
-    shipped, chosen = None, []  # chosen: --model's keys, under the user's file and overrides
+    shipped, chosen = None, []  # chosen: --model's keys, over the user's file, under the overrides
     if model is not None:
         from kkoma.models.catalog import resolve_model
 
         model_path, shipped = resolve_model(model)
         members = [] if shipped is None else [str(p) for p in shipped.ensemble_paths]
-        # Equal shares here; the entry's own go on at the end, with its tracker, while its files are in force.
+        # Equal shares unless the user gives some; the entry's own go on at the end, with its tracker, while its
+        # files are in force.
         chosen = [f"model.weights={_toml_string(str(model_path))}",
-                  f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]", "model.ensemble_weights=[]"]
-    layers = [t for t in (_overrides_to_table(chosen), user, _overrides_to_table(overrides)) if t]
+                  f"model.ensemble=[{', '.join(_toml_string(p) for p in members)}]"] + \
+            ([] if ("model", "ensemble_weights") in user_keys else ["model.ensemble_weights=[]"])
+    layers = [t for t in (user, _overrides_to_table(chosen), _overrides_to_table(overrides)) if t]
 
-    def layered(base: Settings) -> Settings:
+    def layered(base: Settings, cross_check: bool = True) -> Settings:
         # One build of every layer, so that keys checked together (model.ensemble and its shares) are checked as
         # they end up: a user's file may give the shares for the files --model names.
         raw = _as_raw(base)
         for table in layers:
             raw = _merge(raw, table)
-        return _build(raw, base.source if user is None else str(path)) if layers else base
+        return _build(raw, base.source if user is None else str(path), cross_check) if layers else base
 
     def offline_base(s: Settings) -> Settings:
         try:
@@ -627,14 +641,16 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         except ConfigError as e:
             raise ConfigError(f"transcribe.overrides: {e}") from None
 
-    s = layered(_DEFAULTS)
+    # Unchecked: for files this is only where transcribe.overrides are read, and the keys checked together are
+    # checked on the settings as they end up (below).
+    s = layered(_DEFAULTS, cross_check=False)
     if model is not None and shipped is not None:
         offline = s.transcribe.overrides != () and \
             offline_base(s).model.weights_path.resolve() == model_path.resolve()
     base = _DEFAULTS
     if offline and s.transcribe.overrides:
         base = offline_base(s)
-        s = layered(base)
+        s = layered(base, cross_check=False)
     from kkoma.models.catalog import record_table, weights_record
 
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
@@ -680,6 +696,7 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     # The entry's shares, like its tracker, were chosen for its files: other files get equal shares unless given.
     if entry_in_force(s) and shipped.ensemble_weights and ("model", "ensemble_weights") not in user_keys:
         s = _apply(s, [f"model.ensemble_weights={[float(w) for w in shipped.ensemble_weights]!r}"])
+    _cross_check(s)
     return s
 
 

@@ -89,8 +89,8 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files-model", metavar="NAME|FILE", default=None,
                    help="the model whose notes the file gets (--notes files), as `kkoma transcribe --model` takes "
                         "it: a shipped one by name (`kkoma models`, e.g. pitch) or a weights file (default: the "
-                        "files model, offline); --model stays the live one, for the port, and so do --set's model.weights, "
-                        "model.ensemble and model.ensemble_weights")
+                        "files model, offline); --model stays the live one, for the port, and so do "
+                        "model.weights, model.ensemble and model.ensemble_weights of --set and --config")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT.mid (and the --audio file) if they exist; without it an existing file is an error")
     _add_session_arguments(p)
@@ -177,8 +177,9 @@ def _file_settings(args, settings):
     """The settings of the model whose notes ``kkoma record`` writes (``--notes files``): the files' ones (config.toml's
     transcribe.overrides under the user's --config and --set, as `kkoma transcribe` gets them; with ``--files-model``
     that model's, as `kkoma transcribe --model` gets them), or None when they are the live ones (the file would get
-    the same notes). A --set of model.weights, model.ensemble or model.ensemble_weights is the live model's."""
-    from kkoma.models.settings import load_settings, without_network_keys
+    the same notes). model.weights, model.ensemble and model.ensemble_weights in --config or --set are the live
+    model's."""
+    from kkoma.models.settings import load_settings
 
     files_model = getattr(args, "files_model", None)
     if getattr(args, "notes", "live") != "files":
@@ -186,8 +187,8 @@ def _file_settings(args, settings):
             raise KkomaError("--files-model chooses the model of the file's notes, but --notes live writes the notes "
                              "sent to the port: give one of them.")
         return None
-    files = load_settings(getattr(args, "config", None), without_network_keys(getattr(args, "overrides", ())),
-                          offline=True, model=files_model)
+    files = load_settings(getattr(args, "config", None), getattr(args, "overrides", ()), offline=True,
+                          model=files_model, network_keys=False)
     return None if files == settings else files
 
 

@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files-model", metavar="NAME|FILE", default=None,
                    help="the model for the page's files (uploads and recorded takes), as `kkoma transcribe --model` "
                         "takes it: a shipped one by name (`kkoma models`, e.g. pitch) or a weights file (default: "
-                        "the files model, offline); --model stays the live stream's, and so do --set's model.weights, "
-                        "model.ensemble and model.ensemble_weights")
+                        "the files model, offline); --model stays the live stream's, and so do model.weights, "
+                        "model.ensemble and model.ensemble_weights of --set and --config")
 
 
 def _lan_addresses() -> list[str]:
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, settings) -> int:
             from None
     import tempfile
 
-    from kkoma.models.settings import load_settings, without_network_keys
+    from kkoma.models.settings import load_settings
     from kkoma.realtime.webapp import make_app, new_token
 
     host = settings.serve.host if args.host is None else args.host
@@ -130,10 +130,9 @@ def run(args: argparse.Namespace, settings) -> int:
             raise KkomaError(f"--max-clients must be 1 or more, not {args.max_clients}.")
         settings = settings.replace(serve__max_clients=str(args.max_clients))
     # The page's files (uploads, recorded takes) get the files model, as `kkoma transcribe` and `kkoma record` do;
-    # a --set of the keys that name networks tunes the live model (--model's), not this one (--files-model's).
-    offline_settings = load_settings(getattr(args, "config", None),
-                                     without_network_keys(getattr(args, "overrides", [])), offline=True,
-                                     model=getattr(args, "files_model", None))
+    # the keys that name networks (--config, --set) tune the live model (--model's), not this one (--files-model's).
+    offline_settings = load_settings(getattr(args, "config", None), getattr(args, "overrides", []), offline=True,
+                                     model=getattr(args, "files_model", None), network_keys=False)
     # Its live stream gets the live model: a files-only one (--model pitch) is refused now, not at a pianist's first
     # note.
     from kkoma.models.pipeline import make_transcriber

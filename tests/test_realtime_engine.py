@@ -417,9 +417,10 @@ def test_files_model_option(double, tone_file, tmp_path, capsys):
     assert "nosuch" in capsys.readouterr().err
 
 
-def test_network_keys_of_set_tune_the_live_model_not_the_files_one():
-    """In a session with two models, --set model.weights / model.ensemble / model.ensemble_weights go with --model
-    to the live one; the file's model is --files-model's (or config.toml's), with every other --set."""
+def test_network_keys_of_set_tune_the_live_model_not_the_files_one(tmp_path):
+    """In a session with two models, model.weights / model.ensemble / model.ensemble_weights of --set or --config go
+    with --model to the live one; the file's model is --files-model's (or config.toml's), with every other key."""
+    import dataclasses
     from types import SimpleNamespace
 
     from kkoma.realtime.cli import _file_settings
@@ -430,6 +431,13 @@ def test_network_keys_of_set_tune_the_live_model_not_the_files_one():
     files = _file_settings(args, live)
     assert live.model.ensemble_weights == (0.9, 0.1)
     assert files == load_settings(overrides=["tracker.min_ioi_ms=40.0"], offline=True)
+    # The same from a --config file.
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text("[model]\nensemble_weights = [0.7, 0.3]\n")
+    args = SimpleNamespace(config=str(cfg), overrides=[], model="live-ensemble", files_model=None, notes="files")
+    live = load_settings(cfg, model="live-ensemble")
+    files, want = _file_settings(args, live), load_settings(offline=True)
+    assert live.model.ensemble_weights == (0.7, 0.3) and dataclasses.replace(files, source=want.source) == want
 
 
 def test_devices_command_lists_without_failing(capsys):

@@ -67,6 +67,10 @@ def test_bad_files(tmp_path):
     typo.write_text("[audio]\nsamplerate = 44100\n")
     with pytest.raises(ConfigError, match="unknown key audio.samplerate"):
         load_settings(typo)
+    flat = tmp_path / "flat.toml"
+    flat.write_text("model = 3\n")  # merged with --set's [model] it would read as a missing key
+    with pytest.raises(ConfigError, match=r"flat.toml: \[model\] must be a table of keys"):
+        load_settings(flat, ["model.units=64"])
     utf16 = tmp_path / "utf16.toml"
     utf16.write_text("[tracker]\nonset_threshold = 0.8\n", encoding="utf-16")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
@@ -108,6 +112,36 @@ def test_users_file_and_set_win_over_the_profile(tmp_path):
     # A profile of the user's own.
     s = load_settings(overrides=['transcribe.overrides=["tracker.onset_threshold=0.6"]'], offline=True)
     assert s.tracker.onset_threshold == 0.6 and s.cqt == load_settings().cqt
+
+
+def test_keys_checked_together_are_checked_on_the_settings_files_get():
+    """A --set that is valid for the offline model's tracker (onset 0.8 + re-strike 0.15) is not refused for files
+    because the live tracker (0.9) would refuse it; live still refuses it."""
+    assert load_settings(overrides=["tracker.restrike_margin=0.15"], offline=True).tracker.restrike_margin == 0.15
+    with pytest.raises(ConfigError, match=r"\(0.9 \+ 0.15\)"):
+        load_settings(overrides=["tracker.restrike_margin=0.15"])
+
+
+def test_model_beats_a_users_files_model_keys_and_set_beats_both(tmp_path):
+    """--model names the model over a --config file's model.weights / model.ensemble (the file holds settings),
+    with the model's tracker; --set still wins over --model."""
+    f = tmp_path / "mine.toml"
+    f.write_text('[model]\nweights = "models/weights/kkoma_harmonic.npz"\nensemble = ["x.npz"]\n')
+    s = load_settings(f, model="pitch", offline=True)
+    assert s.model.name == "kkoma_pitch.npz" and s.tracker.onset_threshold == 0.85
+    s = load_settings(f, ['model.ensemble=[]'], model="live-ensemble")
+    assert s.model.name == "kkoma.npz" and s.model.ensemble == ()
+
+
+def test_network_keys_false_leaves_out_the_users_network_keys(tmp_path):
+    """load_settings(network_keys=False), a live session's files model: the --config file's and --set's
+    model.weights / ensemble / ensemble_weights are the live model's, every other key still applies."""
+    f = tmp_path / "mine.toml"
+    f.write_text('[model]\nensemble_weights = [0.7, 0.3]\n[tracker]\nmin_ioi_ms = 40.0\n')
+    over = ['model.ensemble=["models/weights/kkoma_pitch_live.npz"]', "tracker.min_duration_ms=30.0"]
+    s = load_settings(f, over, offline=True, network_keys=False)
+    want = load_settings(overrides=["tracker.min_ioi_ms=40.0", "tracker.min_duration_ms=30.0"], offline=True)
+    assert dataclasses.replace(s, source=want.source) == want
 
 
 @pytest.mark.parametrize("profile, message", [
