@@ -582,6 +582,11 @@ class EnsembleModel:
     emitted it, so its look-ahead is the longest member's. Same interface as :class:`StreamingModel` (``process``,
     ``flush``, ``reset``, ``predict``, ``lookahead_ms``, ``outputs``); state: each member's, and ``pending``, the
     outputs of members that are ahead of the slowest.
+
+    ``parallel``: the members after the first run on threads of their own, each call handed over and joined
+    (their kernels release the GIL). A file's threaded stream sets it (:meth:`models.pipeline.Transcriber.stream`):
+    there the model thread, running every member in turn, is the slowest of the three; live keeps one thread, as a
+    hand-over per 10 ms hop would cost more than it saves. The outputs are the same either way.
     """
 
     def __init__(self, members: list, weights=None):
@@ -598,6 +603,8 @@ class EnsembleModel:
         self.n_bins = members[0].n_bins
         #: the largest member's backward LSTM (live refuses a model with one)
         self.backward_units = max(getattr(m, "backward_units", 0) for m in members)
+        self.parallel = False
+        self._pool = None  # the members' threads, started at the first parallel call
         self.reset()
 
     @property
@@ -623,13 +630,26 @@ class EnsembleModel:
         self.frames_out += k
         return out
 
+    def _each(self, call) -> list:
+        """``call(member)`` for every member, in order: in turn, or (``parallel``) the first on this thread while
+        the others run on theirs."""
+        if not self.parallel:
+            return [call(m) for m in self.members]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=len(self.members) - 1, thread_name_prefix="kkoma-member")
+        others = [self._pool.submit(call, m) for m in self.members[1:]]
+        first = call(self.members[0])
+        return [first] + [f.result() for f in others]
+
     def process(self, features) -> dict[str, np.ndarray]:
         """``(k, n_bins)`` raw features -> the averaged outputs of the frames every member has emitted."""
-        return self._merge([m.process(features) for m in self.members])
+        return self._merge(self._each(lambda m: m.process(features)))
 
     def flush(self) -> dict[str, np.ndarray]:
         """End of stream: every member's last outputs, averaged (all members have then emitted every frame)."""
-        return self._merge([m.flush() for m in self.members])
+        return self._merge(self._each(lambda m: m.flush()))
 
     predict = StreamingModel.predict
 

@@ -395,6 +395,11 @@ def test_a_weighted_ensemble_gives_each_member_its_share_in_any_chunking(tmp_pat
         want = 0.75 * pa[k] + 0.25 * pb[k]
         assert np.abs(whole[k] - want).max() <= 1e-6 and np.abs(got[k] - whole[k]).max() <= 1e-6, k
         assert np.abs(whole[k] - (pa[k] + pb[k]) / 2).max() > 1e-3, k  # the shares changed something
+    # Members on threads of their own (a file's threaded stream): the same outputs, in any chunking.
+    m.reset()
+    m.parallel = True
+    par = _stream(m, f, np.random.default_rng(0), max_chunk=19)  # the chunking of `got`
+    assert m._pool is not None and all(np.array_equal(par[k], got[k]) for k in KEYS)
     with pytest.raises(ConfigError, match=r"model.ensemble_weights gives 1 share but the model has 2 networks "
                                           r"\(kkoma.npz \+ b.npz\): one share for model.weights"):
         load_settings(overrides=TINY + [f"model.ensemble=[{str(wb)!r}]", "model.ensemble_weights=[1]"])

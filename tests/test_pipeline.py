@@ -1,6 +1,8 @@
 """The composed pipeline: streaming audio in random block sizes gives exactly the notes of transcribe_audio."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,19 @@ def test_threaded_stream_gives_the_events_of_process_and_flush(setup):
     for threaded in (False, True):
         tr.reset()
         assert list(tr.stream(iter(blocks), threaded=threaded)) == want
+
+    # An ensemble's members run on threads of their own in the threaded stream only: the same events.
+    from kkoma.models.inference import EnsembleModel
+
+    other = export_random_weights(Path(s.model.weights).with_name("other.npz"), s, seed=4)
+    ens = Transcriber(s.replace(model__ensemble=f"[{str(other)!r}]"))
+    assert isinstance(ens.model, EnsembleModel)
+    want_ens = [(ens.process(b), len(b)) for b in blocks] + [(ens.flush(), 0)]
+    assert want_ens != want and not ens.model.parallel and ens.model._pool is None
+    for threaded in (False, True):
+        ens.reset()
+        assert list(ens.stream(iter(blocks), threaded=threaded)) == want_ens
+        assert (ens.model._pool is not None) == threaded and not ens.model.parallel
 
     # An error while producing blocks (e.g. a decode error) reaches the consumer; the threads are gone after.
     def failing():
