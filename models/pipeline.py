@@ -95,7 +95,7 @@ class Transcriber:
 
         blas = threadpool_limits(limits=1, user_api="blas")
         # An ensemble's members on threads of their own: else the model thread, running them in turn, is the
-        # slowest stage (offline + pitch: 1.6x basic-pitch's speed instead of 2x and more, compare_peers).
+        # slowest stage (offline + pitch on 2 cores: 107-110x real time in turn, 125-129x so; compare_peers).
         parallel = getattr(self.model, "parallel", None)
         if threaded and parallel is not None:
             self.model.parallel = True
