@@ -572,9 +572,9 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
     model : ``--model``: a shipped model's name (``models/weights/models.toml``) or a weights file, put in
         ``model.weights`` (and its entry's files in ``model.ensemble``) over the user's file and under
         ``overrides``: a ``--config`` file holds settings, ``--model`` names the model. A shipped model also
-        decides ``offline``: the one
-        ``transcribe.overrides`` names brings them (its transform and tracker), any other comes without them and
-        brings its models.toml entry's ``tracker`` table instead (under the user's file and overrides); an entry
+        decides ``offline``: the one ``transcribe.overrides`` names brings them (its transform and tracker), any
+        other comes without them and brings its models.toml entry's ``tracker`` table instead (under the user's file
+        and overrides); an entry
         with ``ensemble`` files (put in ``model.ensemble``) is built on the model the overrides name, takes them, and
         brings its tracker over config.toml's overrides (not over a ``transcribe.overrides`` list the user's file or
         ``overrides`` wrote: its keys are the user's, as a ``[tracker]`` table's are). An entry's tracker was tuned
@@ -627,13 +627,14 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
             ([] if ("model", "ensemble_weights") in user_keys else ["model.ensemble_weights=[]"])
     layers = [t for t in (user, _overrides_to_table(chosen), _overrides_to_table(overrides)) if t]
 
-    def layered(base: Settings, cross_check: bool = True) -> Settings:
-        # One build of every layer, so that keys checked together (model.ensemble and its shares) are checked as
-        # they end up: a user's file may give the shares for the files --model names.
+    def layered(base: Settings) -> Settings:
+        # One build of every layer, its keys checked one by one; the keys checked together (model.ensemble and its
+        # shares, the tracker's thresholds) are checked once, on the settings as they end up (below): a user's file
+        # may give the shares for the files --model names, a --set may be valid for the files model's tracker only.
         raw = _as_raw(base)
         for table in layers:
             raw = _merge(raw, table)
-        return _build(raw, base.source if user is None else str(path), cross_check) if layers else base
+        return _build(raw, base.source if user is None else str(path), cross_check=False) if layers else base
 
     def offline_base(s: Settings) -> Settings:
         try:
@@ -641,16 +642,14 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
         except ConfigError as e:
             raise ConfigError(f"transcribe.overrides: {e}") from None
 
-    # Unchecked: for files this is only where transcribe.overrides are read, and the keys checked together are
-    # checked on the settings as they end up (below).
-    s = layered(_DEFAULTS, cross_check=False)
+    s = layered(_DEFAULTS)
     if model is not None and shipped is not None:
         offline = s.transcribe.overrides != () and \
             offline_base(s).model.weights_path.resolve() == model_path.resolve()
     base = _DEFAULTS
     if offline and s.transcribe.overrides:
         base = offline_base(s)
-        s = layered(base, cross_check=False)
+        s = layered(base)
     from kkoma.models.catalog import record_table, weights_record
 
     record = weights_record(s.model.weights_path) if weights_settings or model is not None else None
@@ -695,7 +694,7 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = (),
             s = layered(with_record)
     # The entry's shares, like its tracker, were chosen for its files: other files get equal shares unless given.
     if entry_in_force(s) and shipped.ensemble_weights and ("model", "ensemble_weights") not in user_keys:
-        s = _apply(s, [f"model.ensemble_weights={[float(w) for w in shipped.ensemble_weights]!r}"])
+        return _apply(s, [f"model.ensemble_weights={[float(w) for w in shipped.ensemble_weights]!r}"])  # checked
     _cross_check(s)
     return s
 
